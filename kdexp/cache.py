@@ -1,0 +1,124 @@
+"""A content-addressed cache of trained models (teachers, vanilla baselines).
+
+Keyed by a fingerprint of everything that defines the trained weights. Entries are written to a
+temporary folder and renamed into place, so a crash never leaves a half-written entry; a file lock
+makes concurrent runs that need the same model train it once and share it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+CACHE_FORMAT = 1  # bump when what a fingerprint means changes
+
+
+def fingerprint(spec: dict) -> str:
+    blob = json.dumps({"format": CACHE_FORMAT, **spec}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass
+class CacheEntry:
+    key: str
+    path: Path
+    meta: dict
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.pt"
+
+
+class ModelCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        path = self.root / key
+        meta_file = path / "meta.json"
+        if not (meta_file.is_file() and (path / "model.pt").is_file()):
+            return None
+        return CacheEntry(key, path, json.loads(meta_file.read_text()))
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{key}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process trains this model
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def store(self, key: str, model: nn.Module, meta: dict) -> CacheEntry:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            torch.save(model.state_dict(), tmp / "model.pt")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+            final = self.root / key
+            if final.exists():  # a broken leftover (no meta.json or weights): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.lookup(key)
+
+    def get_or_create(
+        self, key: str, create: Callable[[], tuple[nn.Module, dict]]
+    ) -> tuple[CacheEntry, nn.Module | None]:
+        """The entry for `key`, creating it under the lock if missing.
+
+        Returns (entry, model): model is the freshly trained one, or None on a cache hit.
+        """
+        entry = self.lookup(key)
+        if entry is not None:
+            return entry, None
+        with self.lock(key):
+            entry = self.lookup(key)  # another process may have finished it while we waited
+            if entry is not None:
+                return entry, None
+            model, meta = create()
+            return self.store(key, model, meta), model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, what: str) -> nn.Module:
+    """Load a state dict safely (weights only) into `model`; a mismatch is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{what}: {str(path)!r} is not a readable weights file ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a Lightning checkpoint
+        state = {k.split(".", 1)[1]: v for k, v in state["state_dict"].items() if k.startswith("student.")} or state[
+            "state_dict"
+        ]
+    if not isinstance(state, dict):
+        raise ValueError(f"{what}: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{what}: checkpoint {str(path)!r} does not fit this model "
+            f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]}, "
+            f"shape mismatches e.g. {wrong[:3]}); check the architecture, num_classes and in_channels"
+        )
+    model.load_state_dict(state)
+    return model

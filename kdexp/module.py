@@ -1,0 +1,192 @@
+"""DistillModule: a frozen teacher, a trainable student, and a method's named loss terms.
+
+The same module trains a model alone (teacher=None, weights {ce: 1}) — that is how teachers,
+vanilla baselines and fine-tuning run — so there is one training loop for every stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdexp.distill import Distiller, NoDistillation, kd_loss
+from kdexp.models.base import FeatureOutput
+
+MetricSink = Callable[[dict[str, float], int], None]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: BatchNorm statistics and weights never change."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class DistillModule(L.LightningModule):
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        teacher: nn.Module | None = None,
+        method: Distiller | None = None,
+        weights: dict[str, float] | None = None,
+        temperature: float = 4.0,
+        recipe: dict | None = None,
+        max_epochs: int = 1,
+        stage: str = "distill",  # distill | init (a method's first stage)
+        metric_sink: MetricSink | None = None,
+        track_best: bool = True,
+    ):
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.method = method if method is not None else NoDistillation()
+        self.weights = {k: float(v) for k, v in (weights or {"ce": 1.0}).items() if float(v) != 0.0}
+        self.temperature = float(temperature)
+        self.recipe = dict(recipe or {"optimizer": "adam", "lr": 1e-3})
+        self.max_epochs = max_epochs
+        self.stage = stage
+        self.metric_sink = metric_sink
+        self.track_best = track_best
+        self.uses_teacher = self.teacher is not None and (
+            "kd" in self.weights or bool(self.method.terms) or stage == "init"
+        )
+        self.needs_features = bool(self.method.needs - {"logits", "index"})
+        self.best_val_acc, self.best_epoch, self.best_state = -math.inf, -1, None
+        self.last_val_acc = math.nan
+        self._train_sums: dict[str, Tensor] = {}
+        self._val_sums: dict[str, Tensor] = {}
+
+    # -- frozen teacher -------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+    def _outputs(self, model: nn.Module, x: Tensor) -> FeatureOutput:
+        if self.needs_features:
+            return model.forward_features(x)
+        return FeatureOutput(model(x), [], [], None)
+
+    def teacher_outputs(self, x: Tensor, index: Tensor) -> FeatureOutput:
+        with torch.no_grad():
+            return self._outputs(self.teacher, x)
+
+    # -- the loss ------------------------------------------------------------------------
+    def loss_terms(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        s = self._outputs(self.student, x)
+        t = self.teacher_outputs(x, index) if self.uses_teacher else None
+        if self.stage == "init":
+            return self.method.init_terms(s, t, y, index), s.logits
+        terms: dict[str, Tensor] = {}
+        if "ce" in self.weights:
+            terms["ce"] = F.cross_entropy(s.logits, y)
+        if "kd" in self.weights:
+            terms["kd"] = kd_loss(s.logits, t.logits, self.temperature)
+        if self.method.terms:
+            terms.update(self.method(s, t, y, index, self.current_epoch))
+        return terms, s.logits
+
+    def training_step(self, batch, batch_idx):
+        x, y, index = batch
+        terms, logits = self.loss_terms(x, y, index)
+        weights = self.weights if self.stage != "init" else {}
+        loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+        self._accumulate(self._train_sums, len(y), loss=loss, correct=(logits.argmax(1) == y).sum(), **terms)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        logits = self.student(x)
+        self._accumulate(
+            self._val_sums, len(y), loss=F.cross_entropy(logits, y), correct=(logits.argmax(1) == y).sum()
+        )
+
+    # -- epoch bookkeeping: sums stay on the device; one sync per epoch, not per step ------
+    @staticmethod
+    def _accumulate(sums: dict[str, Tensor], n: int, correct: Tensor, **means: Tensor) -> None:
+        sums["n"] = sums.get("n", 0) + n
+        sums["correct"] = sums.get("correct", 0) + correct.detach()
+        for k, v in means.items():
+            sums[k] = sums.get(k, 0) + v.detach() * n
+
+    @staticmethod
+    def _epoch_means(sums: dict[str, Tensor], prefix: str) -> dict[str, float]:
+        n = sums.pop("n", 0)
+        if not n:
+            return {}
+        out = {f"{prefix}/acc": float(sums.pop("correct")) / n}
+        out.update({f"{prefix}/{k}": float(v) / n for k, v in sums.items()})
+        sums.clear()
+        return out
+
+    def on_validation_epoch_end(self):
+        metrics = self._epoch_means(self._val_sums, "val")
+        if not metrics or self.trainer.sanity_checking:
+            return
+        self.log_dict(metrics, prog_bar=True)
+        self._last_val = metrics
+        self.last_val_acc = metrics["val/acc"]
+        if self.track_best and metrics["val/acc"] > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = metrics["val/acc"], self.current_epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+
+    def on_train_epoch_end(self):
+        metrics = self._epoch_means(self._train_sums, "train")
+        metrics["lr"] = self.optimizers().param_groups[0]["lr"]
+        self.log_dict(metrics)
+        metrics.update(getattr(self, "_last_val", {}))
+        self._last_val = {}
+        if self.metric_sink is not None:
+            self.metric_sink(metrics, self.current_epoch)
+
+    # -- optimisation --------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters()) + list(self.method.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def configure_optimizers(self):
+        return build_optimizer(self.trainable_parameters(), self.recipe, self.max_epochs)
+
+    def best_student(self) -> nn.Module:
+        """A copy of the student at its best validation epoch (the student itself if none)."""
+        if self.best_state is None:
+            return self.student
+        model = copy.deepcopy(self.student)
+        model.load_state_dict(self.best_state)
+        return model
+
+
+def build_optimizer(params: list[nn.Parameter], recipe: dict, max_epochs: int):
+    name, lr, wd = recipe.get("optimizer", "sgd"), float(recipe["lr"]), float(recipe.get("weight_decay", 0))
+    if name == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=lr, momentum=recipe.get("momentum", 0.9), weight_decay=wd,
+            nesterov=bool(recipe.get("nesterov", False)),
+        )
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    else:
+        raise ValueError(f"recipe.optimizer={name!r} is not one of: sgd, adam, adamw")
+    schedule = recipe.get("schedule", "constant")
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
+    elif schedule == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=list(recipe.get("milestones", [])), gamma=float(recipe.get("gamma", 0.1))
+        )
+    elif schedule == "constant":
+        return opt
+    else:
+        raise ValueError(f"recipe.schedule={schedule!r} is not one of: cosine, multistep, constant")
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
