@@ -63,8 +63,10 @@ def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, r
     """Median wall time of one forward pass on the CPU, after warm-up."""
     model = model.to("cpu").eval()
     x = torch.randn(batch, *input_shape)
-    for _ in range(3):
+    warm_until, warm_runs = time.perf_counter() + 0.25, 0
+    while warm_runs < 3 or (time.perf_counter() < warm_until and warm_runs < 200):  # allocator/kernel warm-up
         model(x)
+        warm_runs += 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from kdexp.cache import ModelCache, load_weights
 from kdexp.distill import create_method
 from kdexp.evaluate import agreement_metrics, ratios
 from kdexp.module import DistillModule
-from kdexp.stages import Context, evaluate, fit, save_weights, trained_alone
+from kdexp.stages import Context, evaluate, fit, quiet_lightning, save_weights, trained_alone
 from kdexp.summary import summary_table
 from kdexp.tracking import Tracker, flatten
 from kdexp.validate import validate_config
@@ -25,6 +25,7 @@ METHOD_KEYS = ("name", "temperature", "weights")  # the rest of `distill` goes t
 def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, float]:
     conf = OmegaConf.to_container(cfg, resolve=True)
     validate_config(conf)
+    quiet_lightning()
     ctx = make_context(conf, Path(run_dir))
 
     # Build every model and the method before training anything: an incompatible pair fails now.
@@ -39,7 +40,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
     teacher_meta = resolve_teacher(ctx, teacher)
     baseline_meta = None
     if conf["baseline"]:
-        baseline, baseline_meta = trained_alone(ctx, "student", conf["trainer"]["max_epochs"], conf["seed"])
+        baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
         baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
     return distill(ctx, teacher, teacher_meta, student, method, baseline_meta)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,23 @@ class Context:
         )
 
     def tags(self, role: str) -> dict[str, str]:
+        """Config choices as tags, so that a benchmark is an MLflow query."""
         c = self.conf
         return {
             "kdexp.role": role, "data": c["data"]["name"], "teacher": c["teacher"]["arch"],
             "student": c["student"]["arch"], "distill": c["distill"]["name"], "seed": str(c["seed"]),
         }
+
+    def alone_tags(self, label: str, arch: str, seed: int) -> dict[str, str]:
+        """Tags of a model trained alone: shared by every experiment that reuses it."""
+        return {"kdexp.role": label, "data": self.conf["data"]["name"], "arch": arch, "seed": str(seed)}
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banners out of the summary; warnings still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen teacher, on purpose
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 
 def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
@@ -89,11 +102,13 @@ def model_spec(ctx: Context, role: str, max_epochs: int, seed: int) -> dict:
     }
 
 
-def trained_alone(ctx: Context, role: str, max_epochs: int, seed: int) -> tuple[nn.Module, dict]:
-    """A model trained on hard labels only (teacher or vanilla baseline), from the cache if possible.
+def trained_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[nn.Module, dict]:
+    """A model trained on hard labels only — the teacher, or the vanilla `baseline` of the student
+    architecture — from the cache if possible.
 
     Returns (model, meta) where meta has the MLflow run id that trained it and `cached`.
     """
+    role = "teacher" if label == "teacher" else "student"  # the config node naming the architecture
     spec = model_spec(ctx, role, max_epochs, seed)
     key = fingerprint(spec)
 
@@ -102,22 +117,22 @@ def trained_alone(ctx: Context, role: str, max_epochs: int, seed: int) -> tuple[
         model = ctx.build(role)
         ctx.dm.seed = seed  # the loader's shuffle order is part of what the cache key promises
         run_id = ctx.tracker.start(
-            f"{role}:{spec['arch']}", {**ctx.tags(role), "kdexp.fingerprint": key}, flatten(spec)
+            f"{label}:{spec['arch']}", {**ctx.alone_tags(label, spec["arch"], seed), "kdexp.fingerprint": key}, flatten(spec)
         )
         try:
             module = DistillModule(
                 model, recipe=ctx.conf["recipe"], max_epochs=max_epochs, metric_sink=ctx.tracker.sink(run_id),
                 track_best=False,
             )
-            log.info("training %s %s for %d epochs (cache key %s)", role, spec["arch"], max_epochs, key)
+            log.info("training %s %s for %d epochs (cache key %s)", label, spec["arch"], max_epochs, key)
             try:
                 fit(ctx, module, max_epochs)
             finally:
                 ctx.dm.seed = ctx.conf["seed"]
-            metrics = evaluate(ctx, model, role, costs=False)
+            metrics = evaluate(ctx, model, label, costs=False)
             ctx.tracker.log_metrics(run_id, metrics)
             if ctx.conf["tracking"].get("log_checkpoints", True):
-                ctx.tracker.log_artifact(run_id, save_weights(ctx, model, f"{role}.pt"))
+                ctx.tracker.log_artifact(run_id, save_weights(ctx, model, f"{label}.pt"))
             ctx.tracker.finish(run_id)
         except BaseException as exc:
             ctx.tracker.fail(run_id, exc)
@@ -127,6 +142,6 @@ def trained_alone(ctx: Context, role: str, max_epochs: int, seed: int) -> tuple[
     entry, fresh = ctx.cache.get_or_create(key, train)
     if fresh is not None:
         return fresh, {**entry.meta, "key": key, "cached": False}
-    log.info("reusing cached %s %s (cache key %s, run %s)", role, spec["arch"], key, entry.meta.get("run_id"))
-    model = load_weights(ctx.build(role), entry.weights, f"cached {role} {key}")
+    log.info("reusing cached %s %s (cache key %s, run %s)", label, spec["arch"], key, entry.meta.get("run_id"))
+    model = load_weights(ctx.build(role), entry.weights, f"cached {label} {key}")
     return model, {**entry.meta, "key": key, "cached": True}

@@ -1,0 +1,35 @@
+"""Shared fixtures: in-process config composition and an isolated output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from kdexp.config import register_configs
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never touch the network and never see the user's tracking server."""
+    monkeypatch.setenv("KDEXP_OFFLINE", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def compose_train(overrides: list[str] | None = None) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides or [], return_hydra_config=False)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """A whole experiment in seconds: synthetic data, tiny models, one epoch, output under tmp_path."""
+    return [
+        "data=synthetic", "teacher=cnn_small", "student=cnn_tiny", "trainer.max_epochs=1",
+        f"paths.root={tmp_path / 'outputs'}", "eval.latency_repeats=2", "eval.latency_batch=8",
+    ]
