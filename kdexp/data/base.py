@@ -1,0 +1,309 @@
+"""In-memory tensor data modules: load, split, limit and normalize once, then batch by indexing."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdexp.registry import Registry
+
+DATASETS: Registry[TensorDataModule] = Registry("data set")
+
+# Bump when loading/splitting/normalizing code changes what a model sees: invalidates cached teachers.
+FINGERPRINT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+Batch = tuple[Tensor, Tensor, Tensor]
+AugmentFn = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class DataFormatError(ValueError):
+    """A data file exists but its content is not what the format promises."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No copy of a data set was found anywhere we looked (and none could be downloaded)."""
+
+
+def check_int(key: str, value: object, minimum: int, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if allow_none else "")
+        raise ValueError(f"data.{key} must be {allowed}, got {value!r}")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # SeedSequence mixes (seed, epoch) so that run seed s at epoch e+1 is unrelated to seed s+1 at epoch e.
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int, flip: bool, fill: Tensor) -> Tensor:
+    """Per-sample random crop (after padding with `fill`, shape (C,)) and horizontal flip, as one gather.
+
+    Random numbers come from the CPU generator so results do not depend on the batch's device.
+    """
+    b, c, h, w = x.shape
+    padded = fill.to(x).view(1, c, 1, 1).repeat(b, 1, h + 2 * padding, w + 2 * padding)
+    padded[:, :, padding : padding + h, padding : padding + w] = x
+    dy = torch.randint(0, 2 * padding + 1, (b, 1), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b, 1), generator=gen).to(x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if flip:
+        flipped = (torch.rand(b, 1, generator=gen) < 0.5).to(x.device)
+        cols = torch.where(flipped, w - 1 - cols, cols)
+    rows = torch.arange(h, device=x.device) + dy  # (B, H)
+    cols = cols + dx  # (B, W)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorBatchLoader:
+    """Yields (x, y, index) batches by indexing whole-split tensors; index = position within the split.
+
+    Lightning accepts any sized iterable as a dataloader. Shuffle order and augmentation come from a
+    generator seeded by (seed, epoch); the epoch is taken from `epoch_fn` (the trainer's current epoch,
+    so resumed runs replay the same order) or else counts the calls to `iter()` (see `set_epoch`).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        augment: AugmentFn | None = None,
+        epoch_fn: Callable[[], int | None] | None = None,
+    ):
+        check_int("batch_size", batch_size, 1)
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.augment, self.epoch_fn = augment, epoch_fn
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._next_epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        epoch = self._next_epoch if epoch is None else epoch
+        self._next_epoch = epoch + 1
+        gen = epoch_generator(self.seed, epoch)
+        n = len(self.y)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = order.to(self.y.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            xb = self.x[index]
+            if self.augment is not None:
+                xb = self.augment(xb, gen)
+            yield xb, self.y[index], index
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base of every data set: subclasses set the class attributes and implement `load_raw`.
+
+    Kwargs (the `data:` config section, plus the run seed):
+      root          the folder holding the files; when given, the only place searched (file-based only)
+      limit         cap on each split's size (a fixed random subset), for quick runs
+      val_fraction  part of the official train set held out for validation, in (0, 1)
+      split_seed    seeds the train/val split and the limit subsets; independent of the run seed
+      batch_size, eval_batch_size, drop_last   training / evaluation loader settings
+      augment       random crop (+ horizontal flip where `flip` is True) on training batches
+      seed          run seed: shuffling and augmentation only
+      download      None: download unless KDEXP_OFFLINE=1; True/False forces it (file-based only)
+      device        keep all tensors on this device ("cuda", ...) so batching/augmentation run there;
+                    "auto" = the attached trainer's device; None = CPU
+    """
+
+    name: ClassVar[str]
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] | None = None
+    flip: bool = True  # does a horizontally flipped sample keep its class?
+    crop_padding: int = 4
+
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        limit: int | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        augment: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        download: bool | None = None,
+        device: str | None = None,
+    ):
+        super().__init__()
+        check_int("limit", limit, 1, allow_none=True)
+        check_int("split_seed", split_seed, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("seed", seed, 0)
+        if (
+            isinstance(val_fraction, bool)
+            or not isinstance(val_fraction, (int, float))
+            or not 0 < val_fraction < 1
+        ):
+            raise ValueError(
+                f"data.val_fraction must be a number in (0, 1) (exclusive), got {val_fraction!r}"
+            )
+        for key, value in (("augment", augment), ("drop_last", drop_last)):
+            if not isinstance(value, bool):
+                raise ValueError(f"data.{key} must be true or false, got {value!r}")
+        self.root, self.limit, self.val_fraction, self.split_seed = (
+            root,
+            limit,
+            float(val_fraction),
+            split_seed,
+        )
+        self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
+        self.augment, self.seed, self.download, self.device = augment, seed, download, device
+        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
+        self._content_hash: str | None = None
+
+    # --- subclass API -------------------------------------------------------------------------
+    def load_raw(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Official (x_train, y_train, x_test, y_test); x as uint8 (0..255) or float in [0, 1], NCHW."""
+        raise NotImplementedError
+
+    # --- attributes ---------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.split_tensors("train")[1])
+
+    # --- loading ------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is None:
+            self._splits = self._build_splits(*self.load_raw())
+        device = self._target_device()
+        if self._splits["train"][0].device != device:
+            self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
+
+    def _target_device(self) -> torch.device:
+        if self.device == "auto":
+            return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return torch.device(self.device or "cpu")
+
+    def _build_splits(self, x_tr: Tensor, y_tr: Tensor, x_te: Tensor, y_te: Tensor) -> dict:
+        for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+            if tuple(x.shape[1:]) != self.input_shape or len(x) != len(y):
+                c, h, w = self.input_shape
+                raise DataFormatError(
+                    f"{self.name} {split}: expected images of shape (N, {c}, {h}, {w}) and N labels,"
+                    f" got {tuple(x.shape)} and {tuple(y.shape)}"
+                )
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise DataFormatError(f"{self.name} {split}: labels outside 0..{self.num_classes - 1}")
+        digest = hashlib.blake2b(digest_size=16)
+        for t in (x_tr, y_tr, x_te, y_te):
+            digest.update(str((t.dtype, tuple(t.shape))).encode())
+            digest.update(t.contiguous().numpy().tobytes())
+        self._content_hash = digest.hexdigest()
+
+        gen = torch.Generator().manual_seed(self.split_seed)
+        perm = torch.randperm(len(y_tr), generator=gen)
+        n_val = min(max(1, round(self.val_fraction * len(y_tr))), len(y_tr) - 1)
+        index = {"val": perm[:n_val], "train": perm[n_val:], "test": torch.arange(len(y_te))}
+        if self.limit is not None:  # prefixes of random orders: nested subsets as limit grows
+            index["test"] = torch.randperm(len(y_te), generator=gen)
+            index = {k: v[: self.limit] for k, v in index.items()}
+        index = {k: v.sort().values for k, v in index.items()}
+        source = {"train": (x_tr, y_tr), "val": (x_tr, y_tr), "test": (x_te, y_te)}
+        return {k: (self.normalize(source[k][0][i]), source[k][1][i].long()) for k, i in index.items()}
+
+    def normalize(self, x: Tensor) -> Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def split_tensors(self, split: str) -> tuple[Tensor, Tensor]:
+        """Whole normalized split as (x float32 NCHW, y int64); 'test' is for the final evaluation only."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.setup()
+        assert self._splits is not None
+        return self._splits[split]
+
+    # --- loaders ------------------------------------------------------------------------------
+    def augment_batch(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        black = -torch.tensor(self.mean) / torch.tensor(self.std)  # pad with pixel value 0 before normalizing
+        return random_crop_flip(x, gen, self.crop_padding, self.flip, black)
+
+    def loader(
+        self, split: str, *, batch_size: int | None = None, shuffle: bool = False, augment: bool = False
+    ) -> TensorBatchLoader:
+        x, y = self.split_tensors(split)
+        training = split == "train" and shuffle
+        return TensorBatchLoader(
+            x,
+            y,
+            batch_size or (self.batch_size if training else self.eval_batch_size),
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=self.drop_last if training else False,
+            augment=self.augment_batch if augment else None,
+            epoch_fn=self._trainer_epoch if training else None,
+        )
+
+    def _trainer_epoch(self) -> int | None:
+        trainer = self.trainer
+        return trainer.current_epoch if trainer is not None and trainer.training else None
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self.loader("train", shuffle=True, augment=self.augment)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self.loader("test")
+
+    # --- identity -----------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """Everything that defines the data a model sees (not batch size, run seed or location).
+
+        Loads the data (once) to hash its raw content, so copies on other machines or in other
+        compressions match and a changed file does not.
+        """
+        self.setup()
+        return {
+            "version": FINGERPRINT_VERSION,
+            "name": self.name,
+            "content_blake2b": self._content_hash,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "limit": self.limit,
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed,
+            "augment": {"crop_padding": self.crop_padding, "flip": self.flip} if self.augment else False,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
