@@ -34,6 +34,9 @@ def method_terms(name: str) -> tuple[str, ...]:
     return BUILTIN_TERMS + tuple(METHODS.get(name).terms)
 
 
+# Method families register themselves on import (kept after the registry they import).
+from kdexp.distill import crd, hint, logit, relation, reviewkd, two_stage  # noqa: F401
+
 __all__ = [
     "BUILTIN_TERMS", "Distiller", "IncompatiblePairError", "create_method", "kd_loss",
     "list_methods", "method_terms", "register_method",

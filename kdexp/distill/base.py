@@ -46,7 +46,11 @@ class Distiller(nn.Module):
     def init_terms(
         self, student: FeatureOutput, teacher: FeatureOutput, target: Tensor, index: Tensor
     ) -> dict[str, Tensor]:
-        """Loss terms of the first stage (only called when init_epochs > 0)."""
+        """Loss terms of the first stage (only called when init_epochs > 0).
+
+        The init-stage loss is their unweighted sum (as RepDistiller's init loop); `weights`
+        apply to the main stage only. Parameters that get no gradient from it stay untouched.
+        """
         raise NotImplementedError
 
 
