@@ -1,0 +1,109 @@
+"""Optuna storage helpers shared by the sweeper and the jobs: URLs, the study lock, heartbeats."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+# SQLite's default 5 s busy timeout is too short once a few sweepers and jobs write at once.
+_SQLITE_TIMEOUT_S = 60
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a file-backed SQLite URL, else None."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def absolute_sqlite_url(url: str, base: str | os.PathLike | None = None) -> str:
+    """Jobs may run in another working directory (chdir, joblib, SLURM): pin relative SQLite paths."""
+    path = sqlite_path(url)
+    if path is None or path.is_absolute():
+        return url
+    resolved = (Path(base or os.getcwd()) / path).resolve()
+    return make_url(url).set(database=str(resolved)).render_as_string(hide_password=False)
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for logs and MLflow params."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}} if sqlite_path(url) else None
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+    )
+
+
+@contextlib.contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Serialises "count trials, then ask" across sweeper processes on one SQLite study.
+
+    Without it two workers could both see one free slot and overshoot n_trials. A file lock
+    next to the database covers SQLite (the default); server databases go without it, where
+    concurrent workers may overshoot by at most one batch each.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class HeartbeatKeeper:
+    """Records heartbeats of the trials this sweeper has in flight.
+
+    A trial's job may run in-process, in a joblib worker or on a SLURM node; what matters is
+    whether the sweeper that will ``tell`` it is alive. When a sweeper is killed its heartbeats
+    stop, and any sweeper of the study fails the trial after the grace period.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, interval_s: float):
+        self._storage, self._interval = storage, interval_s
+        self._trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="kdexp-optuna-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, trial_id: int) -> None:
+        self._storage.record_heartbeat(trial_id)  # at once: a trial without heartbeat is never stale
+        with self._lock:
+            self._trial_ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._trial_ids.discard(trial_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = list(self._trial_ids)
+            for trial_id in ids:
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried next interval
+                    log.warning("heartbeat of trial id %s failed: %s", trial_id, exc)
