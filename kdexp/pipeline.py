@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdexp.cache import ModelCache, load_weights
 from kdexp.distill import create_method
 from kdexp.evaluate import agreement_metrics, ratios
+from kdexp.matrix import apply_matrix_keys, cell_key, finished_cell_metrics, use_student_lr
 from kdexp.module import DistillModule
 from kdexp.stages import Context, evaluate, fit, quiet_lightning, save_weights, trained_alone
 from kdexp.summary import summary_table
@@ -24,7 +25,16 @@ METHOD_KEYS = ("name", "temperature", "weights")  # the rest of `distill` goes t
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, float]:
     conf = OmegaConf.to_container(cfg, resolve=True)
+    apply_matrix_keys(conf)  # benchmark matrices: method label, `pair` -> teacher/student arch, overrides
     validate_config(conf)
+    cell = cell_key(conf)
+    finished = finished_cell_metrics(conf, cell)  # `skip_finished`: a FINISHED run of this cell is reused
+    if finished is not None:
+        return finished
+    if conf.get("variant"):  # variant=<name>: a multi-model experiment (kdexp/variants) takes over from here
+        from kdexp.variants import run_variant
+
+        return run_variant(conf, Path(run_dir), cell)
     quiet_lightning()
     ctx = make_context(conf, Path(run_dir))
 
@@ -38,11 +48,12 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
     )
 
     teacher_meta = resolve_teacher(ctx, teacher)
+    use_student_lr(conf)  # from here on recipe.lr is the student's (`student_lr`); the teacher kept its own
     baseline_meta = None
     if conf["baseline"]:
         baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
         baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
-    return distill(ctx, teacher, teacher_meta, student, method, baseline_meta)
+    return distill(ctx, teacher, teacher_meta, student, method, baseline_meta, cell)
 
 
 def make_context(conf: dict, run_dir: Path) -> Context:
@@ -67,10 +78,12 @@ def resolve_teacher(ctx: Context, teacher) -> dict:
     return meta
 
 
-def distill(ctx: Context, teacher, teacher_meta: dict, student, method, baseline_meta: dict | None) -> dict:
+def distill(ctx: Context, teacher, teacher_meta: dict, student, method, baseline_meta: dict | None,
+            cell: str = "") -> dict:
     conf, tracker = ctx.conf, ctx.tracker
     tags = {**ctx.tags("student"), "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
-            "kdexp.teacher_fingerprint": teacher_meta.get("key", "")}
+            "kdexp.teacher_fingerprint": teacher_meta.get("key", ""), "kdexp.cell": cell,
+            "kdexp.method": conf.get("method") or conf["distill"]["name"]}
     if baseline_meta:
         tags["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
     trial = trial_context(conf)
@@ -90,10 +103,10 @@ def distill(ctx: Context, teacher, teacher_meta: dict, student, method, baseline
         write_results(ctx, run_id, metrics, student)
         tracker.finish(run_id)
     except BaseException as exc:
-        if trial is not None and is_pruned(exc):
+        if trial is not None and is_pruned_error(exc):
             from kdexp.sweep.trial import end_pruned_run
 
-            end_pruned_run(tracker.client, run_id)
+            end_pruned_run(run_id, tracker.client)
         else:
             tracker.fail(run_id, exc)
         raise
@@ -174,7 +187,7 @@ def trial_callback(trial):
     return PruningCallback(trial, monitor="val/acc")
 
 
-def is_pruned(exc: BaseException) -> bool:
-    import optuna
+def is_pruned_error(exc: BaseException) -> bool:
+    from kdexp.sweep.trial import is_pruned_error as pruned
 
-    return isinstance(exc, optuna.TrialPruned)
+    return pruned(exc)

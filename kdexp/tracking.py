@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -46,18 +47,25 @@ class Tracker:
         from mlflow.tracking import MlflowClient  # heavy import, kept off module import
 
         db = sqlite_path(uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        if db is None:
+            self.experiment_id = self._experiment(experiment, artifact_root)
+            return
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # Parallel jobs on a new SQLite store would both create its tables (and the experiment).
+        with open(db.with_name(db.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self.experiment_id = self._experiment(experiment, artifact_root)
+
+    def _experiment(self, experiment: str, artifact_root) -> str:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            location = None
-            if artifact_root is not None:  # keep artifacts beside the store, not in ./mlruns
-                location = Path(artifact_root).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            return found.experiment_id
+        location = None
+        if artifact_root is not None:  # keep artifacts beside the store, not in ./mlruns
+            location = Path(artifact_root).resolve().as_uri()
+        return self.client.create_experiment(experiment, artifact_location=location)
 
     def start(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
         tags = {"kdexp.version": kdexp.__version__, **{k: str(v) for k, v in tags.items()}}

@@ -25,7 +25,9 @@ class PruningCallback(L.Callback):
         self._enabled = len(trial.study.directions) == 1
         self._warned = False
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the
+    # module's, so metrics a module logs in its own on_validation_epoch_end are only visible here.
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._enabled:
             return
         epoch = trainer.current_epoch
