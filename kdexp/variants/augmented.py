@@ -1,0 +1,222 @@
+"""`variant=augmented`: consistent teaching (Beyer et al. 2022, "Knowledge distillation: a good teacher is
+patient and consistent").
+
+Every training batch is mixed (mixup / CutMix) or partly erased, and the frozen teacher is queried on
+exactly the tensor the student sees: the student matches the teacher's *function* on inputs around the
+data, not fixed targets. By default the loss is the KD term alone (the paper's "function matching"):
+`variant.ce_weight=0`. With `ce_weight>0` a hard-label term is added, on the mixed targets
+(λ·CE(y_a) + (1-λ)·CE(y_b)). The teacher runs online (`teacher_cache.mode` is forced to off): cached
+outputs are per sample, and these inputs are new every step.
+
+Methods whose terms use labels or sample indices (DKD, CRD, ...) see those of the un-permuted batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdexp.distill import kd_loss
+from kdexp.matrix import use_student_lr
+from kdexp.module import DistillModule
+from kdexp.pipeline import resolve_teacher, trial_callback, trial_context
+from kdexp.stages import Context, evaluate, fit, trained_alone
+from kdexp.validate import ConfigError
+from kdexp.variants.links import build_method, method_label, report_student, student_run, variant_context
+
+log = logging.getLogger("kdexp")
+POLICIES = ("mixup", "cutmix", "erasing")
+
+
+@dataclass
+class MixedBatch:
+    """An augmented batch: x = λ·x_a + (1-λ)·x_b (mixup) or x_a with a box of x_b (CutMix; λ = the part
+    of x_a kept), or x_a partly erased (λ = 1). y_a are the batch's labels, y_b those of the partners."""
+
+    x: Tensor
+    y_a: Tensor
+    y_b: Tensor
+    lam: float
+
+
+class BatchAugmenter:
+    """Batched mixup / CutMix / random erasing; all random draws come from generators seeded with `seed`
+    (λ and box positions from NumPy's — torch has no seeded Beta sampler — partners and erasing from
+    torch's)."""
+
+    def __init__(self, policy: str, alpha: float = 1.0, seed: int = 0, erase_prob: float = 0.5,
+                 erase_scale: tuple[float, float] = (0.02, 0.33), erase_ratio: tuple[float, float] = (0.3, 3.3)):
+        if policy not in POLICIES:
+            raise ConfigError(f"variant.policy={policy!r} is invalid: choose one of {', '.join(POLICIES)}")
+        if policy != "erasing" and not alpha > 0:
+            raise ConfigError(f"variant.alpha={alpha!r} is invalid: the Beta(α, α) parameter must be > 0")
+        if not 0 <= erase_prob <= 1 or not 0 < erase_scale[0] <= erase_scale[1] <= 1:
+            raise ConfigError(f"variant.erase_prob={erase_prob!r} / erase_scale={list(erase_scale)!r} "
+                              "are invalid: a probability, and an area range within (0, 1]")
+        self.policy, self.alpha = policy, float(alpha)
+        self.erase_prob, self.erase_scale, self.erase_ratio = erase_prob, erase_scale, erase_ratio
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: Tensor, y: Tensor) -> MixedBatch:
+        if self.policy == "erasing":
+            return MixedBatch(self.erase(x), y, y, 1.0)
+        perm = torch.randperm(len(x), generator=self.gen).to(x.device)
+        lam = float(self.rng.beta(self.alpha, self.alpha))
+        if self.policy == "mixup":
+            return MixedBatch(lam * x + (1 - lam) * x[perm], y, y[perm], lam)
+        top, left, h, w = self.cutmix_box(x.shape[-2], x.shape[-1], lam)
+        mixed = x.clone()
+        mixed[..., top : top + h, left : left + w] = x[perm][..., top : top + h, left : left + w]
+        return MixedBatch(mixed, y, y[perm], 1 - h * w / (x.shape[-2] * x.shape[-1]))
+
+    def cutmix_box(self, height: int, width: int, lam: float) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of a box of about (1-λ) of the image, centred uniformly, clipped to the image
+        (Yun et al. 2019); the returned box's true area sets the labels' λ."""
+        cut = math.sqrt(1 - lam)
+        cy, cx = int(self.rng.integers(height)), int(self.rng.integers(width))
+        ch, cw = int(height * cut), int(width * cut)
+        top, bottom = max(cy - ch // 2, 0), min(cy + ch - ch // 2, height)
+        left, right = max(cx - cw // 2, 0), min(cx + cw - cw // 2, width)
+        return top, left, bottom - top, right - left
+
+    def erase(self, x: Tensor) -> Tensor:
+        """Random erasing (Zhong et al. 2020), per sample with probability erase_prob: a box of area
+        fraction in erase_scale and aspect ratio in erase_ratio, filled with N(0, 1) noise (inputs are
+        normalized). One mask for the whole batch, built from coordinate comparisons."""
+        b, _, height, width = x.shape
+        g = self.gen
+        area = torch.empty(b).uniform_(*self.erase_scale, generator=g) * height * width
+        lo, hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
+        log_ratio = torch.empty(b).uniform_(lo, hi, generator=g)
+        h = (area * log_ratio.exp()).sqrt().round().clamp(1, height).long()
+        w = (area / log_ratio.exp()).sqrt().round().clamp(1, width).long()
+        top = (torch.rand(b, generator=g) * (height - h + 1)).long()
+        left = (torch.rand(b, generator=g) * (width - w + 1)).long()
+        chosen = torch.rand(b, generator=g) < self.erase_prob
+        rows, cols = torch.arange(height), torch.arange(width)
+        inside_r = (rows[None] >= top[:, None]) & (rows[None] < (top + h)[:, None])  # (B, H)
+        inside_c = (cols[None] >= left[:, None]) & (cols[None] < (left + w)[:, None])  # (B, W)
+        mask = (inside_r[:, :, None] & inside_c[:, None, :] & chosen[:, None, None])[:, None].to(x.device)
+        noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+        return torch.where(mask, noise, x)
+
+
+class AugmentedDistillModule(DistillModule):
+    """DistillModule whose training batches are augmented once, then given to teacher and student alike."""
+
+    def __init__(self, student, *, augmenter: BatchAugmenter, **kwargs):
+        super().__init__(student, **kwargs)
+        self.augmenter = augmenter
+
+    def use_teacher_outputs(self, outputs) -> None:
+        if outputs is not None:  # cached outputs belong to the clean samples, not to these inputs
+            raise RuntimeError("variant=augmented needs the teacher online: cached teacher outputs cannot be used")
+
+    def loss_terms(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        batch = self.augmenter(x, y)
+        s = self._outputs(self.student, batch.x)
+        t = self.teacher_outputs(batch.x, index) if self.uses_teacher else None
+        terms: dict[str, Tensor] = {}
+        if "ce" in self.weights:
+            terms["ce"] = batch.lam * F.cross_entropy(s.logits, batch.y_a) + (1 - batch.lam) * F.cross_entropy(
+                s.logits, batch.y_b)
+        if "kd" in self.weights:
+            terms["kd"] = kd_loss(s.logits, t.logits, self.temperature)
+        if self.method.terms:
+            terms.update(self.method(s, t, y, index, self.current_epoch))
+        return terms, s.logits
+
+    def training_step(self, batch, batch_idx):
+        x, y, index = batch
+        terms, logits = self.loss_terms(x, y, index)
+        loss = sum(self.weights.get(k, 0.0) * v for k, v in terms.items())
+        # train/acc against the un-mixed labels: a rough signal only (val/acc is the real one)
+        self._accumulate(self._train_sums, len(y), loss=loss, correct=(logits.argmax(1) == y).sum(), **terms)
+        return loss
+
+
+def augmenter_from(v: dict, seed: int) -> BatchAugmenter:
+    return BatchAugmenter(v["policy"], float(v["alpha"]), seed, float(v["erase_prob"]),
+                          tuple(v["erase_scale"]), tuple(v["erase_ratio"]))
+
+
+def loss_weights(conf: dict) -> dict[str, float]:
+    """distill.weights with `ce` replaced by variant.ce_weight (0 by default: KD only, as the paper)."""
+    weights = {**conf["distill"]["weights"], "ce": float(conf["variant"]["ce_weight"])}
+    if not any(w > 0 for w in weights.values()):
+        raise ConfigError(f"variant=augmented: every loss weight is 0 ({weights}); use distill=kd or set "
+                          "variant.ce_weight > 0")
+    return weights
+
+
+def online_teacher(conf: dict) -> dict:
+    conf = copy.deepcopy(conf)
+    if (conf.get("teacher_cache") or {}).get("mode") == "on":
+        raise ConfigError("variant=augmented queries the teacher on new inputs every step: "
+                          "teacher_cache.mode=on cannot apply (use auto or off)")
+    conf["teacher_cache"] = {**(conf.get("teacher_cache") or {}), "mode": "off"}
+    return conf
+
+
+def run(conf: dict, run_dir: Path, cell: str = "") -> dict[str, float]:
+    conf = online_teacher(conf)
+    v = conf["variant"]
+    weights = conf["distill"]["weights"] = loss_weights(conf)  # recorded as trained (params, summary)
+    augmenter = augmenter_from(v, conf["seed"])  # bad settings fail before any training
+    label = method_label(conf, v["policy"])
+    ctx = variant_context(conf, run_dir, {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]})
+    L.seed_everything(conf["seed"], verbose=False)
+    teacher, student = ctx.build("teacher"), ctx.build("student")
+    method = build_method(ctx, student, teacher)
+    if method.init_epochs > 0:
+        raise ConfigError(f"variant=augmented: distill={conf['distill']['name']} has its own first stage, "
+                          "which this variant does not run; choose a one-stage method")
+    teacher_meta = resolve_teacher(ctx, teacher)
+    use_student_lr(ctx.conf)
+    baseline_meta = vanilla_baseline(ctx)
+    name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
+    with student_run(ctx, name, cell, label, lineage_tags(teacher_meta, baseline_meta)) as run_id:
+        epochs = conf["trainer"]["max_epochs"]
+        module = AugmentedDistillModule(
+            student, augmenter=augmenter, teacher=teacher, method=method, weights=weights,
+            temperature=conf["distill"].get("temperature", 4.0), recipe=ctx.conf["recipe"], max_epochs=epochs,
+            metric_sink=ctx.tracker.sink(run_id),
+        )
+        trial = trial_context(conf)
+        fit(ctx, module, epochs, [trial_callback(trial)] if trial is not None else [])
+        train_metrics = {"val_acc": module.last_val_acc, "best_val_acc": module.best_val_acc,
+                         "best_epoch": module.best_epoch,
+                         "adapter_params": sum(p.numel() for p in method.parameters())}
+        if module.best_state is not None:
+            best = evaluate(ctx, module.best_student(), "student_best", costs=False)
+            train_metrics.update({f"best_val/{k}": x for k, x in best.items()})
+        return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta, extra={},
+                              labels={"distill": label})
+
+
+def vanilla_baseline(ctx: Context) -> dict | None:
+    """The pipeline's `baseline=true`: the student architecture trained alone (cached)."""
+    if not ctx.conf["baseline"]:
+        return None
+    baseline, meta = trained_alone(ctx, "baseline", ctx.conf["trainer"]["max_epochs"], ctx.conf["seed"])
+    meta["metrics"] = evaluate(ctx, baseline, "baseline")
+    return meta
+
+
+def lineage_tags(teacher_meta: dict, baseline_meta: dict | None) -> dict[str, str]:
+    """The pipeline's lineage tags of a student run: which teacher (and vanilla baseline) runs it relates to."""
+    tags = {"kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
+            "kdexp.teacher_fingerprint": teacher_meta.get("key", "")}
+    if baseline_meta:
+        tags["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
+    return tags

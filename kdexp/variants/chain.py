@@ -1,0 +1,80 @@
+"""Progressive distillation through teacher assistants (TAKD, Mirzadeh et al. 2020): T -> A1 -> ... -> S.
+
+    kdexp-train variant=chain teacher=cnn_medium variant.assistants=[cnn_small] student=cnn_tiny
+
+The teacher is resolved as in the pipeline (teacher.ckpt, or trained alone and cached). Each assistant,
+then the student, is distilled from the model before it with the `distill` method and cached as a link
+keyed on its teacher's key (see links.py), so a re-run trains nothing and a change upstream retrains
+every link below it. The student run reports T as the teacher row, the assistants as assistant{k}/*.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+
+from kdexp.matrix import use_student_lr
+from kdexp.models import list_models
+from kdexp.pipeline import resolve_teacher
+from kdexp.stages import evaluate, trained_alone
+from kdexp.validate import ConfigError
+from kdexp.variants.links import (
+    accuracy_table, arch_recipe, distilled_link, log_table, method_label, report_student, student_run,
+    teacher_key, variant_context,
+)
+
+
+def parse_assistants(conf: dict) -> list[dict]:
+    """variant.assistants -> [{arch, kwargs}] (an entry is an architecture name or {arch, kwargs})."""
+    models, nodes = list_models(), []
+    for i, item in enumerate(conf["variant"].get("assistants") or []):
+        node = {"arch": item} if isinstance(item, str) else dict(item)
+        if set(node) - {"arch", "kwargs"} or node.get("arch") not in models:
+            raise ConfigError(f"variant.assistants[{i}]={item!r} is invalid: an architecture name or {{arch, kwargs}} "
+                              f"with arch one of: {', '.join(models)}")
+        nodes.append({"arch": node["arch"], "kwargs": node.get("kwargs") or {}})
+    return nodes
+
+
+def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
+    assistants = parse_assistants(conf)
+    student_node = {"arch": conf["student"]["arch"], "kwargs": conf["student"].get("kwargs") or {}}
+    path = [conf["teacher"]["arch"], *(a["arch"] for a in assistants), student_node["arch"]]
+    label = conf["method"] = method_label(conf, "chain")
+    ctx = variant_context(conf, run_dir, {"kdexp.variant": "chain", "kdexp.chain": "->".join(path)})
+
+    L.seed_everything(conf["seed"], verbose=False)
+    teacher = ctx.build("teacher")
+    teacher_meta = resolve_teacher(ctx, teacher)
+    teacher_meta["key"] = teacher_key(teacher_meta, teacher)
+    recipe = dict(conf["recipe"])  # links pick their lr by architecture (student_lr); the teacher kept this one
+    use_student_lr(conf)
+    baseline_meta = None
+    if conf["baseline"]:
+        baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
+        baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
+
+    nodes = [*assistants, student_node]
+    prev, prev_meta, extra = teacher, teacher_meta, {}
+    rows = [("teacher", path[0], teacher_meta["metrics"]["test_top1"])]
+    for i, node in enumerate(nodes, 1):
+        tags = {"kdexp.variant": "chain", "kdexp.link": f"{i}/{len(nodes)}", "teacher": path[i - 1],
+                "student": node["arch"]}
+        model, meta = distilled_link(ctx, prev, prev_meta, node, arch_recipe(conf, recipe, node["arch"]),
+                                     f"link{i}", tags)
+        if i < len(nodes):
+            test = evaluate(ctx, model, f"assistant{i}", costs=False)
+            extra.update({f"assistant{i}/{k}": v for k, v in test.items()})
+            rows.append((f"assistant {i}", node["arch"], test["test_top1"]))
+            prev, prev_meta = model, meta
+
+    lineage = {"kdexp.teacher_run_id": prev_meta.get("run_id") or "", "kdexp.teacher_fingerprint": prev_meta["key"],
+               "kdexp.root_teacher_run_id": teacher_meta.get("run_id") or "", "kdexp.link_run_id": meta["run_id"],
+               "kdexp.fingerprint": meta["key"]}
+    if baseline_meta:
+        lineage["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
+    with student_run(ctx, f"{label}:{'->'.join(path)}", cell, label, lineage) as run_id:
+        metrics = report_student(ctx, run_id, model, meta["train_metrics"], teacher_meta, baseline_meta, extra,
+                                 {"distill": label})
+        rows.append(("student", student_node["arch"], metrics["student/test_top1"]))
+        log_table(ctx, run_id, accuracy_table("chain", rows))
+    return metrics

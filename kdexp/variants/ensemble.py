@@ -1,0 +1,168 @@
+"""Ensemble teachers: several teachers, each trained and cached like any teacher, distilled as one.
+
+    kdexp-train variant=ensemble teacher.members=[cnn_medium,cnn_small] teacher.combine=mean_probs \
+        teacher.weights=[2,1]
+
+A member is an architecture name or {arch, seed, weight, kwargs, ckpt}. Seeds default to `teacher.seed`,
++1 for each earlier member of the same architecture (so [cnn_tiny,cnn_tiny] are two different models).
+The ensemble's outputs are logits, so every logit-based method distils from it unchanged:
+  mean_logits: sum_i w_i z_i
+  mean_probs:  log(sum_i w_i softmax(z_i)), so a softmax of it (KD at T=1) is the averaged distribution;
+               at T>1 KD softens that average (it does not average softened members).
+Feature-based methods are refused before training: member features have no common meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from kdexp.cache import fingerprint, load_weights
+from kdexp.matrix import use_student_lr
+from kdexp.models import list_models
+from kdexp.models.base import FeatureOutput, ZooModel
+from kdexp.pipeline import distill
+from kdexp.stages import evaluate, trained_alone
+from kdexp.teacher_outputs import weights_digest
+from kdexp.validate import ConfigError
+from kdexp.variants.links import build_method, method_label, variant_context
+
+COMBINE = ("mean_logits", "mean_probs")
+MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")
+
+
+class EnsembleTeacher(ZooModel):
+    """Weighted combination of member outputs (logits only). Weights are normalised to sum to 1."""
+
+    def __init__(self, members: list[nn.Module], weights: list[float] | None = None, combine: str = "mean_logits"):
+        super().__init__()
+        if combine not in COMBINE:
+            raise ValueError(f"combine={combine!r}: choose one of {', '.join(COMBINE)}")
+        w = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
+        if len(w) != len(members) or (w < 0).any() or not w.sum() > 0:
+            raise ValueError(f"ensemble weights {w.tolist()}: one number >= 0 per member, not all 0")
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+        self.num_classes = getattr(members[0], "num_classes", None)
+        self.in_channels = getattr(members[0], "in_channels", None)
+        # Buffers, so that the weights and the mode are part of the weights digest that keys cached outputs.
+        self.register_buffer("member_weights", w / w.sum())
+        self.register_buffer("combine_code", torch.tensor(COMBINE.index(combine)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = torch.stack([m(x) for m in self.members])  # (members, batch, classes)
+        w = self.member_weights.to(logits.dtype)[:, None, None]
+        if self.combine == "mean_logits":
+            return (w * logits).sum(0)
+        return torch.logsumexp(torch.log_softmax(logits, dim=-1) + w.log(), dim=0)  # log sum_i w_i p_i
+
+    def forward_features(self, x: Tensor) -> FeatureOutput:
+        return FeatureOutput(self(x), [], [], None)
+
+
+def parse_members(node: dict) -> list[dict]:
+    """teacher.{members, seeds, weights} -> [{arch, seed, weight, kwargs, ckpt}], validated."""
+    raw = node.get("members") or []
+    if not raw:
+        raise ConfigError("teacher.members is empty: list the ensemble's architectures, e.g. "
+                          "teacher.members=[cnn_medium,cnn_small]")
+    seeds, weights = node.get("seeds"), node.get("weights")
+    for key, values in (("teacher.seeds", seeds), ("teacher.weights", weights)):
+        if values is not None and len(values) != len(raw):
+            raise ConfigError(f"{key}={values!r} is invalid: give one value per member ({len(raw)})")
+    models, members, seen = list_models(), [], {}
+    for i, item in enumerate(raw):
+        m = {"arch": item} if isinstance(item, str) else dict(item)
+        unknown = sorted(set(m) - set(MEMBER_KEYS))
+        if unknown or m.get("arch") not in models:
+            raise ConfigError(f"teacher.members[{i}]={item!r} is invalid: an architecture name or "
+                              f"{{{', '.join(MEMBER_KEYS)}}} with arch one of: {', '.join(models)}")
+        default_seed = int(node["seed"]) + seen.get(m["arch"], 0)
+        seen[m["arch"]] = seen.get(m["arch"], 0) + 1
+        seed = m.get("seed", seeds[i] if seeds is not None else default_seed)
+        weight = m.get("weight", weights[i] if weights is not None else 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"teacher member {i} weight={weight!r} is invalid: a finite number >= 0")
+        members.append({"arch": m["arch"], "seed": int(seed), "weight": float(weight),
+                        "kwargs": m.get("kwargs") or {}, "ckpt": m.get("ckpt")})
+    if not sum(m["weight"] for m in members) > 0:
+        raise ConfigError("teacher.weights are all 0: at least one member must count")
+    if node.get("combine", "mean_logits") not in COMBINE:
+        raise ConfigError(f"teacher.combine={node.get('combine')!r} is invalid: choose one of {', '.join(COMBINE)}")
+    if node.get("ckpt"):
+        raise ConfigError("teacher.ckpt is for one teacher; give an ensemble member its weights with "
+                          "teacher.members=[{arch: ..., ckpt: PATH}, ...]")
+    return members
+
+
+def ensemble_label(members: list[dict]) -> str:
+    return "ensemble(" + "+".join(m["arch"] for m in members) + ")"
+
+
+def check_logit_method(conf: dict, what: str) -> None:
+    from kdexp.distill import METHODS
+
+    needs = set(METHODS.get(conf["distill"]["name"]).needs) - {"logits", "index"}
+    if needs:
+        raise ConfigError(f"distill={conf['distill']['name']} needs teacher features ({', '.join(sorted(needs))}), "
+                          f"which {what} does not have; choose a logit-based method (kd, dkd, dist, kd_std, ...)")
+
+
+def resolve_members(ctx, members: list[dict]) -> tuple[list[nn.Module], list[dict]]:
+    """Each member as a teacher of its own: trained alone and cached (or loaded from its ckpt)."""
+    models, metas = [], []
+    for i, m in enumerate(members):
+        teacher_node = {**ctx.conf["teacher"], "arch": m["arch"], "kwargs": m["kwargs"], "seed": m["seed"]}
+        member_ctx = replace(ctx, conf={**ctx.conf, "teacher": teacher_node})
+        if m["ckpt"]:
+            model = load_weights(member_ctx.build("teacher"), m["ckpt"], f"teacher.members[{i}] ({m['arch']})")
+            meta = {"run_id": None, "key": f"weights-{weights_digest(model)}", "ckpt": m["ckpt"]}
+        else:
+            model, meta = trained_alone(member_ctx, "teacher", ctx.conf["teacher"]["max_epochs"], m["seed"])
+        meta["metrics"] = evaluate(ctx, model, f"member{i}", costs=False)
+        models.append(model)
+        metas.append(meta)
+    return models, metas
+
+
+def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
+    members = parse_members(conf["teacher"])
+    check_logit_method(conf, "an ensemble teacher")
+    label = ensemble_label(members)
+    conf["method"] = method_label(conf, "ensemble")
+    ctx = variant_context(conf, run_dir, {"kdexp.variant": "ensemble", "teacher": label})
+
+    L.seed_everything(conf["seed"], verbose=False)
+    student = ctx.build("student")
+    models, metas = resolve_members(ctx, members)
+    method = build_method(ctx, student, models[0])  # logit methods: the teacher's shapes are its logits'
+    teacher = EnsembleTeacher(models, [m["weight"] for m in members], conf["teacher"].get("combine", "mean_logits"))
+    teacher_meta = {
+        "run_id": None, "cached": all(m.get("cached", False) for m in metas),
+        "key": fingerprint({"role": "ensemble", "members": [m["key"] for m in metas],
+                            "weights": teacher.member_weights.tolist(), "combine": teacher.combine}),
+        "metrics": evaluate(ctx, teacher, "teacher"),
+    }
+    for i, (m, meta) in enumerate(zip(members, metas)):  # per-member rows, as teacher/member{i}/...
+        teacher_meta["metrics"].update({f"member{i}/{k}": v for k, v in meta["metrics"].items()})
+    log_members(members, metas)
+    conf["teacher"]["arch"] = label  # from here on (run name, summary row), the teacher is the ensemble
+    ctx.variant_tags["kdexp.member_run_ids"] = ",".join(m.get("run_id") or "" for m in metas)
+
+    use_student_lr(conf)
+    baseline_meta = None
+    if conf["baseline"]:
+        baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
+        baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
+    return distill(ctx, teacher, teacher_meta, student, method, baseline_meta, cell)
+
+
+def log_members(members: list[dict], metas: list[dict]) -> None:
+    rows = [f"  member {i}: {m['arch']} seed {m['seed']} weight {m['weight']:g} -> test top-1 "
+            f"{100 * meta['metrics']['test_top1']:.2f} ({'cached' if meta.get('cached') else 'trained'})"
+            for i, (m, meta) in enumerate(zip(members, metas))]
+    print("ensemble teacher:\n" + "\n".join(rows), flush=True)
