@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kdexp.distill import Distiller, NoDistillation, kd_loss
 from kdexp.models.base import FeatureOutput
+from kdexp.teacher_outputs import TeacherOutputs
 
 MetricSink = Callable[[dict[str, float], int], None]
 
@@ -59,6 +60,7 @@ class DistillModule(L.LightningModule):
             "kd" in self.weights or bool(self.method.terms) or stage == "init"
         )
         self.needs_features = bool(self.method.needs - {"logits", "index"})
+        self.teacher_store: TeacherOutputs | None = None  # cached teacher outputs, looked up by index
         self.best_val_acc, self.best_epoch, self.best_state = -math.inf, -1, None
         self.last_val_acc = math.nan
         self._train_sums: dict[str, Tensor] = {}
@@ -76,7 +78,16 @@ class DistillModule(L.LightningModule):
             return model.forward_features(x)
         return FeatureOutput(model(x), [], [], None)
 
+    def use_teacher_outputs(self, outputs: TeacherOutputs | None) -> None:
+        """Look teacher outputs up by the batch's index (rows of `outputs`) instead of running the teacher."""
+        self.teacher_store = outputs
+
     def teacher_outputs(self, x: Tensor, index: Tensor) -> FeatureOutput:
+        store = self.teacher_store
+        if store is not None:
+            if store.logits.device != index.device:  # once: follow the batches to the accelerator
+                store = self.teacher_store = store.to(index.device)
+            return store.lookup(index)
         with torch.no_grad():
             return self._outputs(self.teacher, x)
 
@@ -84,6 +95,8 @@ class DistillModule(L.LightningModule):
     def loss_terms(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         s = self._outputs(self.student, x)
         t = self.teacher_outputs(x, index) if self.uses_teacher else None
+        if self.teacher_store is not None:
+            index = self.teacher_store.sample_index(index)  # rows of cached views -> sample positions
         if self.stage == "init":
             return self.method.init_terms(s, t, y, index), s.logits
         terms: dict[str, Tensor] = {}
@@ -98,8 +111,10 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y, index = batch
         terms, logits = self.loss_terms(x, y, index)
-        weights = self.weights if self.stage != "init" else {}
-        loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+        if self.stage == "init":  # a method's first stage: the plain sum of its own terms
+            loss = sum(terms.values())
+        else:  # a term whose weight is 0 (dropped from self.weights) is logged but not trained on
+            loss = sum(self.weights.get(k, 0.0) * v for k, v in terms.items())
         self._accumulate(self._train_sums, len(y), loss=loss, correct=(logits.argmax(1) == y).sum(), **terms)
         return loss
 
@@ -110,23 +125,28 @@ class DistillModule(L.LightningModule):
             self._val_sums, len(y), loss=F.cross_entropy(logits, y), correct=(logits.argmax(1) == y).sum()
         )
 
-    # -- epoch bookkeeping: sums stay on the device; one sync per epoch, not per step ------
+    # -- epoch bookkeeping: per-step values stay on the device; one sync per epoch, not per step --
     @staticmethod
-    def _accumulate(sums: dict[str, Tensor], n: int, correct: Tensor, **means: Tensor) -> None:
-        sums["n"] = sums.get("n", 0) + n
-        sums["correct"] = sums.get("correct", 0) + correct.detach()
-        for k, v in means.items():
-            sums[k] = sums.get(k, 0) + v.detach() * n
+    def _accumulate(sums: dict, n: int, correct: Tensor, **means: Tensor) -> None:
+        """Keep this batch's [correct, *means] as one stacked tensor (one op, no sync); summed at epoch end."""
+        if not sums:
+            sums.update(keys=tuple(means), n=[], rows=[])
+        sums["n"].append(n)
+        sums["rows"].append(torch.stack([correct.float(), *(v.detach().float() for v in means.values())]))
 
     @staticmethod
-    def _epoch_means(sums: dict[str, Tensor], prefix: str) -> dict[str, float]:
-        n = sums.pop("n", 0)
-        if not n:
+    def _epoch_means(sums: dict, prefix: str) -> dict[str, float]:
+        if not sums or not sums["n"]:
+            sums.clear()
             return {}
-        out = {f"{prefix}/acc": float(sums.pop("correct")) / n}
-        out.update({f"{prefix}/{k}": float(v) / n for k, v in sums.items()})
+        rows = torch.stack(sums["rows"])  # (steps, 1 + terms)
+        n = torch.tensor(sums["n"], dtype=rows.dtype, device=rows.device)
+        total = int(n.sum())
+        correct, means = rows[:, 0].sum(), (rows[:, 1:] * n[:, None]).sum(0) / total
+        values = torch.cat([correct[None] / total, means]).tolist()  # the epoch's one sync
+        names = [f"{prefix}/acc", *(f"{prefix}/{k}" for k in sums["keys"])]
         sums.clear()
-        return out
+        return dict(zip(names, values))
 
     def on_validation_epoch_end(self):
         metrics = self._epoch_means(self._val_sums, "val")

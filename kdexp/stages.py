@@ -16,6 +16,9 @@ from kdexp.cache import ModelCache, fingerprint, load_weights
 from kdexp.evaluate import accuracy_metrics, cost_metrics, predict_logits
 from kdexp.models import create_model
 from kdexp.module import DistillModule
+from kdexp.teacher_outputs import (
+    TeacherCacheSettings, TeacherOutputCache, TeacherOutputs, prepare_cached_teacher, weights_digest,
+)
 from kdexp.tracking import Tracker, flatten
 
 log = logging.getLogger("kdexp")
@@ -31,6 +34,11 @@ class Context:
     cache: ModelCache
     run_dir: Path
     test: dict = field(default_factory=dict)  # role -> test logits, for agreement
+    memo: dict = field(default_factory=dict)  # teacher outputs / views already loaded in this experiment
+
+    def __post_init__(self):
+        augment = bool((self.conf.get("data") or {}).get("augment"))
+        TeacherCacheSettings.from_conf(self.conf.get("teacher_cache"), augment)  # fails before any training
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -62,26 +70,93 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 
+# kdexp's own switches in the `trainer:` node; the rest are lightning.Trainer arguments.
+TRAINER_EXTRAS = ("compile", "channels_last")
+
+
 def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
     trainer_kwargs = {**ctx.conf["trainer"], "max_epochs": max_epochs}
+    extras = {k: trainer_kwargs.pop(k, False) for k in TRAINER_EXTRAS}
+    train_loader = use_cached_teacher(ctx, module) or ctx.dm.train_dataloader()
+    if extras["channels_last"]:
+        module.to(memory_format=torch.channels_last)
+    if extras["compile"]:  # nn.Module.compile keeps state_dict keys, so cached/saved weights stay loadable
+        module.student.compile()
+        if module.uses_teacher and module.teacher_store is None:
+            module.teacher.compile()
     trainer = L.Trainer(
         **trainer_kwargs, logger=False, enable_checkpointing=False, callbacks=callbacks or [],
         default_root_dir=str(ctx.run_dir),
     )
-    trainer.fit(module, train_dataloaders=ctx.dm.train_dataloader(), val_dataloaders=ctx.dm.val_dataloader())
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=ctx.dm.val_dataloader())
     return trainer
+
+
+def use_cached_teacher(ctx: Context, module: DistillModule):
+    """Attach cached teacher outputs to a module that uses its teacher (see kdexp/teacher_outputs.py).
+
+    Returns the train loader to use with them (fixed augmented views), or None for the usual one.
+    """
+    if not module.uses_teacher:
+        return None
+    node = dict(ctx.conf.get("teacher_cache") or {})
+    if ctx.conf["trainer"].get("fast_dev_run") and node.get("mode", "auto") == "auto":
+        return None  # one batch: filling the whole split would cost more than it saves
+    cached = prepare_cached_teacher(
+        node, ctx.dm, module.teacher, module.method.needs, module.needs_features,
+        Path(ctx.conf["paths"]["cache"]) / "teacher_outputs", ctx.memo,
+    )
+    if cached is None:
+        return None
+    module.use_teacher_outputs(cached.outputs)
+    return cached.train_loader
+
+
+# In-process memo of evaluations: every trial of an in-process sweep re-evaluates the same cached teacher
+# and baseline (test logits, latency); keyed by the weights, so a changed model is always re-evaluated.
+_EVALUATIONS: dict[str, tuple[torch.Tensor, dict]] = {}
+_EVALUATIONS_KEPT = 8
+CACHED_ROLES = ("teacher", "baseline")  # models that come from the model cache: their test logits are cached too
 
 
 def evaluate(ctx: Context, model: nn.Module, role: str, costs: bool = True) -> dict[str, float]:
     """Test-set accuracy/calibration (+ deployment costs) of one model; keeps its logits for agreement."""
+    model.eval()
+    digest = weights_digest(model)
+    key = fingerprint({"arch": type(model).__name__, "weights": digest, "data": ctx.dm.fingerprint(),
+                       "eval": ctx.conf["eval"], "costs": costs})
+    if key in _EVALUATIONS:
+        ctx.test[role], out = _EVALUATIONS[key]
+        return dict(out)
     x, y = ctx.dm.split_tensors("test")
-    logits = predict_logits(model, x, ctx.conf["data"].get("eval_batch_size", 1024))
+    batch = ctx.conf["data"].get("eval_batch_size", 1024)
+    mode = (ctx.conf.get("teacher_cache") or {}).get("mode", "auto")
+    if role in CACHED_ROLES and mode != "off":
+        logits = cached_test_logits(ctx, model, digest, batch)
+    else:
+        logits = predict_logits(model, x, batch)
     ctx.test[role] = logits
     out = {f"test_{k}": v for k, v in accuracy_metrics(logits, y, ctx.conf["eval"]["ece_bins"]).items()}
     if costs:
         ev = ctx.conf["eval"]
         out.update(cost_metrics(model, ctx.input_shape, ev["latency_batch"], ev["latency_repeats"]))
+    _EVALUATIONS[key] = (logits, dict(out))
+    while len(_EVALUATIONS) > _EVALUATIONS_KEPT:
+        _EVALUATIONS.pop(next(iter(_EVALUATIONS)))
     return out
+
+
+def cached_test_logits(ctx: Context, model: nn.Module, digest: str, batch_size: int) -> torch.Tensor:
+    """predict_logits on the test split, stored beside the teacher outputs: a cached model's are computed once."""
+    spec = {"kind": "split-logits", "arch": type(model).__name__, "weights": digest, "data": ctx.dm.fingerprint(),
+            "split": "test", "batch_size": batch_size}
+
+    def compute() -> TeacherOutputs:
+        x, _ = ctx.dm.split_tensors("test")
+        return TeacherOutputs(predict_logits(model, x, batch_size), [], [], None, len(x))
+
+    cache = TeacherOutputCache(Path(ctx.conf["paths"]["cache"]) / "teacher_outputs")
+    return cache.get_or_compute(fingerprint(spec), compute, spec)[0].logits
 
 
 def save_weights(ctx: Context, model: nn.Module, name: str) -> Path:

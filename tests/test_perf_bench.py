@@ -1,0 +1,102 @@
+"""Smoke tests of the benchmark's building blocks and of the speed options: structure and sanity only,
+never timings (the machine is shared; figures live in benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.common import interleaved, md_table
+from benchmarks.data_path import PerSampleFashion, drain, per_sample_loader
+from benchmarks.kd_epoch import MODES, ManualOptimization, cached_logits, kdexp_run, plain_run
+from benchmarks.loop_overhead import framework_overhead, report, sweep
+from kdexp.data import TensorBatchLoader, create_datamodule
+from kdexp.models import create_model
+from kdexp.module import DistillModule
+from kdexp.stages import fit
+from tests.test_teacher_outputs import context, models, synthetic
+
+
+@pytest.fixture(scope="module")
+def small():
+    dm = create_datamodule("synthetic", num_samples=300, num_test=50, image_size=8, in_channels=1, batch_size=64,
+                           seed=0, eval_batch_size=256)
+    dm.setup()
+    teacher = create_model("cnn_small", num_classes=10, in_channels=1).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return dm, teacher
+
+
+def test_kdexp_and_plain_runs_cover_every_teacher_mode(small, tmp_path):
+    dm, teacher = small
+    logits = cached_logits(dm, teacher, tmp_path)
+    assert logits.logits.shape == (dm.num_train, 10)
+    for mode in MODES:
+        for acc in (kdexp_run(dm, teacher, mode, 1, tmp_path), plain_run(dm, teacher, mode, 1, logits)):
+            assert 0.0 <= acc <= 1.0
+    assert 0.0 <= kdexp_run(dm, teacher, "cached", 1, tmp_path, module_cls=ManualOptimization) <= 1.0
+    assert len(list((tmp_path / "teacher_outputs").glob("*.pt"))) == 1  # filled once, then reused
+
+
+def test_sections_and_report_on_a_few_batches(small, tmp_path):
+    dm, teacher = small
+    results = {"machine": {"cpu": "x", "cores": 2, "torch": "t", "torch_threads": 2}, "load_before": "0 0 0",
+               "load_after": "0 0 0", "command": "test", "total_s": 1.0,
+               "framework_overhead": framework_overhead(dm, teacher, 1, 1, tmp_path, manual=False),
+               "sweep": sweep(dm, teacher, 2, 1)}
+    summary = results["framework_overhead"]["summary"]
+    assert {"kdexp/plain none", "kdexp/plain online", "kdexp/plain cached", "kdexp cached / kdexp none"} <= set(summary)
+    assert all(v > 0 for k, v in summary.items() if "share" not in k)  # a share may dip below 0 in noise
+    assert results["sweep"]["speedup"] > 0 and len(results["sweep"]["online_trial_s"]) == 2
+    text = report(results)
+    assert "### Framework overhead" in text and "### Sweep" in text and "| kdexp cached |" in text
+
+
+def test_interleaved_reports_every_case_and_repeat():
+    calls = []
+    res = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # alternating order
+    assert set(res) == {"a", "b"} and all(len(r["wall_s"]) == 3 and r["wall_median_s"] >= 0 for r in res.values())
+    assert md_table(["x", "y"], [["a", 1.5]]).count("\n") == 2
+
+
+def test_per_sample_pipeline_yields_the_same_normalized_images(small):
+    dm, _ = small
+    x, y = dm.split_tensors("train")
+    loader = per_sample_loader(dm, augment=False)
+    assert isinstance(dm.train_dataloader(), TensorBatchLoader)  # kdexp's path: no DataLoader, no workers
+    assert drain(loader) == dm.num_train
+    raw = (x * dm.std[0] + dm.mean[0]).mul(255).round().clamp(0, 255).to(torch.uint8)
+    sample, label = PerSampleFashion(raw, y, dm.mean[0], dm.std[0])[3]
+    assert label == int(y[3]) and sample.shape == x[3].shape
+    cropped, _ = PerSampleFashion(raw, y, dm.mean[0], dm.std[0], crop=2)[3]
+    assert cropped.shape == x[3].shape
+
+
+@pytest.mark.parametrize("options", [{"precision": "bf16-mixed"}, {"channels_last": True}])
+def test_speed_options_train_on_cpu(options, tmp_path):
+    dm = synthetic()
+    for mode in ("off", "on"):
+        teacher, student = models()
+        module = DistillModule(student, teacher=teacher, weights={"ce": 0.5, "kd": 0.5}, max_epochs=1)
+        ctx = context(dm, tmp_path, mode)
+        ctx.conf["trainer"].update(options)
+        fit(ctx, module, 1)
+        assert math.isfinite(module.last_val_acc)
+        assert all(torch.isfinite(v).all() for v in student.state_dict().values())
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu_and_keeps_state_dict_keys(tmp_path):
+    dm = synthetic()
+    teacher, student = models()
+    keys = set(student.state_dict())
+    module = DistillModule(student, teacher=teacher, weights={"ce": 0.5, "kd": 0.5}, max_epochs=1)
+    ctx = context(dm, tmp_path, "on")
+    ctx.conf["trainer"]["compile"] = True
+    fit(ctx, module, 1)
+    assert math.isfinite(module.last_val_acc) and set(student.state_dict()) == keys
+    assert set(module.best_student().state_dict()) == keys
