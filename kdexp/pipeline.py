@@ -10,7 +10,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from kdexp.cache import ModelCache, load_weights
-from kdexp.distill import create_method
+from kdexp.distill import method_from_config
 from kdexp.evaluate import agreement_metrics, ratios
 from kdexp.matrix import apply_matrix_keys, cell_key, finished_cell_metrics, use_student_lr
 from kdexp.module import DistillModule
@@ -20,7 +20,6 @@ from kdexp.tracking import Tracker, flatten
 from kdexp.validate import validate_config
 
 log = logging.getLogger("kdexp")
-METHOD_KEYS = ("name", "temperature", "weights")  # the rest of `distill` goes to the method
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, float]:
@@ -41,7 +40,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
     # Build every model and the method before training anything: an incompatible pair fails now.
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")
-    method = create_method(conf["distill"]["name"], **{k: v for k, v in conf["distill"].items() if k not in METHOD_KEYS})
+    method = method_from_config(conf["distill"])
     method.build(
         student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
         ctx.dm.num_classes, ctx.dm.num_train,

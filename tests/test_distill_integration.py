@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kdexp.distill import IncompatiblePairError, create_method, kd_loss, list_methods, method_terms
+from kdexp.distill import IncompatiblePairError, create_method, kd_loss, list_methods, method_from_config, method_terms
 from tests.test_distill_common import TinyNet
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "distill"
 CONFIGS = sorted(CONF.glob("*.yaml"))
-METHOD_KEYS = ("name", "temperature", "weights")  # what the pipeline keeps from the method
 ZOO_METHODS = [m for m in list_methods() if m not in ("none", "kd")]
 NUM_TRAIN = 40
 
@@ -25,7 +24,7 @@ def load(path: Path) -> dict:
 
 
 def method_from(cfg: dict):
-    return create_method(cfg["name"], **{k: v for k, v in cfg.items() if k not in METHOD_KEYS})
+    return method_from_config(cfg)
 
 
 DEFAULTS = {p.stem: load(p) for p in CONFIGS}
@@ -236,3 +235,10 @@ def test_terms_are_float32_under_bf16_autocast(name):
     for term, v in mixed.items():
         assert v.dtype == torch.float32 and torch.isfinite(v), term
         assert v.item() == pytest.approx(exact[term].item(), rel=0.1, abs=1e-7), term
+
+
+def test_distill_temperature_is_the_temperature_of_every_logit_method():
+    """One key: sweeping distill.temperature changes DKD/DIST/kd_std too; methods without one ignore it."""
+    for name in ("dkd", "dist", "kd_std"):
+        assert method_from_config({"name": name, "temperature": 2.5, "weights": {"ce": 1.0}}).temperature == 2.5
+    assert not hasattr(method_from_config({"name": "fitnet", "temperature": 2.5, "weights": {}}), "temperature")

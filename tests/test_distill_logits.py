@@ -52,7 +52,7 @@ def dkd_reference(s, t, y, alpha, beta, tau):
 
 
 def test_dkd_matches_reference_and_warms_up():
-    method = create_method("dkd", alpha=1.0, beta=8.0, tau=4.0, warmup=20)
+    method = create_method("dkd", alpha=1.0, beta=8.0, temperature=4.0, warmup=20)
     expected, _, _ = dkd_reference(S, T, Y, 1.0, 8.0, 4.0)
     terms, _ = run(method, epoch=100)
     assert set(terms) == {"dkd"}
@@ -89,7 +89,7 @@ def test_dist_matches_reference():
     inter = pearson_distance(p_s, p_t)  # rows: one sample's scores over classes
     intra = pearson_distance(p_s.T, p_t.T)  # columns: one class's scores over the batch
     expected = tau**2 * (beta * inter + gamma * intra)
-    terms, _ = run(create_method("dist", beta=beta, gamma=gamma, tau=tau))
+    terms, _ = run(create_method("dist", beta=beta, gamma=gamma, temperature=tau))
     assert set(terms) == {"dist"}
     assert value(terms["dist"]) == pytest.approx(expected, rel=1e-6)
 
@@ -102,7 +102,7 @@ def test_kd_std_matches_reference_and_ignores_logit_scale():
 
     p_s, p_t = softmax(z(S) / base), softmax(z(T) / base)
     expected = kl_rows(p_t, p_s).mean() * base**2
-    method = create_method("kd_std", base_temperature=base)
+    method = create_method("kd_std", temperature=base)
     terms, _ = run(method)
     assert set(terms) == {"kd_std"}
     assert value(terms["kd_std"]) == pytest.approx(expected, rel=1e-6)

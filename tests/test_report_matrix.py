@@ -100,9 +100,8 @@ def test_matrix_file_declares_its_axes_and_is_idempotent(name):
 @pytest.mark.parametrize("name", MATRICES)
 def test_every_cell_of_every_matrix_validates_and_builds(name):
     """Cells fail before training when a method cannot pair two architectures; check that up front."""
-    from kdexp.distill import create_method
+    from kdexp.distill import method_from_config
     from kdexp.models import create_model
-    from kdexp.pipeline import METHOD_KEYS
 
     spec, failures = load_matrix(name), []
     data = conf(f"matrix={name}")["data"]["name"]
@@ -121,7 +120,7 @@ def test_every_cell_of_every_matrix_validates_and_builds(name):
             validate_config(c)
             d = c["distill"]
             try:
-                create_method(d["name"], **{k: v for k, v in d.items() if k not in METHOD_KEYS}).build(
+                method_from_config(d).build(
                     *shapes[pair], classes, num_train)
             except ValueError as exc:
                 if (name, pair, method) not in KNOWN_NA:

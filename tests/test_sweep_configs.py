@@ -28,7 +28,7 @@ EXPECTED = {
     "dkd": {
         "distill.alpha": FloatDistribution(0.25, 4.0),
         "distill.beta": FloatDistribution(0.5, 16.0, log=True),
-        "distill.tau": FloatDistribution(1.0, 8.0),
+        "distill.temperature": FloatDistribution(1.0, 8.0),
     },
     "kd_pareto": {
         "student": CategoricalDistribution(["cnn_tiny", "mlp_small", "cnn_small", "mlp_medium"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from kdexp.distill.base import Distiller, IncompatiblePairError, kd_loss
@@ -26,6 +27,19 @@ def create_method(name: str, **kwargs: Any) -> Distiller:
     return METHODS.get(name)(**kwargs)
 
 
+CONFIG_KEYS = ("name", "weights")  # what DistillModule keeps from a distill config; the rest is the method's
+
+
+def method_from_config(distill: dict) -> Distiller:
+    """The method of a `distill` config. `temperature` drives the built-in kd term and is also passed to
+    a method with its own tempered softmax (DKD, DIST, kd_std), so one key means one thing everywhere."""
+    cls = METHODS.get(distill["name"])
+    kwargs = {k: v for k, v in distill.items() if k not in CONFIG_KEYS}
+    if "temperature" not in inspect.signature(cls.__init__).parameters:
+        kwargs.pop("temperature", None)
+    return cls(**kwargs)
+
+
 def list_methods() -> list[str]:
     return METHODS.names()
 
@@ -38,6 +52,7 @@ def method_terms(name: str) -> tuple[str, ...]:
 from kdexp.distill import crd, hint, logit, relation, reviewkd, two_stage  # noqa: F401
 
 __all__ = [
-    "BUILTIN_TERMS", "Distiller", "IncompatiblePairError", "create_method", "kd_loss",
+    "BUILTIN_TERMS", "Distiller", "IncompatiblePairError", "create_method",
+    "method_from_config", "kd_loss",
     "list_methods", "method_terms", "register_method",
 ]

@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdexp.cache import fingerprint, load_weights
-from kdexp.distill import create_method
+from kdexp.distill import method_from_config
 from kdexp.module import DistillModule
-from kdexp.pipeline import METHOD_KEYS, agreement, make_context, teacher_metrics, write_results
+from kdexp.pipeline import agreement, make_context, teacher_metrics, write_results
 from kdexp.stages import Context, evaluate, fit, model_spec, quiet_lightning
 from kdexp.teacher_outputs import weights_digest
 from kdexp.tracking import flatten
@@ -56,7 +56,7 @@ def method_label(conf: dict, suffix: str) -> str:
 def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
     """The configured method, built for this (student, teacher) pair: adapters depend on both."""
     d = ctx.conf["distill"]
-    method = create_method(d["name"], **{k: v for k, v in d.items() if k not in METHOD_KEYS})
+    method = method_from_config(d)
     method.build(student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
                  ctx.dm.num_classes, ctx.dm.num_train)
     return method
