@@ -41,6 +41,7 @@ def build(arch: str, seed: int = 0, in_channels: int = 1) -> torch.nn.Module:
 def frozen_teacher(arch: str = "cnn_medium", in_channels: int = 1) -> torch.nn.Module:
     """Random weights are as fast as trained ones; frozen as DistillModule freezes a teacher."""
     teacher = build(arch, seed=123, in_channels=in_channels).eval()
+    teacher.arch_name = arch
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

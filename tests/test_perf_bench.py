@@ -46,11 +46,12 @@ def test_sections_and_report_on_a_few_batches(small, tmp_path):
     results = {"machine": {"cpu": "x", "cores": 2, "torch": "t", "torch_threads": 2}, "load_before": "0 0 0",
                "load_after": "0 0 0", "command": "test", "total_s": 1.0,
                "framework_overhead": framework_overhead(dm, teacher, 1, 1, tmp_path, manual=False),
-               "sweep": sweep(dm, teacher, 2, 1)}
+               "sweeps": {"cnn_small": sweep(dm, teacher, 2, 1)}}
     summary = results["framework_overhead"]["summary"]
     assert {"kdexp/plain none", "kdexp/plain online", "kdexp/plain cached", "kdexp cached / kdexp none"} <= set(summary)
     assert all(v > 0 for k, v in summary.items() if "share" not in k)  # a share may dip below 0 in noise
-    assert results["sweep"]["speedup"] > 0 and len(results["sweep"]["online_trial_s"]) == 2
+    sw = results["sweeps"]["cnn_small"]
+    assert sw["speedup"] > 0 and len(sw["online_trial_s"]) == len(sw["cached_trial_s"]) == 2
     text = report(results)
     assert "### Framework overhead" in text and "### Sweep" in text and "| kdexp cached |" in text
 
