@@ -242,3 +242,15 @@ def test_distill_temperature_is_the_temperature_of_every_logit_method():
     for name in ("dkd", "dist", "kd_std"):
         assert method_from_config({"name": name, "temperature": 2.5, "weights": {"ce": 1.0}}).temperature == 2.5
     assert not hasattr(method_from_config({"name": "fitnet", "temperature": 2.5, "weights": {}}), "temperature")
+
+
+def test_at_refuses_a_student_without_spatial_maps():
+    """An MLP's stages are 1x1: its attention map is the constant 1, so AT must fail at start-up, not train."""
+    from kdexp.models import create_model
+
+    teacher, student = create_model("cnn_small", in_channels=1), create_model("mlp_small", in_channels=1)
+    method = create_method("at")
+    with pytest.raises(IncompatiblePairError, match=r"at: .*1x1 attention map"):
+        method.build(student.feature_shapes((1, 28, 28)), teacher.feature_shapes((1, 28, 28)), 10, NUM_TRAIN)
+    create_method("at").build(create_model("cnn_tiny", in_channels=1).feature_shapes((1, 28, 28)),
+                              teacher.feature_shapes((1, 28, 28)), 10, NUM_TRAIN)  # a CNN student is fine

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdexp.distill import register_method
-from kdexp.distill.base import Distiller
+from kdexp.distill.base import Distiller, IncompatiblePairError
 from kdexp.distill.common import L2Embed, align_spatial, in_float32, stage_pairs
 
 
@@ -41,6 +41,13 @@ class AttentionTransfer(Distiller):
 
     def build(self, student, teacher, num_classes, num_samples):
         self.pairs = stage_pairs(len(student.stages), len(teacher.stages), "at")
+        for i, j in self.pairs:  # a 1x1 map normalises to the constant 1: the term could never train anything
+            pixels = min(student.stages[i][0, 0].numel(), teacher.stages[j][0, 0].numel())
+            if pixels <= 1:
+                raise IncompatiblePairError(
+                    f"at: student stage {i} {tuple(student.stages[i].shape[1:])} vs teacher stage {j} "
+                    f"{tuple(teacher.stages[j].shape[1:])} gives a 1x1 attention map, a constant; AT needs "
+                    "spatial feature maps in both nets (e.g. a CNN student, not an MLP)")
 
     def forward(self, student, teacher, target, index, epoch):
         loss = 0.0
