@@ -92,7 +92,12 @@ class DistillModule(L.LightningModule):
             return self._outputs(self.teacher, x)
 
     # -- the loss ------------------------------------------------------------------------
+    def augment_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The inputs both nets see this step, and the hard-label loss on them (variant=augmented mixes)."""
+        return x, lambda logits: F.cross_entropy(logits, y)
+
     def loss_terms(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        x, hard_label_loss = self.augment_batch(x, y)
         s = self._outputs(self.student, x)
         t = self.teacher_outputs(x, index) if self.uses_teacher else None
         if self.teacher_store is not None:
@@ -101,7 +106,7 @@ class DistillModule(L.LightningModule):
             return self.method.init_terms(s, t, y, index), s.logits
         terms: dict[str, Tensor] = {}
         if "ce" in self.weights:
-            terms["ce"] = F.cross_entropy(s.logits, y)
+            terms["ce"] = hard_label_loss(s.logits)
         if "kd" in self.weights:
             terms["kd"] = kd_loss(s.logits, t.logits, self.temperature)
         if self.method.terms:

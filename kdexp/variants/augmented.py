@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdexp.distill import kd_loss
 from kdexp.matrix import use_student_lr
 from kdexp.module import DistillModule
 from kdexp.pipeline import resolve_teacher, trial_callback, trial_context
-from kdexp.stages import Context, evaluate, fit, trained_alone
+from kdexp.stages import evaluate, fit
 from kdexp.validate import ConfigError
-from kdexp.variants.links import build_method, method_label, report_student, student_run, variant_context
+from kdexp.variants.links import (
+    build_method, lineage_tags, method_label, report_student, student_run, vanilla_baseline, variant_context,
+)
 
 log = logging.getLogger("kdexp")
 POLICIES = ("mixup", "cutmix", "erasing")
@@ -122,27 +123,14 @@ class AugmentedDistillModule(DistillModule):
         if outputs is not None:  # cached outputs belong to the clean samples, not to these inputs
             raise RuntimeError("variant=augmented needs the teacher online: cached teacher outputs cannot be used")
 
-    def loss_terms(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def augment_batch(self, x: Tensor, y: Tensor):
         batch = self.augmenter(x, y)
-        s = self._outputs(self.student, batch.x)
-        t = self.teacher_outputs(batch.x, index) if self.uses_teacher else None
-        terms: dict[str, Tensor] = {}
-        if "ce" in self.weights:
-            terms["ce"] = batch.lam * F.cross_entropy(s.logits, batch.y_a) + (1 - batch.lam) * F.cross_entropy(
-                s.logits, batch.y_b)
-        if "kd" in self.weights:
-            terms["kd"] = kd_loss(s.logits, t.logits, self.temperature)
-        if self.method.terms:
-            terms.update(self.method(s, t, y, index, self.current_epoch))
-        return terms, s.logits
 
-    def training_step(self, batch, batch_idx):
-        x, y, index = batch
-        terms, logits = self.loss_terms(x, y, index)
-        loss = sum(self.weights.get(k, 0.0) * v for k, v in terms.items())
-        # train/acc against the un-mixed labels: a rough signal only (val/acc is the real one)
-        self._accumulate(self._train_sums, len(y), loss=loss, correct=(logits.argmax(1) == y).sum(), **terms)
-        return loss
+        def mixed_cross_entropy(logits: Tensor) -> Tensor:  # λ·CE(y_a) + (1-λ)·CE(y_b)
+            return batch.lam * F.cross_entropy(logits, batch.y_a) + (1 - batch.lam) * F.cross_entropy(logits, batch.y_b)
+
+        # train/acc stays against the un-mixed labels: a rough signal only (val/acc is the real one)
+        return batch.x, mixed_cross_entropy
 
 
 def augmenter_from(v: dict, seed: int) -> BatchAugmenter:
@@ -202,21 +190,3 @@ def run(conf: dict, run_dir: Path, cell: str = "") -> dict[str, float]:
             train_metrics.update({f"best_val/{k}": x for k, x in best.items()})
         return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta, extra={},
                               labels={"distill": label})
-
-
-def vanilla_baseline(ctx: Context) -> dict | None:
-    """The pipeline's `baseline=true`: the student architecture trained alone (cached)."""
-    if not ctx.conf["baseline"]:
-        return None
-    baseline, meta = trained_alone(ctx, "baseline", ctx.conf["trainer"]["max_epochs"], ctx.conf["seed"])
-    meta["metrics"] = evaluate(ctx, baseline, "baseline")
-    return meta
-
-
-def lineage_tags(teacher_meta: dict, baseline_meta: dict | None) -> dict[str, str]:
-    """The pipeline's lineage tags of a student run: which teacher (and vanilla baseline) runs it relates to."""
-    tags = {"kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
-            "kdexp.teacher_fingerprint": teacher_meta.get("key", "")}
-    if baseline_meta:
-        tags["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
-    return tags

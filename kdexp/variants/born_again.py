@@ -16,7 +16,7 @@ from kdexp.stages import evaluate, trained_alone
 from kdexp.validate import ConfigError
 from kdexp.variants.ensemble import COMBINE, EnsembleTeacher
 from kdexp.variants.links import (
-    accuracy_table, distilled_link, log_table, method_label, report_student, student_run, variant_context,
+    accuracy_table, distilled_link, lineage_tags, log_table, method_label, report_student, student_run, variant_context,
 )
 
 
@@ -63,11 +63,7 @@ def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
     extra.update({f"ensemble/{key}": v for key, v in ensemble.items()})
     rows.append((f"ensemble of generations 1..{generations} ({combine})", node["arch"], ensemble["test_top1"]))
 
-    lineage = {"kdexp.teacher_run_id": prev_meta.get("run_id") or "", "kdexp.teacher_fingerprint": prev_meta["key"],
-               "kdexp.root_teacher_run_id": teacher_meta.get("run_id") or "", "kdexp.link_run_id": meta["run_id"],
-               "kdexp.fingerprint": meta["key"]}
-    if baseline_meta:
-        lineage["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
+    lineage = lineage_tags(prev_meta, baseline_meta, root_meta=teacher_meta, link_meta=meta)
     with student_run(ctx, f"{label}:{node['arch']}x{generations}", cell, label, lineage) as run_id:
         metrics = report_student(ctx, run_id, model, meta["train_metrics"], teacher_meta, baseline_meta, extra,
                                  {"distill": label, "teacher": f"{node['arch']} (generation 0)"})

@@ -15,11 +15,11 @@ import lightning as L
 from kdexp.matrix import use_student_lr
 from kdexp.models import list_models
 from kdexp.pipeline import resolve_teacher
-from kdexp.stages import evaluate, trained_alone
+from kdexp.stages import evaluate
 from kdexp.validate import ConfigError
 from kdexp.variants.links import (
-    accuracy_table, arch_recipe, distilled_link, log_table, method_label, report_student, student_run,
-    teacher_key, variant_context,
+    accuracy_table, arch_recipe, distilled_link, lineage_tags, log_table, method_label, report_student, student_run,
+    teacher_key, vanilla_baseline, variant_context,
 )
 
 
@@ -48,10 +48,7 @@ def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
     teacher_meta["key"] = teacher_key(teacher_meta, teacher)
     recipe = dict(conf["recipe"])  # links pick their lr by architecture (student_lr); the teacher kept this one
     use_student_lr(conf)
-    baseline_meta = None
-    if conf["baseline"]:
-        baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
-        baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
+    baseline_meta = vanilla_baseline(ctx)
 
     nodes = [*assistants, student_node]
     prev, prev_meta, extra = teacher, teacher_meta, {}
@@ -67,11 +64,7 @@ def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
             rows.append((f"assistant {i}", node["arch"], test["test_top1"]))
             prev, prev_meta = model, meta
 
-    lineage = {"kdexp.teacher_run_id": prev_meta.get("run_id") or "", "kdexp.teacher_fingerprint": prev_meta["key"],
-               "kdexp.root_teacher_run_id": teacher_meta.get("run_id") or "", "kdexp.link_run_id": meta["run_id"],
-               "kdexp.fingerprint": meta["key"]}
-    if baseline_meta:
-        lineage["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
+    lineage = lineage_tags(prev_meta, baseline_meta, root_meta=teacher_meta, link_meta=meta)
     with student_run(ctx, f"{label}:{'->'.join(path)}", cell, label, lineage) as run_id:
         metrics = report_student(ctx, run_id, model, meta["train_metrics"], teacher_meta, baseline_meta, extra,
                                  {"distill": label})

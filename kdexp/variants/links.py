@@ -25,7 +25,7 @@ from kdexp.cache import fingerprint, load_weights
 from kdexp.distill import method_from_config
 from kdexp.module import DistillModule
 from kdexp.pipeline import agreement, make_context, teacher_metrics, write_results
-from kdexp.stages import Context, evaluate, fit, model_spec, quiet_lightning
+from kdexp.stages import Context, evaluate, fit, model_spec, quiet_lightning, trained_alone
 from kdexp.teacher_outputs import weights_digest
 from kdexp.tracking import flatten
 
@@ -222,3 +222,27 @@ def accuracy_table(title: str, rows: list[tuple[str, str, float | None]]) -> str
     lines = [f"| {title} | arch | test top-1 |", "|---|---|---|"]
     lines += [f"| {name} | {arch} | {'–' if acc is None else f'{100 * acc:.2f}'} |" for name, arch, acc in rows]
     return "\n".join(lines)
+
+
+def vanilla_baseline(ctx: Context) -> dict | None:
+    """The pipeline's `baseline=true`: the student architecture trained alone (cached)."""
+    if not ctx.conf["baseline"]:
+        return None
+    baseline, meta = trained_alone(ctx, "baseline", ctx.conf["trainer"]["max_epochs"], ctx.conf["seed"])
+    meta["metrics"] = evaluate(ctx, baseline, "baseline")
+    return meta
+
+
+def lineage_tags(teacher_meta: dict, baseline_meta: dict | None, root_meta: dict | None = None,
+                 link_meta: dict | None = None) -> dict[str, str]:
+    """The pipeline's lineage tags of a student run: which teacher (and vanilla baseline) runs it relates to;
+    for a chain of links also the root teacher and the student's own cached link run."""
+    tags = {"kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
+            "kdexp.teacher_fingerprint": teacher_meta.get("key", "")}
+    if root_meta is not None:
+        tags["kdexp.root_teacher_run_id"] = root_meta.get("run_id") or ""
+    if link_meta is not None:
+        tags.update({"kdexp.link_run_id": link_meta["run_id"], "kdexp.fingerprint": link_meta["key"]})
+    if baseline_meta:
+        tags["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""
+    return tags

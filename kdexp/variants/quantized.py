@@ -40,8 +40,7 @@ from kdexp.pipeline import (
 )
 from kdexp.stages import Context, evaluate, fit
 from kdexp.validate import ConfigError
-from kdexp.variants.augmented import lineage_tags, vanilla_baseline
-from kdexp.variants.links import build_method, method_label, student_run, variant_context
+from kdexp.variants.links import build_method, lineage_tags, method_label, student_run, vanilla_baseline, variant_context
 
 log = logging.getLogger("kdexp")
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
