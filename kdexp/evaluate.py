@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import statistics
 import time
@@ -75,7 +76,31 @@ def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, r
     return statistics.median(times) * 1e3
 
 
+# Costs depend on the architecture, not on the weights: the trials of an in-process sweep (one student
+# architecture, new weights each trial) measure them once, which also keeps their latencies comparable.
+_COSTS: dict[str, dict] = {}
+_COSTS_KEPT = 16
+
+
+def architecture_key(model: nn.Module, *settings: object) -> str:
+    """The module tree (with layer hyper-parameters) and every tensor's name, shape and dtype, + `settings`."""
+    tensors = [(k, tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", type(v).__name__)))
+               for k, v in model.state_dict().items()]
+    text = repr((type(model).__qualname__, repr(model), tensors, settings, torch.get_num_threads()))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def cost_metrics(model: nn.Module, input_shape: tuple[int, ...], latency_batch: int, repeats: int) -> dict:
+    """Parameters, FLOPs, size on disk and CPU latency at batch 1 and `latency_batch` (memoized per architecture)."""
+    key = architecture_key(model, tuple(input_shape), latency_batch, repeats)
+    if key not in _COSTS:
+        _COSTS[key] = measure_costs(model, input_shape, latency_batch, repeats)
+        while len(_COSTS) > _COSTS_KEPT:
+            _COSTS.pop(next(iter(_COSTS)))
+    return dict(_COSTS[key])
+
+
+def measure_costs(model: nn.Module, input_shape: tuple[int, ...], latency_batch: int, repeats: int) -> dict:
     device = next(model.parameters()).device
     cpu_model = model.to("cpu")
     out = {

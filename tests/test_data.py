@@ -473,3 +473,25 @@ def test_synthetic_is_learnable():
     with torch.no_grad():
         accuracy = (net(x).argmax(1) == y).float().mean().item()
     assert accuracy > 0.9, accuracy
+
+
+def test_files_are_decoded_once_per_process_until_they_change(tmp_path, monkeypatch):
+    """An in-process sweep builds a data module per trial: the files are read and hashed once."""
+    from kdexp.data import base
+    from kdexp.data.idx import IdxDataModule
+
+    make_mnist_dir(tmp_path / "m", gz=True)
+    monkeypatch.setattr(base, "_RAW_MEMO", {})
+    reads = []
+    real = IdxDataModule.load_raw
+    monkeypatch.setattr(IdxDataModule, "load_raw", lambda self: reads.append(1) or real(self))
+    first = create_datamodule("mnist", root=str(tmp_path / "m"), limit=10)
+    second = create_datamodule("mnist", root=str(tmp_path / "m"), val_fraction=0.5, seed=3)
+    first.setup(), second.setup()
+    assert len(reads) == 1 and first.fingerprint()["content_blake2b"] == second.fingerprint()["content_blake2b"]
+    assert len(first.split_tensors("train")[1]) == 10 and len(second.split_tensors("val")[1]) == 15
+    write_idx(tmp_path / "m" / "t10k-labels-idx1-ubyte", np.zeros(12, np.uint8), gz=True)  # a changed file
+    third = create_datamodule("mnist", root=str(tmp_path / "m"))
+    third.setup()
+    assert len(reads) == 2 and third.fingerprint()["content_blake2b"] != first.fingerprint()["content_blake2b"]
+    assert third.split_tensors("test")[1].tolist() == [0] * 12

@@ -94,10 +94,10 @@ class CIFAR100DataModule(CifarDataModule):
     downloads = (Download("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
                           (_TORONTO + "cifar-100-python.tar.gz",), extract=True),)  # fmt: skip
 
-    def load_raw(self):
-        meta = self.data_dir() / "meta"  # optional: class names only
-        if meta.is_file():
-            names = load_pickle(meta).get(b"fine_label_names")
+    def setup(self, stage: str | None = None) -> None:
+        if self.class_names is None:  # here, not in load_raw: memoized raw data skips load_raw
+            meta = self.data_dir() / "meta"  # optional: class names only
+            names = load_pickle(meta).get(b"fine_label_names") if meta.is_file() else None
             if names is not None and len(names) == self.num_classes:
                 self.class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-        return super().load_raw()
+        super().setup(stage)

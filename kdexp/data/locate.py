@@ -198,6 +198,10 @@ class FileDataModule(TensorDataModule):
     def prepare_data(self) -> None:
         self.data_dir()
 
+    def raw_source(self) -> tuple:
+        files = [self.path(*names) for names in self.expected]
+        return (type(self).__qualname__, *((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
     def path(self, *alternatives: str) -> Path:
         folder = self.data_dir()
         return next((folder / a for a in alternatives if (folder / a).is_file()), folder / alternatives[0])
