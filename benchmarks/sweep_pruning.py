@@ -1,7 +1,9 @@
-"""What median pruning saves in a KD sweep, and what a sweep costs besides training.
+"""What median pruning saves in a KD sweep, what the teacher-output cache saves, and what a sweep costs
+besides training.
 
     python benchmarks/sweep_pruning.py          # 2 x 20 trials of sweeps/kd_temperature.yaml, Fashion-MNIST
     python benchmarks/sweep_pruning.py --quick  # smoke run: 2 x 6 trials on synthetic 8x8 data (~1-2 min)
+    python benchmarks/sweep_pruning.py --compare teacher-cache  # unpruned, cached vs online teacher
 
 The same `kdexp-train -m +sweep=kd_temperature` study (TPE, same sampler seed) runs twice: with the file's
 median pruner and with `pruner.name=none`. The teacher is trained and cached beforehand (a 1-epoch single
@@ -140,6 +142,13 @@ def sweep(name: str, common: list[str], extra: list[str], work: Path, settings: 
     }
 
 
+COMPARISONS = {  # name -> the two sweeps: (label, extra overrides)
+    "pruning": (("pruned", []), ("unpruned", ["hydra.sweeper.pruner.name=none"])),
+    "teacher-cache": (("cached", ["hydra.sweeper.pruner.name=none"]),
+                      ("online", ["hydra.sweeper.pruner.name=none", "teacher_cache.mode=off"])),
+}
+
+
 def report(res: dict) -> str:
     s, runs = res["settings"], res["runs"]
     rows = []
@@ -149,18 +158,28 @@ def report(res: dict) -> str:
                      round(r["sweep_wall_s"]), round(r["fit_s"]), round(r["fit_per_epoch_median_s"], 2),
                      round(r["overhead_per_trial_s"], 2), round(r["trial_overhead_median_s"], 2),
                      round(r["evaluate_per_trial_s"], 2)])
-    on, off = runs["pruned"], runs["unpruned"]
-    saved = off["student_epochs"] - on["student_epochs"]
-    per_epoch = off["fit_per_epoch_median_s"]
-    lines = [
-        f"# Sweep pruning ({'quick' if res['quick'] else 'full'})", "",
+    header = [
+        f"# Sweep {res['compare']} ({'quick' if res['quick'] else 'full'})", "",
         f"`kdexp-train -m +sweep=kd_temperature {' '.join(s['overrides'])} trainer.max_epochs={s['epochs']} "
-        f"hydra.sweeper.n_trials={s['trials']}` (+ `hydra.sweeper.pruner.name=none` for the unpruned run); "
-        f"{res['machine']['cpu']}, {res['machine']['cores']} cores, load {res['loadavg_start']} at start.",
+        f"hydra.sweeper.n_trials={s['trials']}`, then with: "
+        + "; ".join(f"{name}: `{' '.join(extra) or '(as is)'}`" for name, extra in COMPARISONS[res["compare"]])
+        + f"; {res['machine']['cpu']}, {res['machine']['cores']} cores, load {res['loadavg_start']} at start.",
         "",
         md_table(["sweep", "trials", "student epochs", "best val acc", "its test top-1", "wall s",
                   "student fit s", "fit s/epoch (median)", "overhead s/trial (sweep)",
                   "overhead s/trial (median trial)", "evaluation s/trial"], rows), "",
+    ]
+    if res["compare"] == "teacher-cache":
+        cached, online = runs["cached"], runs["online"]
+        return "\n".join(header + [
+            f"The cached-teacher sweep took {cached['sweep_wall_s']:.0f} s against {online['sweep_wall_s']:.0f} s "
+            f"online: {online['sweep_wall_s'] / cached['sweep_wall_s']:.2f}x faster end to end; the student fits "
+            f"alone {online['fit_s'] / cached['fit_s']:.2f}x. Not student training, per trial (median): "
+            f"{cached['trial_overhead_median_s']:.2f} s cached, {online['trial_overhead_median_s']:.2f} s online."])
+    on, off = runs["pruned"], runs["unpruned"]
+    saved = off["student_epochs"] - on["student_epochs"]
+    per_epoch = off["fit_per_epoch_median_s"]
+    lines = header + [
         f"Pruning trained {on['student_epochs']}/{off['student_epochs']} student epochs "
         f"({saved / off['student_epochs']:.0%} fewer): about {saved * per_epoch:.0f} s of training at the "
         f"unpruned sweep's median {per_epoch:.2f} s/epoch (load-independent, unlike the measured wall ratio "
@@ -176,10 +195,12 @@ def main() -> None:
         child(Path(sys.argv[i + 1]), sys.argv[sys.argv.index("--") + 1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="6 trials per sweep on synthetic data (smoke test)")
+    p.add_argument("--compare", choices=sorted(COMPARISONS), default="pruning",
+                   help="pruning: median pruner vs none; teacher-cache: cached vs online teacher (both unpruned)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
     args = p.parse_args()
     settings = QUICK if args.quick else FULL
-    name = "sweep_pruning_quick" if args.quick else "sweep_pruning"
+    name = ("sweep_pruning" if args.compare == "pruning" else "sweep_teacher_cache") + ("_quick" if args.quick else "")
     work = args.out.resolve() / "work" / name
     for old in ("optuna.db", "mlflow.db", "mlartifacts", "multirun", "runs"):  # fresh studies; keep cache/
         path = work / old
@@ -187,7 +208,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     common = ["+sweep=kd_temperature", *settings["overrides"], f"trainer.max_epochs={settings['epochs']}",
               f"paths.root={work}", f"tracking.experiment={EXPERIMENT}"]
-    res = {"quick": args.quick, "machine": machine(), "loadavg_start": loadavg(), "runs": {},
+    res = {"quick": args.quick, "compare": args.compare, "machine": machine(), "loadavg_start": loadavg(), "runs": {},
            "settings": {k: settings[k] for k in ("trials", "epochs", "overrides")}}
     start = time.perf_counter()
     # Teacher (and its cached outputs) first, in a 1-epoch single run: the sweeps then only load it.
@@ -195,7 +216,7 @@ def main() -> None:
     prepare = [str(Path(sys.executable).parent / "kdexp-train"), *common, "trainer.max_epochs=1",
                "tracking.experiment=bench-prepare"]
     res["prepare_s"] = 0.0 if args.quick else run_cli(prepare, work / "prepare.log")
-    for run_name, extra in (("pruned", []), ("unpruned", ["hydra.sweeper.pruner.name=none"])):
+    for run_name, extra in COMPARISONS[args.compare]:
         print(f"sweep {run_name}: {settings['trials']} trials ...", flush=True)
         res["runs"][run_name] = sweep(run_name, common, extra, work, settings)
     res["total_s"] = time.perf_counter() - start
