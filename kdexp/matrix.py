@@ -99,6 +99,25 @@ def cell_key(conf: dict) -> str:
     return fingerprint({"what": "cell", **view})
 
 
+# What may differ between the cells of one table: the pair, the method (and its distill settings), the seed.
+SETTINGS_IGNORED_KEYS = (*CELL_IGNORED_KEYS, "seed", "method", "distill", "optuna_trial")
+ARCH_KEYS = ("arch", "kwargs")
+
+
+def settings_key(conf: dict) -> str:
+    """Fingerprint of what every cell of a benchmark table must share (data, recipe, trainer, how the teacher
+    is trained, ...), after `apply_matrix_keys` and before `use_student_lr`. Tagged `kdexp.settings` on
+    student runs, so that kdexp-report can tell when a table mixes runs of different settings."""
+    view = {k: v for k, v in conf.items() if k not in SETTINGS_IGNORED_KEYS}
+    for node, keys in CELL_IGNORED_SUBKEYS.items():
+        if isinstance(view.get(node), dict):
+            view[node] = {k: v for k, v in view[node].items() if k not in keys}
+    for role in ("teacher", "student"):
+        if isinstance(view.get(role), dict):
+            view[role] = {k: v for k, v in view[role].items() if k not in ARCH_KEYS}
+    return fingerprint({"what": "matrix-settings", **view})
+
+
 def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:
     """With `skip_finished`, the final metrics of a FINISHED student run of this cell, else None.
     FAILED or killed (still RUNNING) runs do not count: their cells are trained again."""

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdexp.cache import ModelCache, load_weights
 from kdexp.distill import method_from_config
 from kdexp.evaluate import agreement_metrics, ratios
-from kdexp.matrix import apply_matrix_keys, cell_key, finished_cell_metrics, use_student_lr
+from kdexp.matrix import apply_matrix_keys, cell_key, finished_cell_metrics, settings_key, use_student_lr
 from kdexp.module import DistillModule
 from kdexp.stages import Context, evaluate, fit, quiet_lightning, save_weights, trained_alone
 from kdexp.summary import summary_table
@@ -27,6 +27,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
     apply_matrix_keys(conf)  # benchmark matrices: method label, `pair` -> teacher/student arch, overrides
     validate_config(conf)
     cell = cell_key(conf)
+    settings = settings_key(conf)
     finished = finished_cell_metrics(conf, cell)  # `skip_finished`: a FINISHED run of this cell is reused
     if finished is not None:
         return finished
@@ -52,7 +53,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
     if conf["baseline"]:
         baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
         baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
-    return distill(ctx, teacher, teacher_meta, student, method, baseline_meta, cell)
+    return distill(ctx, teacher, teacher_meta, student, method, baseline_meta, cell, settings)
 
 
 def make_context(conf: dict, run_dir: Path) -> Context:
@@ -78,10 +79,10 @@ def resolve_teacher(ctx: Context, teacher) -> dict:
 
 
 def distill(ctx: Context, teacher, teacher_meta: dict, student, method, baseline_meta: dict | None,
-            cell: str = "") -> dict:
+            cell: str = "", settings: str = "") -> dict:
     conf, tracker = ctx.conf, ctx.tracker
     tags = {**ctx.tags("student"), "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
-            "kdexp.teacher_fingerprint": teacher_meta.get("key", ""), "kdexp.cell": cell,
+            "kdexp.teacher_fingerprint": teacher_meta.get("key", ""), "kdexp.cell": cell, "kdexp.settings": settings,
             "kdexp.method": conf.get("method") or conf["distill"]["name"]}
     if baseline_meta:
         tags["kdexp.baseline_run_id"] = baseline_meta.get("run_id") or ""

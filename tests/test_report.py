@@ -254,3 +254,21 @@ def test_reference_numbers_from_markdown_and_csv(store, tmp_path):
     ref_csv.write_text(f"pair,method,top1\n{A},at,73.0\n")
     cells = csv_cells(report(store, tmp_path, "--reference", str(ref_csv)))
     assert cells[("at", A)]["diff_vs_reference"] == "+1.00"
+
+
+def test_a_table_mixing_settings_says_so(tmp_path):
+    """Runs of one table trained with other data/recipe settings (tag kdexp.settings) get a warning footnote."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 's.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "art").as_uri())
+    ids = [add_run(client, exp, A, m, 0, student_metrics(A, 0.5, 0.5)) for m in ("none", "kd")]
+    for run_id in ids:
+        client.set_tag(run_id, "kdexp.settings", "recipe-1")
+    base = ["--uri", uri, "--experiment", "s", "--out", str(tmp_path), "--no-plots", "--no-mlflow"]
+    assert main([*base, "--name", "same"]) == 0
+    assert "different settings" not in (tmp_path / "same" / "table.md").read_text()
+    client.set_tag(ids[1], "kdexp.settings", "recipe-2")  # kd re-run after the recipe changed
+    assert main([*base, "--name", "mixed"]) == 0
+    assert "⚠ These runs were trained with 2 different settings" in (tmp_path / "mixed" / "table.md").read_text()

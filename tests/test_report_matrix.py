@@ -126,3 +126,18 @@ def test_every_cell_of_every_matrix_validates_and_builds(name):
                 if (name, pair, method) not in KNOWN_NA:
                     failures.append(f"{pair} {method}: {exc}")
     assert not failures
+
+
+def test_settings_key_ignores_what_varies_across_cells_but_not_the_recipe():
+    """kdexp.settings: equal for every cell of one matrix run, different when the shared settings change."""
+    from kdexp.matrix import settings_key
+
+    def key(*overrides: str) -> str:
+        c = conf("matrix=smoke", *overrides)
+        apply_matrix_keys(c)
+        return settings_key(c)
+
+    same = key("distill=none", "seed=0")
+    assert key("distill=kd", "seed=1", "paths.root=/elsewhere", "eval.latency_repeats=3") == same
+    assert key("distill=kd", "pair='cnn_small->mlp_small'") == same
+    assert key("trainer.max_epochs=3") != same and key("recipe.lr=0.01") != same and key("data.limit=50") != same

@@ -37,6 +37,7 @@ class Notes:
     duplicates: int = 0  # older runs of the same (pair, method, seed)
     outside_matrix: int = 0  # runs of pairs, methods or seeds the matrix does not declare
     vanilla_from_baseline: set[str] = field(default_factory=set)  # pairs whose vanilla row is the baseline role
+    settings: set[str] = field(default_factory=set)  # distinct `kdexp.settings` of the runs in the table
     data: str | None = None
 
 
@@ -86,6 +87,7 @@ def records_from_runs(runs: list, select: str, matrix=None) -> tuple[list[Record
                          f"narrow them with --tag data={datasets[0]} or --experiment")
     notes.data = datasets[0] if datasets else None
     runs = latest_per_cell(runs, notes)
+    notes.settings = {r.data.tags["kdexp.settings"] for r in runs if r.data.tags.get("kdexp.settings")}
     metric = SELECT_METRICS[select]
     records: list[Record] = []
     for run in runs:

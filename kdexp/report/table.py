@@ -114,6 +114,10 @@ class Table:
                        "(the latest counts).")
         if notes.outside_matrix:
             out.append(f"{notes.outside_matrix} run(s) outside the matrix's pairs/methods/seeds ignored.")
+        if len(notes.settings) > 1:
+            out.append(f"⚠ These runs were trained with {len(notes.settings)} different settings (data, recipe, "
+                       "trainer or teacher; tag kdexp.settings), e.g. after editing the matrix file and re-running "
+                       "part of it: rows are not comparable until every cell is re-run with one setting.")
         return out
 
 

@@ -64,6 +64,7 @@ def test_cells_are_tagged_and_student_lr_spares_the_teacher(matrix_runs):
     cwd, _, _, _, before, _ = matrix_runs
     _, roles = runs_by_role(cwd)
     assert len({r.data.tags["kdexp.cell"] for r in before}) == 4
+    assert len({r.data.tags["kdexp.settings"] for r in before}) == 1  # one table, one setting
     assert sorted((r.data.tags["kdexp.method"], r.data.tags["seed"]) for r in before) == [
         ("kd", "0"), ("kd", "1"), ("none", "0"), ("none", "1")]
     assert roles["teacher"][0].data.params["recipe.lr"] == "0.003"
