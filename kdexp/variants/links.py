@@ -23,6 +23,7 @@ from torch import nn
 
 from kdexp.cache import fingerprint, load_weights
 from kdexp.distill import method_from_config
+from kdexp.matrix import settings_key
 from kdexp.module import DistillModule
 from kdexp.pipeline import agreement, make_context, teacher_metrics, write_results
 from kdexp.stages import Context, evaluate, fit, model_spec, quiet_lightning, trained_alone
@@ -37,6 +38,7 @@ class VariantContext(Context):
     """A Context whose run tags name the variant (and, where it is not one model, the teacher)."""
 
     variant_tags: dict = field(default_factory=dict)
+    settings: str = ""  # kdexp.settings of the student run, taken before use_student_lr changes recipe.lr
 
     def tags(self, role: str) -> dict[str, str]:
         return {**super().tags(role), **self.variant_tags}
@@ -45,7 +47,8 @@ class VariantContext(Context):
 def variant_context(conf: dict, run_dir: Path, tags: dict[str, str]) -> VariantContext:
     quiet_lightning()
     ctx = make_context(conf, run_dir)
-    return VariantContext(**{f.name: getattr(ctx, f.name) for f in fields(Context)}, variant_tags=tags)
+    return VariantContext(**{f.name: getattr(ctx, f.name) for f in fields(Context)}, variant_tags=tags,
+                          settings=settings_key(conf))
 
 
 def method_label(conf: dict, suffix: str) -> str:
@@ -146,7 +149,8 @@ def train_link(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module
 def student_run(ctx: Context, name: str, cell: str, label: str, tags: dict[str, str]) -> Iterator[str]:
     """A run with kdexp.role=student (the standard tags + the variant's), FINISHED or FAILED on exit."""
     conf = ctx.conf
-    all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label, **tags}
+    all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label,
+                "kdexp.settings": getattr(ctx, "settings", ""), **tags}
     in_sweep = bool((conf.get("optuna_trial") or {}).get("study_name"))
     if in_sweep:  # nested under the sweep's parent run
         from kdexp.sweep.trial import child_run_tags

@@ -43,6 +43,7 @@ def test_augmented_run_metrics_lineage_and_finetuning(done):
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert run.info.status == "FINISHED"
     assert tags["kdexp.augment"] == "mixup" and tags["kdexp.method"] == "kd+mixup"
+    assert len(tags["kdexp.settings"]) == 20  # a table of variant runs can be checked for mixed settings too
     teacher = next(r for r in all_runs if r.data.tags["kdexp.role"] == "teacher" and r.data.tags.get("arch") == "cnn_small")
     assert tags["kdexp.teacher_run_id"] == teacher.info.run_id and tags["kdexp.baseline_run_id"]
     assert params["variant.policy"] == "mixup" and params["distill.weights.ce"] == "0.0"  # KD only, as trained
