@@ -101,3 +101,16 @@ def test_compile_trains_on_cpu_and_keeps_state_dict_keys(tmp_path):
     fit(ctx, module, 1)
     assert math.isfinite(module.last_val_acc) and set(student.state_dict()) == keys
     assert set(module.best_student().state_dict()) == keys
+
+
+def test_crd_benchmark_times_both_scoring_paths_and_restores_nothing_global(monkeypatch):
+    import kdexp.distill.crd as crd
+    from benchmarks.crd_scores import step_seconds
+
+    monkeypatch.setattr(crd, "DENSE_FRACTION", crd.DENSE_FRACTION)  # the benchmark sets it; undone after the test
+    calls = []
+    real = crd.CRD._scores
+    monkeypatch.setattr(crd.CRD, "_scores", lambda self, m, idx, v: calls.append(crd.DENSE_FRACTION) or real(self, m, idx, v))
+    assert step_seconds(300, dense=False, batch=8, negatives=64, repeats=1) > 0
+    assert step_seconds(300, dense=True, batch=8, negatives=64, repeats=1) > 0
+    assert set(calls) == {0, 4}  # each path was the one timed

@@ -1,0 +1,80 @@
+"""CRD's two ways of scoring a batch against its memory bank, per training step (forward + backward).
+
+    python benchmarks/crd_scores.py          # 10k and 50k samples, 16384 negatives (clamped), batch 128
+    python benchmarks/crd_scores.py --quick  # smoke run
+
+"gathered": memory[idx] as a (B, 1 + k, feat_dim) tensor, then a batched product (RepDistiller's way);
+"whole bank": one (B, feat_dim) x (feat_dim, N) GEMM, then a gather of the (B, 1 + k) scores. CRD picks
+the second when 1 + k >= N / DENSE_FRACTION. Same numbers (tests/test_distill_crd.py runs both).
+Results: outputs/bench/crd_scores[_quick].{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+import kdexp.distill.crd as crd
+from benchmarks.common import REPO, loadavg, machine, md_table, write_results
+from kdexp.distill import create_method
+from kdexp.models.base import FeatureOutput
+
+
+def step_seconds(num_samples: int, dense: bool, batch: int, negatives: int, repeats: int) -> float:
+    crd.DENSE_FRACTION = 4 if dense else 0  # 0: never the whole-bank path
+    torch.manual_seed(0)
+    method = create_method("crd", num_negatives=negatives)
+    emb_s, emb_t = torch.randn(batch, 64), torch.randn(batch, 256)
+    method.build(FeatureOutput(torch.zeros(batch, 10), [], [], emb_s), FeatureOutput(torch.zeros(batch, 10), [], [], emb_t),
+                 10, num_samples)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        s = FeatureOutput(torch.zeros(batch, 10), [], [], emb_s.clone().requires_grad_(True))
+        t = FeatureOutput(torch.zeros(batch, 10), [], [], emb_t)
+        method(s, t, y, torch.randint(0, num_samples, (batch,)), 0)["crd"].backward()
+
+    step(), step()  # warm-up, and Z fixed
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
+    args = p.parse_args()
+    sizes, repeats = ((2000,), 2) if args.quick else ((10000, 50000), 7)
+    res = {"machine": machine(), "load_before": loadavg(), "rows": []}
+    for n in sizes:
+        k = min(16384, n - 1)
+        pair = {}
+        for label, dense in (("gathered", False), ("whole bank", True), ("gathered", False), ("whole bank", True)):
+            pair.setdefault(label, []).append(step_seconds(n, dense, 128, 16384, repeats))  # alternate: load hits both
+        gathered, whole = min(pair["gathered"]), min(pair["whole bank"])
+        res["rows"].append({"num_samples": n, "negatives": k, "gathered_ms": 1e3 * gathered,
+                            "whole_bank_ms": 1e3 * whole, "speedup": gathered / whole})
+    res["load_after"] = loadavg()
+    md = (f"CRD step (forward + backward of the CRD term, batch 128, feat_dim 128), {res['machine']['cpu']}, "
+          f"{res['machine']['cores']} cores, load {res['load_before']} -> {res['load_after']}\n\n"
+          + md_table(["train samples", "negatives", "gathered ms", "whole bank ms", "speed-up"],
+                     [[r["num_samples"], r["negatives"], round(r["gathered_ms"], 1), round(r["whole_bank_ms"], 1),
+                       round(r["speedup"], 2)] for r in res["rows"]]))
+    write_results(args.out, "crd_scores" + ("_quick" if args.quick else ""), res, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
