@@ -21,6 +21,14 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+
+def remember(memo: dict, key, value, kept: int):
+    """memo[key] = value, dropping the oldest entries beyond `kept` (in-process memos of a sweep's trials)."""
+    memo[key] = value
+    while len(memo) > kept:
+        memo.pop(next(iter(memo)))
+    return value
+
 CACHE_FORMAT = 1  # bump when what a fingerprint means changes
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from kdexp.cache import remember
 from kdexp.models.base import num_params
 
 
@@ -94,9 +95,7 @@ def cost_metrics(model: nn.Module, input_shape: tuple[int, ...], latency_batch: 
     """Parameters, FLOPs, size on disk and CPU latency at batch 1 and `latency_batch` (memoized per architecture)."""
     key = architecture_key(model, tuple(input_shape), latency_batch, repeats)
     if key not in _COSTS:
-        _COSTS[key] = measure_costs(model, input_shape, latency_batch, repeats)
-        while len(_COSTS) > _COSTS_KEPT:
-            _COSTS.pop(next(iter(_COSTS)))
+        remember(_COSTS, key, measure_costs(model, input_shape, latency_batch, repeats), _COSTS_KEPT)
     return dict(_COSTS[key])
 
 

@@ -91,31 +91,30 @@ def use_student_lr(conf: dict) -> None:
 def cell_key(conf: dict) -> str:
     """Fingerprint of what one cell trains (after `apply_matrix_keys`): paths, tracking and eval-only keys
     left out, `student_lr` reduced to this student's entry, so that a re-run of the same cell finds it."""
-    view = {k: v for k, v in conf.items() if k not in CELL_IGNORED_KEYS}
-    for node, keys in CELL_IGNORED_SUBKEYS.items():
-        if isinstance(view.get(node), dict):
-            view[node] = {k: v for k, v in view[node].items() if k not in keys}
+    view = _view(conf, CELL_IGNORED_KEYS, CELL_IGNORED_SUBKEYS)
     view["student_lr"] = student_lr(conf)
     return fingerprint({"what": "cell", **view})
 
 
 # What may differ between the cells of one table: the pair, the method (and its distill settings), the seed.
 SETTINGS_IGNORED_KEYS = (*CELL_IGNORED_KEYS, "seed", "method", "distill", "optuna_trial")
-ARCH_KEYS = ("arch", "kwargs")
+SETTINGS_IGNORED_SUBKEYS = {**CELL_IGNORED_SUBKEYS, "teacher": ("arch", "kwargs"), "student": ("arch", "kwargs")}
+
+
+def _view(conf: dict, keys: tuple[str, ...], subkeys: dict[str, tuple[str, ...]]) -> dict:
+    """conf without `keys`, and without `subkeys[node]` inside each node."""
+    view = {k: v for k, v in conf.items() if k not in keys}
+    for node, drop in subkeys.items():
+        if isinstance(view.get(node), dict):
+            view[node] = {k: v for k, v in view[node].items() if k not in drop}
+    return view
 
 
 def settings_key(conf: dict) -> str:
     """Fingerprint of what every cell of a benchmark table must share (data, recipe, trainer, how the teacher
     is trained, ...), after `apply_matrix_keys` and before `use_student_lr`. Tagged `kdexp.settings` on
     student runs, so that kdexp-report can tell when a table mixes runs of different settings."""
-    view = {k: v for k, v in conf.items() if k not in SETTINGS_IGNORED_KEYS}
-    for node, keys in CELL_IGNORED_SUBKEYS.items():
-        if isinstance(view.get(node), dict):
-            view[node] = {k: v for k, v in view[node].items() if k not in keys}
-    for role in ("teacher", "student"):
-        if isinstance(view.get(role), dict):
-            view[role] = {k: v for k, v in view[role].items() if k not in ARCH_KEYS}
-    return fingerprint({"what": "matrix-settings", **view})
+    return fingerprint({"what": "matrix-settings", **_view(conf, SETTINGS_IGNORED_KEYS, SETTINGS_IGNORED_SUBKEYS)})
 
 
 def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:

@@ -10,11 +10,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from kdexp.cache import ModelCache, load_weights
-from kdexp.distill import method_from_config
 from kdexp.evaluate import agreement_metrics, ratios
 from kdexp.matrix import apply_matrix_keys, cell_key, finished_cell_metrics, settings_key, use_student_lr
 from kdexp.module import DistillModule
-from kdexp.stages import Context, evaluate, fit, quiet_lightning, save_weights, trained_alone
+from kdexp.stages import Context, build_method, evaluate, fit, quiet_lightning, save_weights, trained_alone
 from kdexp.summary import summary_table
 from kdexp.tracking import Tracker, flatten
 from kdexp.validate import validate_config
@@ -27,7 +26,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
     apply_matrix_keys(conf)  # benchmark matrices: method label, `pair` -> teacher/student arch, overrides
     validate_config(conf)
     cell = cell_key(conf)
-    settings = settings_key(conf)
     finished = finished_cell_metrics(conf, cell)  # `skip_finished`: a FINISHED run of this cell is reused
     if finished is not None:
         return finished
@@ -35,17 +33,14 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path = ".") -> dict[str, floa
         from kdexp.variants import run_variant
 
         return run_variant(conf, Path(run_dir), cell)
+    settings = settings_key(conf)  # before use_student_lr changes recipe.lr
     quiet_lightning()
     ctx = make_context(conf, Path(run_dir))
 
     # Build every model and the method before training anything: an incompatible pair fails now.
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")
-    method = method_from_config(conf["distill"])
-    method.build(
-        student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
-        ctx.dm.num_classes, ctx.dm.num_train,
-    )
+    method = build_method(ctx, student, teacher)
 
     teacher_meta = resolve_teacher(ctx, teacher)
     use_student_lr(conf)  # from here on recipe.lr is the student's (`student_lr`); the teacher kept its own

@@ -12,7 +12,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from kdexp.cache import ModelCache, fingerprint, load_weights
+from kdexp.cache import ModelCache, fingerprint, load_weights, remember
+from kdexp.distill import method_from_config
 from kdexp.evaluate import accuracy_metrics, cost_metrics, predict_logits
 from kdexp.models import create_model
 from kdexp.module import DistillModule
@@ -140,9 +141,7 @@ def evaluate(ctx: Context, model: nn.Module, role: str, costs: bool = True) -> d
     if costs:
         ev = ctx.conf["eval"]
         out.update(cost_metrics(model, ctx.input_shape, ev["latency_batch"], ev["latency_repeats"]))
-    _EVALUATIONS[key] = (logits, dict(out))
-    while len(_EVALUATIONS) > _EVALUATIONS_KEPT:
-        _EVALUATIONS.pop(next(iter(_EVALUATIONS)))
+    remember(_EVALUATIONS, key, (logits, dict(out)), _EVALUATIONS_KEPT)
     return out
 
 
@@ -157,6 +156,14 @@ def cached_test_logits(ctx: Context, model: nn.Module, digest: str, batch_size: 
 
     cache = TeacherOutputCache(Path(ctx.conf["paths"]["cache"]) / "teacher_outputs")
     return cache.get_or_compute(fingerprint(spec), compute, spec)[0].logits
+
+
+def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
+    """The configured method, built for this (student, teacher) pair: adapters depend on both."""
+    method = method_from_config(ctx.conf["distill"])
+    method.build(student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
+                 ctx.dm.num_classes, ctx.dm.num_train)
+    return method
 
 
 def save_weights(ctx: Context, model: nn.Module, name: str) -> Path:

@@ -26,6 +26,18 @@ def compose_train(overrides: list[str] | None = None) -> DictConfig:
         return compose(config_name="train", overrides=overrides or [], return_hydra_config=False)
 
 
+def exit_codes_of_concurrent(target, args: tuple, n: int = 2, timeout: float = 120) -> list:
+    """Start `n` spawned processes running target(*args) at once; their exit codes (cache-locking tests)."""
+    import multiprocessing as mp
+
+    procs = [mp.get_context("spawn").Process(target=target, args=args) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    return [p.exitcode for p in procs]
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path) -> list[str]:
     """A whole experiment in seconds: synthetic data, tiny models, one epoch, output under tmp_path."""

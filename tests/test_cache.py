@@ -10,6 +10,7 @@ import torch
 
 from kdexp.cache import ModelCache, fingerprint, load_weights
 from kdexp.models import create_model
+from tests.conftest import exit_codes_of_concurrent
 
 
 def test_fingerprint_is_stable_and_sensitive():
@@ -68,13 +69,7 @@ def _worker(root, log_path):
 
 def test_two_processes_started_at_once_train_once(tmp_path):
     log = tmp_path / "log.txt"
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "cache"), str(log))) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert exit_codes_of_concurrent(_worker, (str(tmp_path / "cache"), str(log)), timeout=60) == [0, 0]
     assert log.read_text().count("trained") == 1
 
 

@@ -4,7 +4,6 @@ outputs depend on, atomic and locked writes, and deterministic augmented views."
 from __future__ import annotations
 
 import copy
-import multiprocessing as mp
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from kdexp.teacher_outputs import (
     compute_outputs, prepare_cached_teacher, wanted_outputs,
 )
 from kdexp.cache import fingerprint
+from tests.conftest import exit_codes_of_concurrent
 
 
 def synthetic(**kw):
@@ -170,13 +170,7 @@ def _slow_fill(root, log_path):
 
 def test_two_processes_fill_once(tmp_path):
     log = tmp_path / "log.txt"
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_slow_fill, args=(str(tmp_path / "cache"), str(log))) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert exit_codes_of_concurrent(_slow_fill, (str(tmp_path / "cache"), str(log))) == [0, 0]
     assert log.read_text().count("filled") == 1
 
 

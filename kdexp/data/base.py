@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdexp.cache import remember
 from kdexp.registry import Registry
 
 DATASETS: Registry[TensorDataModule] = Registry("data set")
@@ -208,9 +209,7 @@ class TensorDataModule(L.LightningDataModule):
             digest.update(str((t.dtype, tuple(t.shape))).encode())
             digest.update(t.contiguous().numpy().tobytes())
         if source is not None:  # splits index and normalize into new tensors: the raw ones stay as read
-            _RAW_MEMO[source] = (raw, digest.hexdigest())
-            while len(_RAW_MEMO) > _RAW_MEMO_KEPT:
-                _RAW_MEMO.pop(next(iter(_RAW_MEMO)))
+            remember(_RAW_MEMO, source, (raw, digest.hexdigest()), _RAW_MEMO_KEPT)
         return raw, digest.hexdigest()
 
     # --- attributes ---------------------------------------------------------------------------

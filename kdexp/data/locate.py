@@ -199,8 +199,8 @@ class FileDataModule(TensorDataModule):
         self.data_dir()
 
     def raw_source(self) -> tuple:
-        files = [self.path(*names) for names in self.expected]
-        return (type(self).__qualname__, *((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        stats = [(str(f.resolve()), f.stat()) for f in (self.path(*names) for names in self.expected)]
+        return (type(self).__qualname__, *((path, st.st_size, st.st_mtime_ns) for path, st in stats))
 
     def path(self, *alternatives: str) -> Path:
         folder = self.data_dir()

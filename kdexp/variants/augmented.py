@@ -28,10 +28,10 @@ from torch import Tensor
 from kdexp.matrix import use_student_lr
 from kdexp.module import DistillModule
 from kdexp.pipeline import resolve_teacher, trial_callback, trial_context
-from kdexp.stages import evaluate, fit
+from kdexp.stages import build_method, evaluate, fit
 from kdexp.validate import ConfigError
 from kdexp.variants.links import (
-    build_method, lineage_tags, method_label, report_student, student_run, vanilla_baseline, variant_context,
+    lineage_tags, method_label, report_student, student_run, vanilla_baseline, variant_context,
 )
 
 log = logging.getLogger("kdexp")

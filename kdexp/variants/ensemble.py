@@ -26,10 +26,10 @@ from kdexp.matrix import use_student_lr
 from kdexp.models import list_models
 from kdexp.models.base import FeatureOutput, ZooModel
 from kdexp.pipeline import distill
-from kdexp.stages import evaluate, trained_alone
+from kdexp.stages import build_method, evaluate, trained_alone
 from kdexp.teacher_outputs import weights_digest
 from kdexp.validate import ConfigError
-from kdexp.variants.links import build_method, method_label, variant_context
+from kdexp.variants.links import method_label, variant_context
 
 COMBINE = ("mean_logits", "mean_probs")
 MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")

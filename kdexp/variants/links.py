@@ -22,11 +22,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdexp.cache import fingerprint, load_weights
-from kdexp.distill import method_from_config
 from kdexp.matrix import settings_key
 from kdexp.module import DistillModule
 from kdexp.pipeline import agreement, make_context, teacher_metrics, write_results
-from kdexp.stages import Context, evaluate, fit, model_spec, quiet_lightning, trained_alone
+from kdexp.stages import Context, build_method, evaluate, fit, model_spec, quiet_lightning, trained_alone
 from kdexp.teacher_outputs import weights_digest
 from kdexp.tracking import flatten
 
@@ -54,15 +53,6 @@ def variant_context(conf: dict, run_dir: Path, tags: dict[str, str]) -> VariantC
 def method_label(conf: dict, suffix: str) -> str:
     """Row label of the variant in reports (tag kdexp.method): `variant.label`, else e.g. `kd+chain`."""
     return conf["variant"].get("label") or f"{conf.get('method') or conf['distill']['name']}+{suffix}"
-
-
-def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
-    """The configured method, built for this (student, teacher) pair: adapters depend on both."""
-    d = ctx.conf["distill"]
-    method = method_from_config(d)
-    method.build(student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
-                 ctx.dm.num_classes, ctx.dm.num_train)
-    return method
 
 
 def arch_recipe(conf: dict, recipe: dict, arch: str) -> dict:
@@ -146,11 +136,11 @@ def train_link(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module
 # -- the reported student run --------------------------------------------------------------------------------
 
 @contextmanager
-def student_run(ctx: Context, name: str, cell: str, label: str, tags: dict[str, str]) -> Iterator[str]:
+def student_run(ctx: VariantContext, name: str, cell: str, label: str, tags: dict[str, str]) -> Iterator[str]:
     """A run with kdexp.role=student (the standard tags + the variant's), FINISHED or FAILED on exit."""
     conf = ctx.conf
     all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label,
-                "kdexp.settings": getattr(ctx, "settings", ""), **tags}
+                "kdexp.settings": ctx.settings, **tags}
     in_sweep = bool((conf.get("optuna_trial") or {}).get("study_name"))
     if in_sweep:  # nested under the sweep's parent run
         from kdexp.sweep.trial import child_run_tags

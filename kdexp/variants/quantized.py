@@ -38,9 +38,9 @@ from kdexp.module import DistillModule
 from kdexp.pipeline import (
     agreement, resolve_teacher, teacher_metrics, trial_callback, trial_context, write_results,
 )
-from kdexp.stages import Context, evaluate, fit
+from kdexp.stages import Context, build_method, evaluate, fit
 from kdexp.validate import ConfigError
-from kdexp.variants.links import build_method, lineage_tags, method_label, student_run, vanilla_baseline, variant_context
+from kdexp.variants.links import lineage_tags, method_label, student_run, vanilla_baseline, variant_context
 
 log = logging.getLogger("kdexp")
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
