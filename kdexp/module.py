@@ -190,17 +190,25 @@ class DistillModule(L.LightningModule):
         return model
 
 
-def build_optimizer(params: list[nn.Parameter], recipe: dict, max_epochs: int):
+def fused_kernels(params: list) -> bool:
+    """Whether torch's fused optimizer kernels apply: one kernel over all tensors instead of a Python loop of
+    small ops, 3-7x faster steps on CPU (benchmarks/optimizer_step.py). Parameters or param-group dicts."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+
+
+def build_optimizer(params: list, recipe: dict, max_epochs: int):
     name, lr, wd = recipe.get("optimizer", "sgd"), float(recipe["lr"]), float(recipe.get("weight_decay", 0))
+    fused = {"fused": True} if fused_kernels(params) else {}  # same update rule, within float rounding
     if name == "sgd":
         opt = torch.optim.SGD(
             params, lr=lr, momentum=recipe.get("momentum", 0.9), weight_decay=wd,
-            nesterov=bool(recipe.get("nesterov", False)),
+            nesterov=bool(recipe.get("nesterov", False)), **fused,
         )
     elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
     elif name == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
     else:
         raise ValueError(f"recipe.optimizer={name!r} is not one of: sgd, adam, adamw")
     schedule = recipe.get("schedule", "constant")

@@ -114,3 +114,31 @@ def test_crd_benchmark_times_both_scoring_paths_and_restores_nothing_global(monk
     assert step_seconds(300, dense=False, batch=8, negatives=64, repeats=1) > 0
     assert step_seconds(300, dense=True, batch=8, negatives=64, repeats=1) > 0
     assert set(calls) == {0, 4}  # each path was the one timed
+
+
+def test_optimizer_benchmark_times_the_fused_and_the_loop_optimizer():
+    import kdexp.module
+    from benchmarks.optimizer_step import RECIPES, optimizer
+
+    model = create_model("cnn_tiny", num_classes=10, in_channels=1)
+    for name, recipe in RECIPES.items():
+        assert optimizer(model, recipe, fused=True).defaults["fused"] is True
+        assert not optimizer(model, recipe, fused=False).defaults["fused"]
+    assert kdexp.module.fused_kernels([torch.nn.Parameter(torch.zeros(1))])  # the switch was put back
+
+
+def test_student_step_benchmark_trains_and_restores_global_switches():
+    from benchmarks.student_step import GroupedStudents, student_step, with_threads, without_mkldnn
+
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    seen = []
+    with_threads(1, lambda: seen.append(torch.get_num_threads()))()
+    without_mkldnn(lambda: seen.append(torch.backends.mkldnn.enabled))()
+    assert seen == [1, False]
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (threads, mkldnn)
+    grouped = GroupedStudents(3)
+    before = [p.detach().clone() for p in grouped.parameters()]
+    step = student_step(grouped, batch=4, copies=3)
+    step()
+    assert grouped(torch.randn(4, 1, 28, 28)).shape == (3, 4, 10)  # one logit set per student
+    assert all(not torch.equal(a, b) for a, b in zip(before, grouped.parameters()))  # every weight trained
