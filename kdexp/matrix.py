@@ -21,7 +21,7 @@ MATRIX_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "matrix"  # the
 # Keys that do not change what a cell trains: where things go, how it is measured or logged, how fast.
 CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair")
 CELL_IGNORED_SUBKEYS = {
-    "data": ("root", "eval_batch_size"),
+    "data": ("root", "eval_batch_size", "device", "pin_memory"),
     "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last"),
     "teacher_cache": ("mode", "max_gb"),  # cached or online teacher outputs: the same numbers
 }

@@ -78,6 +78,11 @@ TRAINER_EXTRAS = ("compile", "channels_last")
 def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
     trainer_kwargs = {**ctx.conf["trainer"], "max_epochs": max_epochs}
     extras = {k: trainer_kwargs.pop(k, False) for k in TRAINER_EXTRAS}
+    trainer = L.Trainer(
+        **trainer_kwargs, logger=False, enable_checkpointing=False, callbacks=callbacks or [],
+        default_root_dir=str(ctx.run_dir),
+    )
+    ctx.dm.use_device(trainer.strategy.root_device)  # data.device / data.pin_memory
     train_loader = use_cached_teacher(ctx, module) or ctx.dm.train_dataloader()
     if extras["channels_last"]:
         module.to(memory_format=torch.channels_last)
@@ -85,10 +90,6 @@ def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | 
         module.student.compile()
         if module.uses_teacher and module.teacher_store is None:
             module.teacher.compile()
-    trainer = L.Trainer(
-        **trainer_kwargs, logger=False, enable_checkpointing=False, callbacks=callbacks or [],
-        default_root_dir=str(ctx.run_dir),
-    )
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=ctx.dm.val_dataloader())
     return trainer
 

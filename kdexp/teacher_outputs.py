@@ -311,6 +311,7 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
     loader = None
     if views:
         _, y = dm.split_tensors("train")
-        loader = ViewBatchLoader(x_views, y, views, dm.batch_size, seed=dm.seed, drop_last=dm.drop_last,
-                                 epoch_fn=dm._trainer_epoch)
+        loader = ViewBatchLoader(x_views.to(dm.batch_device), y.to(dm.batch_device), views, dm.batch_size,
+                                 seed=dm.seed, drop_last=dm.drop_last, epoch_fn=dm._trainer_epoch,
+                                 pin_memory=dm.pins_batches)
     return CachedTeacher(memo[key], loader, key)

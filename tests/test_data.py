@@ -359,6 +359,48 @@ def test_loader_yields_indexed_batches():
     assert len(val) == 1 and val[0].tolist() == list(range(11))  # unshuffled, eval_batch_size
 
 
+def test_batches_are_made_on_the_data_device_and_the_splits_stay_on_the_cpu():
+    """data.device=auto follows the trainer's device; evaluation and caches keep the CPU splits. The meta
+    device stands in for an accelerator here: indexing and shuffling run there, no kernel needs a GPU."""
+    dm = create_datamodule("synthetic", num_samples=110, batch_size=32, seed=5, device="auto")
+    dm.use_device(torch.device("cpu"))
+    x, y, index = next(iter(dm.train_dataloader()))
+    assert x.device.type == y.device.type == index.device.type == "cpu"
+    dm.use_device(torch.device("meta"))  # auto: the trainer's device
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        x, y, index = next(iter(loader))
+        assert x.device.type == y.device.type == index.device.type == "meta"
+        assert x.shape[1:] == dm.input_shape and len(x) == len(index) == min(len(loader.y), loader.batch_size)
+    assert all(dm.split_tensors(s)[0].device.type == "cpu" for s in ("train", "val", "test"))
+    assert dm.batch_tensors("train")[0] is dm.batch_tensors("train")[0]  # copied once, not per loader
+    dm.use_device(torch.device("cpu"))
+    assert next(iter(dm.train_dataloader()))[0].device.type == "cpu"
+    pinned = create_datamodule("synthetic", num_samples=110, batch_size=32, device="cpu")
+    pinned.use_device(torch.device("meta"))  # device=cpu: batches stay on the host whatever the trainer
+    assert next(iter(pinned.train_dataloader()))[0].device.type == "cpu"
+
+
+def test_pin_memory_only_for_host_batches_of_a_cuda_trainer(monkeypatch):
+    pinned_calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned_calls.append(t.shape) or t)
+    for device, pin, trainer, expect in (("cpu", True, "cuda", True), ("cpu", True, "cpu", False),
+                                          ("cpu", False, "cuda", False), ("auto", True, "cpu", False)):
+        dm = create_datamodule("synthetic", num_samples=110, batch_size=32, device=device, pin_memory=pin)
+        dm.use_device(torch.device(trainer))  # a torch.device("cuda") object needs no GPU
+        pinned_calls.clear()
+        x, y, index = next(iter(dm.train_dataloader()))
+        assert dm.pins_batches is expect
+        assert pinned_calls == ([x.shape, y.shape, index.shape] if expect else [])
+
+
+def test_bad_data_device_is_named():
+    for bad in ("gpu0", "banana", 3.5):
+        with pytest.raises(ValueError, match=rf"data.device must be auto, cpu or a torch device.*got {bad!r}"):
+            create_datamodule("digits", device=bad)
+    with pytest.raises(ValueError, match="data.pin_memory must be true or false, got 'yes'"):
+        create_datamodule("digits", pin_memory="yes")
+
+
 def test_shuffle_reproducible_and_new_each_epoch():
     def orders(seed, epochs=2):
         loader = create_datamodule("synthetic", num_samples=100, batch_size=16, seed=seed).train_dataloader()

@@ -44,6 +44,15 @@ def check_int(key: str, value: object, minimum: int, *, allow_none: bool = False
         raise ValueError(f"data.{key} must be {allowed}, got {value!r}")
 
 
+def check_device(device: object) -> None:
+    if device in (None, "auto"):
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"data.device must be auto, cpu or a torch device such as cuda or cuda:1, got {device!r}")
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # SeedSequence mixes (seed, epoch) so that run seed s at epoch e+1 is unrelated to seed s+1 at epoch e.
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
@@ -90,9 +99,10 @@ class TensorBatchLoader:
         drop_last: bool = False,
         augment: AugmentFn | None = None,
         epoch_fn: Callable[[], int | None] | None = None,
+        pin_memory: bool = False,
     ):
         check_int("batch_size", batch_size, 1)
-        self.x, self.y = x, y
+        self.x, self.y, self.pin_memory = x, y, pin_memory
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.augment, self.epoch_fn = augment, epoch_fn
         self._next_epoch = 0
@@ -117,7 +127,9 @@ class TensorBatchLoader:
             xb = self.x[index]
             if self.augment is not None:
                 xb = self.augment(xb, gen)
-            yield xb, self.y[index], index
+            batch = (xb, self.y[index], index)
+            # page-locked host batches: the trainer's non-blocking copy to the GPU overlaps the step
+            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -132,8 +144,10 @@ class TensorDataModule(L.LightningDataModule):
       augment       random crop (+ horizontal flip where `flip` is True) on training batches
       seed          run seed: shuffling and augmentation only
       download      None: download unless KDEXP_OFFLINE=1; True/False forces it (file-based only)
-      device        keep all tensors on this device ("cuda", ...) so batching/augmentation run there;
-                    "auto" = the attached trainer's device; None = CPU
+      device        where training/validation batches are made (indexing, augmentation): "auto" = the
+                    trainer's device (the splits are copied there once, so batches never cross the bus),
+                    "cpu", "cuda", "cuda:1", ...; None = CPU. Evaluation and caches use the CPU splits.
+      pin_memory    page-locked batches when they are made on the CPU for a CUDA trainer
     """
 
     name: ClassVar[str]
@@ -160,6 +174,7 @@ class TensorDataModule(L.LightningDataModule):
         drop_last: bool = False,
         download: bool | None = None,
         device: str | None = None,
+        pin_memory: bool = False,
     ):
         super().__init__()
         check_int("limit", limit, 1, allow_none=True)
@@ -175,7 +190,8 @@ class TensorDataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.val_fraction must be a number in (0, 1) (exclusive), got {val_fraction!r}"
             )
-        for key, value in (("augment", augment), ("drop_last", drop_last)):
+        check_device(device)
+        for key, value in (("augment", augment), ("drop_last", drop_last), ("pin_memory", pin_memory)):
             if not isinstance(value, bool):
                 raise ValueError(f"data.{key} must be true or false, got {value!r}")
         self.root, self.limit, self.val_fraction, self.split_seed = (
@@ -186,6 +202,9 @@ class TensorDataModule(L.LightningDataModule):
         )
         self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
         self.augment, self.seed, self.download, self.device = augment, seed, download, device
+        self.pin_memory = pin_memory
+        self._batch_device, self._pin = torch.device("cpu"), False  # set per fit by use_device
+        self._device_copies: dict[str, tuple[Tensor, Tensor]] = {}
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
         self._content_hash: str | None = None
 
@@ -226,14 +245,31 @@ class TensorDataModule(L.LightningDataModule):
         if self._splits is None:
             raw, self._content_hash = self._raw_and_hash()
             self._splits = self._build_splits(*raw)
-        device = self._target_device()
-        if self._splits["train"][0].device != device:
-            self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
 
-    def _target_device(self) -> torch.device:
-        if self.device == "auto":
-            return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        return torch.device(self.device or "cpu")
+    def use_device(self, trainer_device: torch.device) -> None:
+        """Make the loaders' batches where `device` says, for a trainer running on `trainer_device`."""
+        target = trainer_device if self.device == "auto" else torch.device(self.device or "cpu")
+        if target != self._batch_device:
+            self._device_copies.clear()
+        self._batch_device = target
+        self._pin = self.pin_memory and target.type == "cpu" and trainer_device.type == "cuda"
+
+    @property
+    def batch_device(self) -> torch.device:
+        return self._batch_device
+
+    @property
+    def pins_batches(self) -> bool:
+        return self._pin
+
+    def batch_tensors(self, split: str) -> tuple[Tensor, Tensor]:
+        """A split on the batch device (copied there once); split_tensors keeps the CPU copy."""
+        x, y = self.split_tensors(split)
+        if self._batch_device.type == "cpu":
+            return x, y
+        if split not in self._device_copies:
+            self._device_copies[split] = (x.to(self._batch_device), y.to(self._batch_device))
+        return self._device_copies[split]
 
     def _build_splits(self, x_tr: Tensor, y_tr: Tensor, x_te: Tensor, y_te: Tensor) -> dict:
         for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
@@ -279,7 +315,7 @@ class TensorDataModule(L.LightningDataModule):
     def loader(
         self, split: str, *, batch_size: int | None = None, shuffle: bool = False, augment: bool = False
     ) -> TensorBatchLoader:
-        x, y = self.split_tensors(split)
+        x, y = self.batch_tensors(split)
         training = split == "train" and shuffle
         return TensorBatchLoader(
             x,
@@ -290,6 +326,7 @@ class TensorDataModule(L.LightningDataModule):
             drop_last=self.drop_last if training else False,
             augment=self.augment_batch if augment else None,
             epoch_fn=self._trainer_epoch if training else None,
+            pin_memory=self._pin,
         )
 
     def _trainer_epoch(self) -> int | None:
