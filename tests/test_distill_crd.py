@@ -111,8 +111,15 @@ def test_negatives_skip_the_anchor_and_avoid_its_class():
     assert idx.shape == (64, 257) and torch.equal(idx[:, 0], index)
     assert (idx[:, 1:] != index[:, None]).all() and idx.min() >= 0 and idx.max() < n
     method.labels.copy_(torch.arange(n) % 4)  # labels known (after one epoch)
-    same = (method.labels[method.sample_indices(index, target)[:, 1:]] == target[:, None]).float().mean()
+    neg = method.sample_indices(index, target)[:, 1:]
+    same = (method.labels[neg] == target[:, None]).float().mean()
     assert same < 0.02  # uniform sampling would give 0.25
+    assert (neg != index[:, None]).all()  # redraws skip the anchor too
+    other = neg[method.labels[neg] != target[:, None]]  # redrawn entries are uniform over the other classes
+    shares = torch.bincount(method.labels[other], minlength=4).float() / len(other)
+    assert torch.allclose(shares, torch.full((4,), 0.25), atol=0.01)
+    counts = torch.bincount(other, minlength=n).float()
+    assert counts.std() / counts.mean() < 0.25  # and over their samples: ~41 draws each, Poisson std/mean 0.16
 
 
 def test_negatives_are_clamped_to_the_data_set_with_a_note(caplog):
