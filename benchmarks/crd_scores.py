@@ -6,6 +6,7 @@
 "gathered": memory[idx] as a (B, 1 + k, feat_dim) tensor, then a batched product (RepDistiller's way);
 "whole bank": one (B, feat_dim) x (feat_dim, N) GEMM, then a gather of the (B, 1 + k) scores. CRD picks
 the second when 1 + k >= N / DENSE_FRACTION. Same numbers (tests/test_distill_crd.py runs both).
+Also times drawing the negatives: the previous sampler (whole-block redraws) against CRD.sample_indices.
 Results: outputs/bench/crd_scores[_quick].{json,md}.
 """
 
@@ -51,6 +52,35 @@ def step_seconds(num_samples: int, dense: bool, batch: int, negatives: int, repe
     return statistics.median(times)
 
 
+def whole_block_redraw(method, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The previous CRD sampler, for comparison: redraw the whole (B, k) block three times, keeping fresh
+    draws only where the old ones hit the anchor's class."""
+    def draw() -> torch.Tensor:
+        neg = torch.randint(0, method.num_samples - 1, (index.shape[0], method.k))
+        return neg + (neg >= index[:, None]).long()
+
+    neg = draw()
+    for _ in range(3):
+        neg = torch.where(method.labels[neg] == target[:, None], draw(), neg)
+    return torch.cat([index[:, None], neg], dim=1)
+
+
+def sampling_seconds(num_samples: int, negatives: int, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds to draw one batch's negatives, previous sampler vs CRD.sample_indices (10 classes known)."""
+    method = create_method("crd", num_negatives=negatives)
+    emb = FeatureOutput(torch.zeros(batch, 10), [], [], torch.randn(batch, 64))
+    method.build(emb, emb, 10, num_samples)
+    method.labels.copy_(torch.randint(0, 10, (num_samples,)))
+    index, target = torch.randint(0, num_samples, (batch,)), torch.randint(0, 10, (batch,))
+    out: dict[str, list[float]] = {"previous": [], "current": []}
+    for _ in range(repeats):
+        for name, fn in (("previous", whole_block_redraw), ("current", type(method).sample_indices)):
+            start = time.perf_counter()
+            fn(method, index, target)
+            out[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in out.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -64,14 +94,21 @@ def main() -> None:
         for label, dense in (("gathered", False), ("whole bank", True), ("gathered", False), ("whole bank", True)):
             pair.setdefault(label, []).append(step_seconds(n, dense, 128, 16384, repeats))  # alternate: load hits both
         gathered, whole = min(pair["gathered"]), min(pair["whole bank"])
+        sampling = sampling_seconds(n, 16384, 128, repeats * 2)
         res["rows"].append({"num_samples": n, "negatives": k, "gathered_ms": 1e3 * gathered,
-                            "whole_bank_ms": 1e3 * whole, "speedup": gathered / whole})
+                            "whole_bank_ms": 1e3 * whole, "speedup": gathered / whole,
+                            "sampling_previous_ms": 1e3 * sampling["previous"],
+                            "sampling_ms": 1e3 * sampling["current"]})
     res["load_after"] = loadavg()
     md = (f"CRD step (forward + backward of the CRD term, batch 128, feat_dim 128), {res['machine']['cpu']}, "
           f"{res['machine']['cores']} cores, load {res['load_before']} -> {res['load_after']}\n\n"
           + md_table(["train samples", "negatives", "gathered ms", "whole bank ms", "speed-up"],
                      [[r["num_samples"], r["negatives"], round(r["gathered_ms"], 1), round(r["whole_bank_ms"], 1),
-                       round(r["speedup"], 2)] for r in res["rows"]]))
+                       round(r["speedup"], 2)] for r in res["rows"]])
+          + "\n\nDrawing the negatives (labels known), previous sampler vs the current one:\n\n"
+          + md_table(["train samples", "previous ms", "current ms", "speed-up"],
+                     [[r["num_samples"], round(r["sampling_previous_ms"], 1), round(r["sampling_ms"], 1),
+                       round(r["sampling_previous_ms"] / r["sampling_ms"], 2)] for r in res["rows"]]))
     write_results(args.out, "crd_scores" + ("_quick" if args.quick else ""), res, md)
     print(md)
 
