@@ -116,6 +116,19 @@ def test_crd_benchmark_times_both_scoring_paths_and_restores_nothing_global(monk
     assert set(calls) == {0, 4}  # each path was the one timed
 
 
+def test_crd_benchmark_compares_two_valid_samplers():
+    from benchmarks.crd_scores import sampling_seconds, whole_block_redraw
+    from tests.test_distill_crd import make_crd
+
+    method = make_crd(num_samples=300, num_negatives=64)
+    method.labels.copy_(torch.arange(300) % 3)
+    index = torch.arange(30)
+    idx = whole_block_redraw(method, index, index % 3)
+    assert idx.shape == (30, 65) and torch.equal(idx[:, 0], index) and (idx[:, 1:] != index[:, None]).all()
+    times = sampling_seconds(300, 64, 8, 2)
+    assert set(times) == {"previous", "current"} and min(times.values()) > 0
+
+
 def test_optimizer_benchmark_times_the_fused_and_the_loop_optimizer():
     import kdexp.module
     from benchmarks.optimizer_step import RECIPES, optimizer
