@@ -192,7 +192,7 @@ class DistillModule(L.LightningModule):
 
 def fused_kernels(params: list) -> bool:
     """Whether torch's fused optimizer kernels apply: one kernel over all tensors instead of a Python loop of
-    small ops, 3-7x faster steps on CPU (benchmarks/optimizer_step.py). Parameters or param-group dicts."""
+    small ops, 2.4-3.6x faster steps on CPU (benchmarks/optimizer_step.py). Parameters or param-group dicts."""
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
     return bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
 

@@ -116,7 +116,7 @@ class CRD(Distiller):
 
     def sample_indices(self, index: Tensor, target: Tensor) -> Tensor:
         """(B, 1 + k) bank indices; column 0 is the positive. Only the draws that hit the anchor's class are
-        redrawn (about 1 in num_classes), not the whole (B, k) block: 3-4x faster sampling on a CPU, where
+        redrawn (about 1 in num_classes), not the whole (B, k) block: 3x faster sampling on a CPU, where
         drawing the indices was most of a CRD step (benchmarks/crd_scores.py)."""
         idx = torch.empty((index.shape[0], 1 + self.k), dtype=torch.long, device=index.device)
         idx[:, 0] = index
