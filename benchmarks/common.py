@@ -60,6 +60,18 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: bo
                 "cpu_median_s": statistics.median(cpus[n])} for n in names}
 
 
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds of `repeats` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def ratio(results: dict, a: str, b: str, key: str = "wall_median_s") -> float:
     return results[a][key] / results[b][key]
 

@@ -12,9 +12,7 @@ Results: outputs/bench/optimizer_step[_quick].{json,md}.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` importable
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import kdexp.module
-from benchmarks.common import REPO, loadavg, machine, md_table, write_results
+from benchmarks.common import REPO, loadavg, machine, md_table, median_ms, write_results
 from kdexp.models import create_model
 
 RECIPES = {"sgd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
@@ -42,17 +40,6 @@ def optimizer(model: torch.nn.Module, recipe: dict, fused: bool) -> torch.optim.
     finally:
         kdexp.module.fused_kernels = original
     return out["optimizer"] if isinstance(out, dict) else out
-
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def case(arch: str, channels: int, size: int, classes: int, batch: int, recipe: dict, fused: bool, repeats: int):

@@ -12,9 +12,7 @@ the step's time (torch profiler), and each variant of the step. Results: outputs
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -25,23 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import REPO, loadavg, machine, md_table, write_results
+from benchmarks.common import REPO, loadavg, machine, md_table, median_ms, write_results
 from kdexp.models import create_model
 from kdexp.module import build_optimizer
 
 BATCH, SIZE = 128, 28
 ADAM = {"optimizer": "adam", "lr": 1e-3}
-
-
-def ms_per_call(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def student_step(model: nn.Module | None = None, batch: int = BATCH, channels_last: bool = False, compiled: bool = False,
@@ -153,12 +140,12 @@ def main() -> None:
     for r in range(rounds):  # alternate the order: a load change hits every case alike
         for name in steps if r % 2 == 0 else reversed(steps):
             fn, per, *threads = steps[name]
-            measure = partial(ms_per_call, fn, reps)
+            measure = partial(median_ms, fn, reps)
             times[name].append((with_threads(threads[0], measure)() if threads else measure()) / per)
     res["step_ms"] = {name: min(t) for name, t in times.items()}
     base = res["step_ms"]["default (NCHW, oneDNN)"]
-    res["teacher_forward_ms"] = ms_per_call(teacher_forward(), reps)
-    res["teacher_forward_1_thread_ms"] = ms_per_call(with_threads(1, teacher_forward()), reps)
+    res["teacher_forward_ms"] = median_ms(teacher_forward(), reps)
+    res["teacher_forward_1_thread_ms"] = median_ms(with_threads(1, teacher_forward()), reps)
     res["ops_ms"] = op_breakdown(student_step())
     res["load_after"] = loadavg()
     bound = (res["teacher_forward_ms"] + base) / base
