@@ -146,8 +146,9 @@ def report(results: dict) -> str:
         out.append(f"\n### Start-up (`kdexp-train {' '.join(st['overrides'])}`, caches warm)")
         out.append(md_table(["milestone", "s from launch"], [[k, v] for k, v in st["milestones_s"].items()]))
         out.append(f"To the first student step: {st['to_first_step_s']:.1f}s of a {st['trial_s']:.1f}s trial "
-                   f"({100 * st['startup_fraction_of_trial']:.0f}%); an in-process sweep repeats "
-                   f"{st['per_trial_setup_s (in-process sweep)']:.1f}s of it per trial.")
+                   f"({100 * st['startup_fraction_of_trial']:.0f}%), of which {st['setup_after_imports_s']:.1f}s "
+                   "after the imports (a fresh process; later trials of an in-process sweep reuse its data and "
+                   "evaluations).")
         out.append(md_table(["import", "s (fresh interpreter)"], [[k, v] for k, v in st["imports_s"].items()]))
     sc = results.get("scaling")
     if sc:
