@@ -82,7 +82,7 @@ def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | 
         **trainer_kwargs, logger=False, enable_checkpointing=False, callbacks=callbacks or [],
         default_root_dir=str(ctx.run_dir),
     )
-    ctx.dm.use_device(trainer.strategy.root_device)  # data.device / data.pin_memory
+    ctx.dm.use_device(trainer.strategy.root_device, trainer.num_devices)  # data.device / data.pin_memory
     train_loader = use_cached_teacher(ctx, module) or ctx.dm.train_dataloader()
     if extras["channels_last"]:
         module.to(memory_format=torch.channels_last)

@@ -375,6 +375,8 @@ def test_batches_are_made_on_the_data_device_and_the_splits_stay_on_the_cpu():
     assert dm.batch_tensors("train")[0] is dm.batch_tensors("train")[0]  # copied once, not per loader
     dm.use_device(torch.device("cpu"))
     assert next(iter(dm.train_dataloader()))[0].device.type == "cpu"
+    dm.use_device(torch.device("meta"), processes=2)  # DDP: each rank's batches are moved by Lightning
+    assert next(iter(dm.train_dataloader()))[0].device.type == "cpu"
     pinned = create_datamodule("synthetic", num_samples=110, batch_size=32, device="cpu")
     pinned.use_device(torch.device("meta"))  # device=cpu: batches stay on the host whatever the trainer
     assert next(iter(pinned.train_dataloader()))[0].device.type == "cpu"

@@ -246,9 +246,11 @@ class TensorDataModule(L.LightningDataModule):
             raw, self._content_hash = self._raw_and_hash()
             self._splits = self._build_splits(*raw)
 
-    def use_device(self, trainer_device: torch.device) -> None:
-        """Make the loaders' batches where `device` says, for a trainer running on `trainer_device`."""
-        target = trainer_device if self.device == "auto" else torch.device(self.device or "cpu")
+    def use_device(self, trainer_device: torch.device, processes: int = 1) -> None:
+        """Make the loaders' batches where `device` says, for a trainer running on `trainer_device`. With
+        several device processes (DDP), "auto" stays on the CPU: Lightning moves each rank's batches."""
+        auto = trainer_device if processes == 1 else torch.device("cpu")
+        target = auto if self.device == "auto" else torch.device(self.device or "cpu")
         if target != self._batch_device:
             self._device_copies.clear()
         self._batch_device = target
