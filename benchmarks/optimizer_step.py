@@ -21,9 +21,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` 
 import torch
 import torch.nn.functional as F
 
-import kdexp.module
 from benchmarks.common import REPO, loadavg, machine, md_table, median_ms, write_results
 from kdexp.models import create_model
+from kdexp.module import build_optimizer
 
 RECIPES = {"sgd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
            "adam": {"optimizer": "adam", "lr": 1e-3}}
@@ -33,12 +33,7 @@ MODELS = [("cnn_tiny", 1, 28, 10, 128), ("resnet8x4", 3, 32, 100, 64), ("wrn_16_
 
 def optimizer(model: torch.nn.Module, recipe: dict, fused: bool) -> torch.optim.Optimizer:
     """build_optimizer as kdexp runs it, with the fused kernels on or off."""
-    original = kdexp.module.fused_kernels
-    kdexp.module.fused_kernels = lambda params: fused and original(params)
-    try:
-        out = kdexp.module.build_optimizer(list(model.parameters()), recipe, max_epochs=1)
-    finally:
-        kdexp.module.fused_kernels = original
+    out = build_optimizer(list(model.parameters()), recipe, max_epochs=1, fused=None if fused else False)
     return out["optimizer"] if isinstance(out, dict) else out
 
 

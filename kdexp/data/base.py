@@ -50,7 +50,8 @@ def check_device(device: object) -> None:
     try:
         torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"data.device must be auto, cpu or a torch device such as cuda or cuda:1, got {device!r}")
+        raise ValueError(
+            f"data.device must be auto, cpu or a torch device such as cuda or cuda:1, got {device!r}") from None
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
