@@ -17,7 +17,8 @@ from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.models import create_model
 from kdexp.module import DistillModule, build_optimizer
-from kdexp.stages import Context, fit, quiet_lightning
+from kdexp.training.context import Context, quiet_lightning
+from kdexp.training.trainer import fit
 from kdexp.teacher_outputs import TeacherOutputs, prepare_cached_teacher
 
 MODES = ("none", "online", "cached")
@@ -61,7 +62,7 @@ def cached_logits(dm, teacher, cache_root) -> TeacherOutputs:
 
 def kdexp_run(dm, teacher, mode: str, epochs: int, cache_root, seed: int = 0, temperature: float | None = None,
               module_cls=DistillModule, **trainer) -> float:
-    """One student training through kdexp.stages.fit; returns the last validation accuracy."""
+    """One student training through kdexp.training.trainer.fit; returns the last validation accuracy."""
     quiet_lightning()
     student = build("cnn_tiny", seed)
     kw = {} if mode == "none" else {"teacher": teacher, "weights": KD["weights"]}

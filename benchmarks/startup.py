@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 MILESTONES = (
-    "import kdexp.cli (torch, hydra)", "import kdexp.pipeline (lightning, torchmetrics)", "hydra: compose + plugins",
+    "import kdexp.cli (torch, hydra)", "import kdexp.experiments.standard (lightning, torchmetrics)", "hydra: compose + plugins",
     "data + MLflow store", "teacher (cache) + its test evaluation", "baseline (cache) + its evaluation",
     "first student step", "end of trial",
 )
@@ -29,7 +29,9 @@ def _child(stamps: Path, overrides: list[str]) -> None:
     import kdexp.cli
 
     stamp(MILESTONES[0])
-    import kdexp.pipeline as pipeline
+    import kdexp.experiments as experiments
+    import kdexp.experiments.standard as standard
+    import kdexp.training.alone as alone
     from kdexp.module import DistillModule
 
     stamp(MILESTONES[1])
@@ -41,11 +43,11 @@ def _child(stamps: Path, overrides: list[str]) -> None:
             return out
         return wrapped
 
-    run = pipeline.run_experiment
-    pipeline.run_experiment = lambda *a, **k: (stamp(MILESTONES[2]), run(*a, **k))[1]
-    pipeline.make_context = after(pipeline.make_context, MILESTONES[3])
-    pipeline.resolve_teacher = after(pipeline.resolve_teacher, MILESTONES[4])
-    pipeline.evaluate = after(pipeline.evaluate, "evaluate")
+    run = experiments.run_experiment
+    experiments.run_experiment = lambda *a, **k: (stamp(MILESTONES[2]), run(*a, **k))[1]
+    standard.make_context = after(standard.make_context, MILESTONES[3])
+    standard.resolve_teacher = after(standard.resolve_teacher, MILESTONES[4])
+    alone.evaluate = after(alone.evaluate, "evaluate")
     hook = DistillModule.on_train_batch_start
 
     def first_step(self, batch, batch_idx):

@@ -49,9 +49,12 @@ EXPERIMENT = "bench-sweep-pruning"
 
 def child(out: Path, overrides: list[str]) -> None:
     """One sweep through the real CLI entry point, in this process, with kdexp's fit/evaluate timed."""
-    import kdexp.pipeline as pipeline
-    import kdexp.stages as stages
+    import kdexp.training.alone as alone
+    import kdexp.training.distilled as distilled
+    import kdexp.training.results as results
     from kdexp import cli
+    from kdexp.training.evaluation import evaluate
+    from kdexp.training.trainer import fit
 
     calls: list[dict] = []
 
@@ -65,10 +68,10 @@ def child(out: Path, overrides: list[str]) -> None:
                 calls.append({"kind": kind, "trial": trial, "s": time.perf_counter() - start})
         return wrapper
 
-    # pipeline imported these by name: patch its bindings (student stages) apart from stages' own (teacher).
-    pipeline.fit = timed(stages.fit, "student_fit")
-    pipeline.evaluate = timed(stages.evaluate, "evaluate")
-    stages.fit = timed(stages.fit, "alone_fit")
+    # each module imported these by name: patch the student's stages apart from the models trained alone.
+    distilled.fit = timed(fit, "student_fit")
+    distilled.evaluate = results.evaluate = timed(evaluate, "evaluate")
+    alone.fit = timed(fit, "alone_fit")
     sys.argv = ["kdexp-train", "-m", *overrides]
     code = 0
     try:

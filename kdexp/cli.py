@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdexp.config import register_configs
+from kdexp.schema import register_configs
 
 log = logging.getLogger("kdexp")
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
@@ -22,7 +22,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's co
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> dict[str, float]:
-    from kdexp.pipeline import run_experiment
+    from kdexp.experiments import run_experiment
     from kdexp.validate import ConfigError
 
     try:

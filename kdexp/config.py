@@ -1,32 +1,86 @@
-"""Config groups generated from registries, so the zoo and the configs never drift apart.
+"""The resolved config of one run: parsed once, then read-only.
 
-`teacher=<name>` and `student=<name>` accept every model in `kdexp.models.list_models()`;
-they are stored in Hydra's ConfigStore rather than as one YAML file per model and per role.
+`parse_config` resolves the composed config, applies the benchmark-matrix keys, validates it and freezes
+it: every stage reads the same values, and a stage that needs another value for one role asks for it
+(`recipe_for(conf, "student")`) instead of rewriting the config. Frozen nodes are dict/list subclasses, so
+JSON fingerprints (cache and matrix cell keys), isinstance checks and `{**node, ...}` copies work as before.
 """
 
 from __future__ import annotations
 
-from hydra.core.config_store import ConfigStore
+from collections.abc import Mapping
+from typing import Any
 
-from kdexp.models import list_models
-
-
-def teacher_node(arch: str) -> dict:
-    return {
-        "arch": arch,
-        "kwargs": {},                           # extra constructor arguments for create_model
-        "ckpt": None,                           # a weights file to load instead of training
-        "max_epochs": "${trainer.max_epochs}",  # epochs when kdexp trains the teacher itself
-        "seed": "${seed}",
-    }
+READ_ONLY = "the run's config is read-only: build a new node ({**node, key: value}) instead of changing it"
 
 
-def student_node(arch: str) -> dict:
-    return {"arch": arch, "kwargs": {}}
+class FrozenDict(dict):
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(READ_ONLY)
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _read_only
+
+    def __reduce__(self):  # copy.deepcopy and pickle rebuild it whole instead of item by item
+        return FrozenDict, (dict(self),)
 
 
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    for arch in list_models():
-        cs.store(group="teacher", name=arch, node=teacher_node(arch))
-        cs.store(group="student", name=arch, node=student_node(arch))
+class FrozenList(list):
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(READ_ONLY)
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+    __iadd__ = __imul__ = _read_only
+
+    def __reduce__(self):
+        return FrozenList, (list(self),)
+
+
+def freeze(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in node.items()})
+    if isinstance(node, (list, tuple)):
+        return FrozenList(freeze(v) for v in node)
+    return node
+
+
+def thaw(node: Any) -> Any:
+    """Plain, mutable containers (for YAML dumps and for code that builds a derived config)."""
+    if isinstance(node, Mapping):
+        return {k: thaw(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [thaw(v) for v in node]
+    return node
+
+
+def parse_config(cfg: Any) -> FrozenDict:
+    """A composed DictConfig (or a plain dict) -> the run's frozen, validated config."""
+    from omegaconf import OmegaConf
+
+    from kdexp.matrix import apply_matrix_keys
+    from kdexp.validate import validate_config
+
+    if isinstance(cfg, FrozenDict):
+        return cfg
+    conf = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else thaw(cfg)
+    conf.pop("hydra", None)
+    if conf.get("variant", "") is None:  # the schema's empty slot: absent, as before the schema (cell keys)
+        del conf["variant"]
+    apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
+    validate_config(conf)
+    return freeze(conf)
+
+
+def student_lr(conf: Mapping, arch: str) -> float | None:
+    lr = (conf.get("student_lr") or {}).get(arch)
+    return None if lr is None else float(lr)
+
+
+def recipe_for(conf: Mapping, role: str, arch: str | None = None) -> dict:
+    """The recipe one role trains with. The teacher (and ensemble members) use `recipe`; a student of
+    architecture `arch` (default: `student.arch`) uses `student_lr[arch]` where a matrix sets one — the
+    papers' "lr 0.01 for MobileNetV2/ShuffleNet students" — for its vanilla baseline and every stage."""
+    recipe = dict(conf["recipe"])
+    if role == "teacher":
+        return recipe
+    lr = student_lr(conf, arch or conf["student"]["arch"])
+    return recipe if lr is None else {**recipe, "lr": lr}

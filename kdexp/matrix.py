@@ -1,8 +1,9 @@
 """Benchmark matrices: a `pair` axis, method labels and settings, per-student lr, idempotent re-runs.
 
 A matrix is a Hydra config in sweeps/matrix/ (the `matrix` group, through the conf/matrix symlink) whose
-basic-sweeper params sweep `pair`, `distill` and `seed`. The pipeline calls `apply_matrix_keys` before
-validation, `finished_cell_metrics` before any work, and `use_student_lr` once the teacher is resolved.
+basic-sweeper params sweep `pair`, `distill` and `seed`. kdexp.config.parse_config calls `apply_matrix_keys`
+before validation; the experiment dispatcher calls `finished_cell_metrics` before any work; `student_lr` is
+applied per role by kdexp.config.recipe_for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdexp.cache import fingerprint
+from kdexp.config import student_lr
 from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")
@@ -75,24 +77,11 @@ def _merge(into: dict, extra: dict) -> None:
             into[key] = copy.deepcopy(value)
 
 
-def student_lr(conf: dict) -> float | None:
-    lr = (conf.get("student_lr") or {}).get(conf["student"]["arch"])
-    return None if lr is None else float(lr)
-
-
-def use_student_lr(conf: dict) -> None:
-    """The papers' rule 'lr 0.01 for MobileNetV2/ShuffleNet students' concerns the student only: called
-    after the teacher is resolved, so the teacher keeps recipe.lr (and its cache key)."""
-    lr = student_lr(conf)
-    if lr is not None:
-        conf["recipe"]["lr"] = lr
-
-
 def cell_key(conf: dict) -> str:
     """Fingerprint of what one cell trains (after `apply_matrix_keys`): paths, tracking and eval-only keys
     left out, `student_lr` reduced to this student's entry, so that a re-run of the same cell finds it."""
     view = _view(conf, CELL_IGNORED_KEYS, CELL_IGNORED_SUBKEYS)
-    view["student_lr"] = student_lr(conf)
+    view["student_lr"] = student_lr(conf, conf["student"]["arch"])
     return fingerprint({"what": "cell", **view})
 
 
@@ -112,7 +101,7 @@ def _view(conf: dict, keys: tuple[str, ...], subkeys: dict[str, tuple[str, ...]]
 
 def settings_key(conf: dict) -> str:
     """Fingerprint of what every cell of a benchmark table must share (data, recipe, trainer, how the teacher
-    is trained, ...), after `apply_matrix_keys` and before `use_student_lr`. Tagged `kdexp.settings` on
+    is trained, ...), after `apply_matrix_keys`; `recipe` is the teacher's. Tagged `kdexp.settings` on
     student runs, so that kdexp-report can tell when a table mixes runs of different settings."""
     return fingerprint({"what": "matrix-settings", **_view(conf, SETTINGS_IGNORED_KEYS, SETTINGS_IGNORED_SUBKEYS)})
 

@@ -35,9 +35,9 @@ def validate_config(conf: dict) -> None:
     distill = conf["distill"]
     if distill["name"] not in list_methods():
         raise _bad("distill.name", distill["name"], f"unknown method; choose one of: {', '.join(list_methods())}")
-    temperature = distill.get("temperature", 4.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise _bad("distill.temperature", temperature, "must be a number > 0")
+    if not distill["temperature"] > 0:
+        raise _bad("distill.temperature", distill["temperature"], "must be a number > 0")
+    validate_method_keys(distill)
     validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
 
     _positive_int(conf, "trainer.max_epochs", conf["trainer"]["max_epochs"])
@@ -59,3 +59,19 @@ def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:
             raise _bad(f"{key}.{name}", value, "a loss weight must be a finite number >= 0")
     if not any(float(v) > 0 for v in weights.values()):
         raise _bad(key, weights, f"at least one weight must be > 0 (terms: {', '.join(terms)})")
+
+
+def validate_method_keys(distill: dict) -> None:
+    """`distill` is open for a method's own settings (kdexp/schema.py): a key the method does not take is
+    a typo, rejected here rather than as a TypeError when the method is built."""
+    import inspect
+
+    from kdexp.distill import CONFIG_KEYS, METHODS
+
+    params = inspect.signature(METHODS.get(distill["name"]).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = sorted({*CONFIG_KEYS, "temperature", *(k for k in params if k != "self")})
+    for key in distill:
+        if key not in allowed:
+            raise _bad(f"distill.{key}", distill[key], f"distill={distill['name']} takes: {', '.join(allowed)}")

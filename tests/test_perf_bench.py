@@ -15,7 +15,7 @@ from benchmarks.loop_overhead import framework_overhead, report, sweep
 from kdexp.data import TensorBatchLoader, create_datamodule
 from kdexp.models import create_model
 from kdexp.module import DistillModule
-from kdexp.stages import fit
+from kdexp.training.trainer import fit
 from tests.test_teacher_outputs import context, models, synthetic
 
 

@@ -8,8 +8,8 @@ import copy
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp.matrix import (MATRIX_DIR, apply_matrix_keys, cell_key, load_matrix, parse_pair, student_lr,
-                          use_student_lr)
+from kdexp.config import recipe_for, student_lr
+from kdexp.matrix import MATRIX_DIR, apply_matrix_keys, cell_key, load_matrix, parse_pair
 from kdexp.models import list_models
 from kdexp.validate import ConfigError, validate_config
 from tests.conftest import CONF_DIR, compose_train
@@ -54,13 +54,12 @@ def test_distill_overrides_all_pairs_then_the_pair_itself():
 def test_student_lr_is_for_the_listed_student_only_and_must_be_positive():
     c = conf("pair='cnn_small->mlp_small'", "+student_lr.mlp_small=0.01", "+student_lr.cnn_tiny=0.5")
     apply_matrix_keys(c)
-    assert c["recipe"]["lr"] == 0.003 and student_lr(c) == 0.01  # untouched until the teacher is resolved
-    use_student_lr(c)
-    assert c["recipe"]["lr"] == 0.01
+    assert c["recipe"]["lr"] == 0.003 and student_lr(c, "mlp_small") == 0.01  # the config is never rewritten
+    assert recipe_for(c, "student")["lr"] == 0.01 and recipe_for(c, "teacher")["lr"] == 0.003
+    assert recipe_for(c, "student", "cnn_tiny")["lr"] == 0.5
     other = conf("+student_lr.mlp_small=0.01")
-    use_student_lr(other)
-    assert other["recipe"]["lr"] == 0.003
-    with pytest.raises(ConfigError, match=r"student_lr.cnn_tiny=0 is invalid"):
+    assert recipe_for(other, "student")["lr"] == 0.003
+    with pytest.raises(ConfigError, match=r"student_lr.cnn_tiny=0.0 is invalid"):
         apply_matrix_keys(conf("+student_lr.cnn_tiny=0"))
 
 

@@ -13,7 +13,8 @@ from kdexp.data import create_datamodule
 from kdexp.distill import IncompatiblePairError, create_method, list_methods
 from kdexp.models import create_model
 from kdexp.module import DistillModule
-from kdexp.stages import Context, fit
+from kdexp.training.context import Context
+from kdexp.training.trainer import fit
 from kdexp.teacher_outputs import (
     TeacherCacheSettings, TeacherOutputCache, TeacherOutputs, ViewBatchLoader, augmented_views, cache_spec,
     compute_outputs, prepare_cached_teacher, wanted_outputs,
@@ -227,7 +228,7 @@ def test_bad_settings_are_named(node, match):
 
 
 def test_evaluations_of_an_unchanged_model_are_reused(dm, tmp_path, monkeypatch):
-    import kdexp.stages as stages
+    import kdexp.training.evaluation as stages
 
     calls = []
     predict = stages.predict_logits

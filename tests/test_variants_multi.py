@@ -9,12 +9,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdexp.cache import ModelCache
-from kdexp.stages import Context
+from kdexp.training.context import Context
 from kdexp.validate import ConfigError
-from kdexp.variants import run_variant
-from kdexp.variants import links
-from kdexp.variants.ensemble import EnsembleTeacher, check_logit_method, parse_members
-from kdexp.variants.mutual import MutualModule, mutual_loss
+from kdexp.config import parse_config
+from kdexp.experiments import experiment_kind
+from kdexp.training import distilled as links
+from kdexp.experiments.ensemble import check_logit_method, parse_members
+from kdexp.models.ensemble import EnsembleTeacher
+from kdexp.experiments.mutual import MutualModule, mutual_loss
 from tests.conftest import compose_train
 
 
@@ -179,7 +181,7 @@ def link_ctx(tmp_path, tiny_overrides, monkeypatch):
     conf = OmegaConf.to_container(cfg, resolve=True)
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()
-    monkeypatch.setattr(links, "train_link", lambda *a, **k: {"val_acc": 0.5})  # keys, not training, under test
+    monkeypatch.setattr(links, "train_distilled", lambda *a, **k: {"val_acc": 0.5})  # keys, not training, under test
     return Context(conf, dm, NoTracker(), ModelCache(tmp_path / "models"), tmp_path)
 
 
@@ -226,13 +228,13 @@ def test_variant_configs_compose_with_their_cli_forms():
     assert compose_train(["variant=born_again", "variant.generations=2"]).variant.generations == 2
     assert list(compose_train(["variant=mutual", "variant.students=[cnn_tiny,cnn_small]"]).variant.students) == [
         "cnn_tiny", "cnn_small"]
-    assert "variant" not in compose_train([])
+    assert compose_train([]).variant is None and "variant" not in parse_config(compose_train([]))
 
 
 def test_unknown_variant_and_bad_settings_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match="variant.name"):
-        run_variant({"variant": {"name": "nope"}}, tmp_path)
-    from kdexp.variants import born_again, chain, mutual
+        experiment_kind({"variant": {"name": "nope"}})
+    from kdexp.experiments import born_again, chain, mutual
 
     base = OmegaConf.to_container(compose_train(["variant=mutual"]), resolve=True)
     with pytest.raises(ConfigError, match="not among"):

@@ -15,10 +15,9 @@ from kdexp.distill import kd_loss
 from kdexp.evaluate import accuracy_metrics, size_on_disk
 from kdexp.models import create_model
 from kdexp.validate import ConfigError
-from kdexp.variants.augmented import AugmentedDistillModule, BatchAugmenter, loss_weights, online_teacher
-from kdexp.variants.quantized import (
-    check_quantizable, convert_int8, float_view, int8_metrics, prepare_qat_student,
-)
+from kdexp.experiments.augmented import AugmentedDistillModule, BatchAugmenter, loss_weights, online_teacher
+from kdexp.experiments.quantized import int8_metrics
+from kdexp.quantization import check_quantizable, convert_int8, float_view, prepare_qat_student
 
 
 def batch(n=8, c=1, size=8, seed=0):
@@ -233,7 +232,7 @@ def shared_store(tmp_path_factory) -> str:
     (["variant=augmented", "distill=none"], "every loss weight is 0"),
 ])
 def test_bad_variant_combinations_fail_before_training(tiny_overrides, tmp_path, shared_store, overrides, message):
-    from kdexp.pipeline import run_experiment
+    from kdexp.experiments import run_experiment
     from tests.conftest import compose_train
 
     cfg = compose_train([*tiny_overrides, "data.num_samples=100", "data.image_size=8", shared_store, *overrides])

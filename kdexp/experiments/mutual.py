@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
+from pathlib import Path
+from typing import Mapping
 
 import lightning as L
 import torch
@@ -23,14 +24,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdexp.distill import kd_loss
-from kdexp.matrix import use_student_lr
 from kdexp.models import list_models
+from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.module import MetricSink, build_optimizer
-from kdexp.pipeline import trial_callback, trial_context
-from kdexp.stages import evaluate, fit, save_weights, trained_alone
+from kdexp.training.alone import vanilla_baseline
+from kdexp.training.context import make_context
+from kdexp.training.evaluation import evaluate
+from kdexp.training.lifecycle import trial_callbacks
+from kdexp.training.results import accuracy_table, lineage_tags, log_table, report_student, student_run
+from kdexp.training.trainer import fit, save_weights
 from kdexp.validate import ConfigError
-from kdexp.variants.ensemble import EnsembleTeacher
-from kdexp.variants.links import accuracy_table, arch_recipe, log_table, report_student, student_run, variant_context
 
 
 def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temperature: float
@@ -86,7 +89,7 @@ class MutualModule(L.LightningModule):
         self.recipe = dict(recipe or {"optimizer": "adam", "lr": 1e-3})
         self.lrs = lrs  # per student (student_lr by architecture); None: recipe.lr for all
         self.max_epochs, self.metric_sink, self.track_best = max_epochs, metric_sink, track_best
-        self.uses_teacher = False  # stages.fit: no teacher outputs to cache
+        self.uses_teacher = False  # training.trainer.fit: no teacher outputs to cache
         k = len(students)
         self.last_val_acc, self.best_val_acc = [math.nan] * k, [-math.inf] * k
         self.best_epoch, self.best_state = [-1] * k, [None] * k
@@ -173,38 +176,24 @@ def check(conf: dict) -> tuple[list[dict], list[int], dict, float]:
     return nodes, [int(s) for s in seeds], weights, float(temperature)
 
 
-def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
+def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     nodes, seeds, weights, temperature = check(conf)
     archs = [n["arch"] for n in nodes]
-    label = conf["method"] = conf["variant"].get("label") or "dml"
-    ctx = variant_context(conf, run_dir, {"kdexp.variant": "mutual", "teacher": "none", "distill": "dml",
-                                          "kdexp.peers": "+".join(archs)})
+    label = (conf.get("variant") or {}).get("label") or "dml"
+    ctx = make_context(conf, run_dir, {"kdexp.variant": "mutual", "teacher": "none", "distill": "dml",
+                                       "kdexp.peers": "+".join(archs)})
     students = []
     for node, seed in zip(nodes, seeds):
         L.seed_everything(seed, verbose=False)
-        students.append(replace(ctx, conf={**conf, "student": node}).build("student"))
-    recipe = dict(conf["recipe"])
-    lrs = [arch_recipe(conf, recipe, a)["lr"] for a in archs]
-    use_student_lr(conf)
-    baseline_meta = None
-    if conf["baseline"]:
-        baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
-        baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
-
-    lineage = {"kdexp.baseline_run_id": baseline_meta.get("run_id") or ""} if baseline_meta else {}
-    trial = trial_context(conf)
-    with student_run(ctx, f"{label}:{'+'.join(archs)}", cell, label, lineage) as run_id:
-        fit_ctx = ctx
-        if conf["trainer"].get("compile"):  # stages.fit compiles `module.student`; here there are K of them
-            for s in students:
-                s.compile()
-            fit_ctx = replace(ctx, conf={**conf, "trainer": {**conf["trainer"], "compile": False}})
+        students.append(ctx.with_nodes(student=node).build("student"))
+    lrs = [ctx.recipe_for("student", a)["lr"] for a in archs]
+    baseline_meta = vanilla_baseline(ctx)
+    with student_run(ctx, f"{label}:{'+'.join(archs)}", cell, label, lineage_tags(None, baseline_meta)) as run_id:
         epochs = conf["trainer"]["max_epochs"]
-        module = MutualModule(students, weights=weights, temperature=temperature, recipe=recipe, lrs=lrs,
-                              max_epochs=epochs, metric_sink=ctx.tracker.sink(run_id))
-        fit(fit_ctx, module, epochs, [trial_callback(trial)] if trial is not None else [])
-        metrics = report_peers(ctx, run_id, module, archs, conf["student"]["arch"], baseline_meta, label)
-    return metrics
+        module = MutualModule(students, weights=weights, temperature=temperature, recipe=ctx.recipe_for("teacher"),
+                              lrs=lrs, max_epochs=epochs, metric_sink=ctx.tracker.sink(run_id))
+        fit(ctx, module, epochs, trial_callbacks(conf))
+        return report_peers(ctx, run_id, module, archs, conf["student"]["arch"], baseline_meta, label)
 
 
 def report_peers(ctx, run_id: str, module: MutualModule, archs: list[str], student_arch: str,
@@ -227,7 +216,8 @@ def report_peers(ctx, run_id: str, module: MutualModule, archs: list[str], stude
         train_metrics.update({f"best_val/{k}": v for k, v in best.items()})
     metrics = report_student(ctx, run_id, students[chosen], train_metrics, None, baseline_meta, extra,
                              {"distill": label, "teacher": "none (mutual learning)"},
-                             {"distill": {"weights": module.weights, "temperature": module.temperature}})
+                             {"distill": {"weights": module.weights, "temperature": module.temperature}},
+                             copy_student=True)
     if ctx.conf["tracking"].get("log_checkpoints", True):
         for k, s in enumerate(students):
             ctx.tracker.log_artifact(run_id, save_weights(ctx, s, f"peer{k}.pt"))

@@ -11,17 +11,20 @@ import json
 import logging
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from omegaconf import OmegaConf
 
 from kdexp.cache import ModelCache, fingerprint, load_weights
+from kdexp.config import thaw
 from kdexp.evaluate import cost_metrics, ratios
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
 from kdexp.policy.nets import ActorCritic, PolicyMLP
 from kdexp.policy.ppo import PPOSettings, train_ppo
 from kdexp.tracking import Tracker, flatten
+from kdexp.training.lifecycle import tracked_run
 from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")
@@ -56,7 +59,7 @@ def arch_name(hidden: list[int]) -> str:
     return "policy_mlp_" + "x".join(map(str, hidden))
 
 
-def run(conf: dict, run_dir: Path, cell: str = "") -> dict[str, float]:
+def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     v = conf["variant"]
     check_variant(v)
     ppo = settings(PPOSettings, v.get("ppo"), "variant.ppo")
@@ -73,15 +76,9 @@ def run(conf: dict, run_dir: Path, cell: str = "") -> dict[str, float]:
             "student": arch_name(v["student_hidden"]),
             "distill": "policy_kl", "seed": str(seed), "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
             "kdexp.teacher_fingerprint": teacher_meta["key"]}
-    from kdexp.pipeline import trial_context
-
-    if trial_context(conf) is not None:
-        from kdexp.sweep.trial import child_run_tags
-
-        tags.update(child_run_tags(conf))
     params = flatten({"variant": v, "seed": seed, "eval": conf["eval"]})
-    run_id = tracker.start(f"policy:{tags['teacher']}->{tags['student']}", tags, params)
-    try:
+    name = f"policy:{tags['teacher']}->{tags['student']}"
+    with tracked_run(tracker, name, tags, params, trial_conf=conf) as run_id:
         torch.manual_seed(seed)
         student = PolicyMLP(obs_dim, num_actions, v["student_hidden"])
         sample = v["collect"] == "sample"
@@ -93,10 +90,6 @@ def run(conf: dict, run_dir: Path, cell: str = "") -> dict[str, float]:
         metrics["student/train_states"] = len(states)
         tracker.log_metrics(run_id, metrics)
         write_policy_results(conf, run_dir, tracker, run_id, metrics, student)
-        tracker.finish(run_id)
-    except BaseException as exc:
-        tracker.fail(run_id, exc)
-        raise
     return metrics
 
 
@@ -110,15 +103,10 @@ def policy_teacher(v: dict, ppo: PPOSettings, obs_dim: int, num_actions: int, tr
     def train() -> tuple[ActorCritic, dict]:
         tags = {"kdexp.role": "teacher", "kdexp.variant": "policy", "env": v["env"], "data": v["env"],
                 "arch": arch_name(v["teacher_hidden"]), "seed": str(v["teacher_seed"]), "kdexp.fingerprint": key}
-        run_id = tracker.start(f"teacher:{tags['arch']}", tags, flatten(spec))
-        try:
+        with tracked_run(tracker, f"teacher:{tags['arch']}", tags, flatten(spec)) as run_id:
             log.info("training policy teacher %s on %s (cache key %s)", tags["arch"], v["env"], key)
             model, info = train_ppo(v["env"], v["teacher_hidden"], ppo, v["teacher_seed"], tracker.sink(run_id))
             tracker.log_metrics(run_id, {f"teacher/{k}": float(x) for k, x in info.items()})
-            tracker.finish(run_id)
-        except BaseException as exc:
-            tracker.fail(run_id, exc)
-            raise
         return model, {"run_id": run_id, "spec": spec, "train": info}
 
     entry, fresh = cache.get_or_create(key, train)
@@ -149,7 +137,7 @@ def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout
 def write_policy_results(conf: dict, run_dir: Path, tracker: Tracker, run_id: str, metrics: dict,
                          student: PolicyMLP) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml({"variant": conf["variant"], "seed": conf["seed"]}))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw({"variant": conf["variant"], "seed": conf["seed"]})))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     table = summary(metrics, conf)
     (run_dir / "summary.md").write_text(table + "\n")

@@ -13,11 +13,11 @@ Methods whose terms use labels or sample indices (DKD, CRD, ...) see those of th
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import lightning as L
 import numpy as np
@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdexp.matrix import use_student_lr
 from kdexp.module import DistillModule
-from kdexp.pipeline import resolve_teacher, trial_callback, trial_context
-from kdexp.stages import build_method, evaluate, fit
+from kdexp.training.alone import resolve_teacher, vanilla_baseline
+from kdexp.training.context import build_method, make_context
+from kdexp.training.distilled import train_distilled
+from kdexp.training.lifecycle import trial_callbacks
+from kdexp.training.results import lineage_tags, method_label, report_student, student_run
 from kdexp.validate import ConfigError
-from kdexp.variants.links import (
-    lineage_tags, method_label, report_student, student_run, vanilla_baseline, variant_context,
-)
 
 log = logging.getLogger("kdexp")
 POLICIES = ("mixup", "cutmix", "erasing")
@@ -138,7 +137,7 @@ def augmenter_from(v: dict, seed: int) -> BatchAugmenter:
                           tuple(v["erase_scale"]), tuple(v["erase_ratio"]))
 
 
-def loss_weights(conf: dict) -> dict[str, float]:
+def loss_weights(conf: Mapping) -> dict[str, float]:
     """distill.weights with `ce` replaced by variant.ce_weight (0 by default: KD only, as the paper)."""
     weights = {**conf["distill"]["weights"], "ce": float(conf["variant"]["ce_weight"])}
     if not any(w > 0 for w in weights.values()):
@@ -147,46 +146,31 @@ def loss_weights(conf: dict) -> dict[str, float]:
     return weights
 
 
-def online_teacher(conf: dict) -> dict:
-    conf = copy.deepcopy(conf)
+def online_teacher(conf: Mapping) -> dict:
+    """The run's config with `teacher_cache.mode=off`: cached outputs belong to the clean samples."""
     if (conf.get("teacher_cache") or {}).get("mode") == "on":
         raise ConfigError("variant=augmented queries the teacher on new inputs every step: "
                           "teacher_cache.mode=on cannot apply (use auto or off)")
-    conf["teacher_cache"] = {**(conf.get("teacher_cache") or {}), "mode": "off"}
-    return conf
+    return {**conf, "teacher_cache": {**(conf.get("teacher_cache") or {}), "mode": "off"}}
 
 
-def run(conf: dict, run_dir: Path, cell: str = "") -> dict[str, float]:
-    conf = online_teacher(conf)
+def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
+    """Two-stage methods (AB / FT / FSP) run their first stage on augmented batches too: teacher and
+    student always see the same inputs."""
     v = conf["variant"]
-    weights = conf["distill"]["weights"] = loss_weights(conf)  # recorded as trained (params, summary)
+    weights = loss_weights(conf)
     augmenter = augmenter_from(v, conf["seed"])  # bad settings fail before any training
     label = method_label(conf, v["policy"])
-    ctx = variant_context(conf, run_dir, {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]})
+    ctx = make_context(online_teacher(conf), run_dir, {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]})
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")
     method = build_method(ctx, student, teacher)
-    if method.init_epochs > 0:
-        raise ConfigError(f"variant=augmented: distill={conf['distill']['name']} has its own first stage, "
-                          "which this variant does not run; choose a one-stage method")
     teacher_meta = resolve_teacher(ctx, teacher)
-    use_student_lr(ctx.conf)
     baseline_meta = vanilla_baseline(ctx)
     name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
     with student_run(ctx, name, cell, label, lineage_tags(teacher_meta, baseline_meta)) as run_id:
-        epochs = conf["trainer"]["max_epochs"]
-        module = AugmentedDistillModule(
-            student, augmenter=augmenter, teacher=teacher, method=method, weights=weights,
-            temperature=conf["distill"].get("temperature", 4.0), recipe=ctx.conf["recipe"], max_epochs=epochs,
-            metric_sink=ctx.tracker.sink(run_id),
-        )
-        trial = trial_context(conf)
-        fit(ctx, module, epochs, [trial_callback(trial)] if trial is not None else [])
-        train_metrics = {"val_acc": module.last_val_acc, "best_val_acc": module.best_val_acc,
-                         "best_epoch": module.best_epoch,
-                         "adapter_params": sum(p.numel() for p in method.parameters())}
-        if module.best_state is not None:
-            best = evaluate(ctx, module.best_student(), "student_best", costs=False)
-            train_metrics.update({f"best_val/{k}": x for k, x in best.items()})
-        return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta, extra={},
-                              labels={"distill": label})
+        train_metrics = train_distilled(ctx, run_id, student, teacher, method, weights=weights,
+                                        module_cls=AugmentedDistillModule, module_kwargs={"augmenter": augmenter},
+                                        callbacks=trial_callbacks(conf))
+        return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta,
+                              labels={"distill": label}, shown={"distill": {"weights": weights}})

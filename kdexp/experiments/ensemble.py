@@ -15,53 +15,25 @@ Feature-based methods are refused before training: member features have no commo
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from pathlib import Path
+from typing import Mapping
 
 import lightning as L
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kdexp.cache import fingerprint, load_weights
-from kdexp.matrix import use_student_lr
 from kdexp.models import list_models
-from kdexp.models.base import FeatureOutput, ZooModel
-from kdexp.pipeline import distill
-from kdexp.stages import build_method, evaluate, trained_alone
+from kdexp.models.ensemble import COMBINE, EnsembleTeacher
 from kdexp.teacher_outputs import weights_digest
+from kdexp.training.alone import train_alone, vanilla_baseline
+from kdexp.training.context import build_method, make_context
+from kdexp.training.distilled import train_distilled
+from kdexp.training.evaluation import evaluate
+from kdexp.training.lifecycle import trial_callbacks
+from kdexp.training.results import lineage_tags, method_label, report_student, student_run
 from kdexp.validate import ConfigError
-from kdexp.variants.links import method_label, variant_context
 
-COMBINE = ("mean_logits", "mean_probs")
 MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")
-
-
-class EnsembleTeacher(ZooModel):
-    """Weighted combination of member outputs (logits only). Weights are normalised to sum to 1."""
-
-    def __init__(self, members: list[nn.Module], weights: list[float] | None = None, combine: str = "mean_logits"):
-        super().__init__()
-        if combine not in COMBINE:
-            raise ValueError(f"combine={combine!r}: choose one of {', '.join(COMBINE)}")
-        w = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
-        if len(w) != len(members) or (w < 0).any() or not w.sum() > 0:
-            raise ValueError(f"ensemble weights {w.tolist()}: one number >= 0 per member, not all 0")
-        self.members = nn.ModuleList(members)
-        self.combine = combine
-        self.num_classes = getattr(members[0], "num_classes", None)
-        self.in_channels = getattr(members[0], "in_channels", None)
-        # Buffers, so that the weights and the mode are part of the weights digest that keys cached outputs.
-        self.register_buffer("member_weights", w / w.sum())
-        self.register_buffer("combine_code", torch.tensor(COMBINE.index(combine)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = torch.stack([m(x) for m in self.members])  # (members, batch, classes)
-        w = self.member_weights.to(logits.dtype)[:, None, None]
-        if self.combine == "mean_logits":
-            return (w * logits).sum(0)
-        return torch.logsumexp(torch.log_softmax(logits, dim=-1) + w.log(), dim=0)  # log sum_i w_i p_i
-
-    def forward_features(self, x: Tensor) -> FeatureOutput:
-        return FeatureOutput(self(x), [], [], None)
 
 
 def parse_members(node: dict) -> list[dict]:
@@ -116,25 +88,24 @@ def resolve_members(ctx, members: list[dict]) -> tuple[list[nn.Module], list[dic
     """Each member as a teacher of its own: trained alone and cached (or loaded from its ckpt)."""
     models, metas = [], []
     for i, m in enumerate(members):
-        teacher_node = {**ctx.conf["teacher"], "arch": m["arch"], "kwargs": m["kwargs"], "seed": m["seed"]}
-        member_ctx = replace(ctx, conf={**ctx.conf, "teacher": teacher_node})
+        member_ctx = ctx.with_nodes(teacher={**ctx.conf["teacher"], "arch": m["arch"], "kwargs": m["kwargs"],
+                                             "seed": m["seed"]})
         if m["ckpt"]:
             model = load_weights(member_ctx.build("teacher"), m["ckpt"], f"teacher.members[{i}] ({m['arch']})")
             meta = {"run_id": None, "key": f"weights-{weights_digest(model)}", "ckpt": m["ckpt"]}
         else:
-            model, meta = trained_alone(member_ctx, "teacher", ctx.conf["teacher"]["max_epochs"], m["seed"])
+            model, meta = train_alone(member_ctx, "teacher", ctx.conf["teacher"]["max_epochs"], m["seed"])
         meta["metrics"] = evaluate(ctx, model, f"member{i}", costs=False)
         models.append(model)
         metas.append(meta)
     return models, metas
 
 
-def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
+def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     members = parse_members(conf["teacher"])
     check_logit_method(conf, "an ensemble teacher")
     label = ensemble_label(members)
-    conf["method"] = method_label(conf, "ensemble")
-    ctx = variant_context(conf, run_dir, {"kdexp.variant": "ensemble", "teacher": label})
+    ctx = make_context(conf, run_dir, {"kdexp.variant": "ensemble", "teacher": label})
 
     L.seed_everything(conf["seed"], verbose=False)
     student = ctx.build("student")
@@ -147,18 +118,16 @@ def run(conf: dict, run_dir, cell: str = "") -> dict[str, float]:
                             "weights": teacher.member_weights.tolist(), "combine": teacher.combine}),
         "metrics": evaluate(ctx, teacher, "teacher"),
     }
-    for i, (m, meta) in enumerate(zip(members, metas)):  # per-member rows, as teacher/member{i}/...
+    for i, meta in enumerate(metas):  # per-member rows, as teacher/member{i}/...
         teacher_meta["metrics"].update({f"member{i}/{k}": v for k, v in meta["metrics"].items()})
     log_members(members, metas)
-    conf["teacher"]["arch"] = label  # from here on (run name, summary row), the teacher is the ensemble
-    ctx.variant_tags["kdexp.member_run_ids"] = ",".join(m.get("run_id") or "" for m in metas)
-
-    use_student_lr(conf)
-    baseline_meta = None
-    if conf["baseline"]:
-        baseline, baseline_meta = trained_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])
-        baseline_meta["metrics"] = evaluate(ctx, baseline, "baseline")
-    return distill(ctx, teacher, teacher_meta, student, method, baseline_meta, cell)
+    ctx.run_tags["kdexp.member_run_ids"] = ",".join(m.get("run_id") or "" for m in metas)
+    baseline_meta = vanilla_baseline(ctx)
+    name = f"{conf['distill']['name']}:{label}->{conf['student']['arch']}"
+    with student_run(ctx, name, cell, method_label(conf, "ensemble"), lineage_tags(teacher_meta, baseline_meta)) as run_id:
+        train_metrics = train_distilled(ctx, run_id, student, teacher, method, callbacks=trial_callbacks(conf))
+        return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta,
+                              labels={"teacher": label})
 
 
 def log_members(members: list[dict], metas: list[dict]) -> None:

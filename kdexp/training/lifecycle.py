@@ -1,0 +1,59 @@
+"""One MLflow run's life, in one place: started with its tags and params, FINISHED when the block ends,
+FAILED with the error (tag + traceback artifact) when it raises, KILLED + kdexp.trial_state=PRUNED when an
+Optuna trial is pruned. A sweep trial's run nests under the sweep's parent run."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+from kdexp.tracking import Tracker
+
+
+def in_trial(conf: Mapping) -> bool:
+    """Whether this run is a trial of kdexp's Optuna sweeper (its `optuna_trial` node is set)."""
+    return bool((conf.get("optuna_trial") or {}).get("study_name"))
+
+
+def active_trial(conf: Mapping):
+    """The running optuna.Trial of a sweep job, or None."""
+    if not in_trial(conf):
+        return None
+    from kdexp.sweep.trial import trial_from_cfg
+
+    return trial_from_cfg(conf)
+
+
+def trial_callbacks(conf: Mapping) -> list:
+    """Lightning callbacks of a sweep trial: report val/acc each epoch, stop when the pruner says so."""
+    trial = active_trial(conf)
+    if trial is None:
+        return []
+    from kdexp.sweep.trial import PruningCallback
+
+    return [PruningCallback(trial, monitor="val/acc")]
+
+
+@contextmanager
+def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Mapping[str, str] | None = None,
+                trial_conf: Mapping | None = None) -> Iterator[str]:
+    """Yields the run id. `trial_conf`: the run's config when it is the run a sweep trial reports (nested
+    under the sweep's parent run; pruning ends it KILLED + PRUNED instead of FAILED)."""
+    nested = trial_conf is not None and in_trial(trial_conf)
+    tags = dict(tags)
+    if nested:
+        from kdexp.sweep.trial import child_run_tags
+
+        tags.update(child_run_tags(trial_conf))
+    run_id = tracker.start(name, tags, dict(params) if params else None)
+    try:
+        yield run_id
+    except BaseException as exc:
+        from kdexp.sweep.trial import end_pruned_run, is_pruned_error
+
+        if nested and is_pruned_error(exc):
+            end_pruned_run(run_id, tracker.client)
+        else:
+            tracker.fail(run_id, exc)
+        raise
+    tracker.finish(run_id)
