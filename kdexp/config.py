@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kdexp.matrix import apply_matrix_keys, student_lr
+
 READ_ONLY = "the run's config is read-only: build a new node ({**node, key: value}) instead of changing it"
 
 
@@ -56,7 +58,6 @@ def parse_config(cfg: Any) -> FrozenDict:
     """A composed DictConfig (or a plain dict) -> the run's frozen, validated config."""
     from omegaconf import OmegaConf
 
-    from kdexp.matrix import apply_matrix_keys
     from kdexp.validate import validate_config
 
     if isinstance(cfg, FrozenDict):
@@ -68,11 +69,6 @@ def parse_config(cfg: Any) -> FrozenDict:
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
     validate_config(conf)
     return freeze(conf)
-
-
-def student_lr(conf: Mapping, arch: str) -> float | None:
-    lr = (conf.get("student_lr") or {}).get(arch)
-    return None if lr is None else float(lr)
 
 
 def recipe_for(conf: Mapping, role: str, arch: str | None = None) -> dict:

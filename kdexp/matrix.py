@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdexp.cache import fingerprint
-from kdexp.config import student_lr
 from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")
@@ -75,6 +74,12 @@ def _merge(into: dict, extra: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = copy.deepcopy(value)
+
+
+def student_lr(conf: dict, arch: str) -> float | None:
+    """`student_lr[arch]`: the lr of a student of that architecture (kdexp.config.recipe_for applies it)."""
+    lr = (conf.get("student_lr") or {}).get(arch)
+    return None if lr is None else float(lr)
 
 
 def cell_key(conf: dict) -> str:

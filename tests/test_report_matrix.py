@@ -8,8 +8,8 @@ import copy
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp.config import recipe_for, student_lr
-from kdexp.matrix import MATRIX_DIR, apply_matrix_keys, cell_key, load_matrix, parse_pair
+from kdexp.config import recipe_for
+from kdexp.matrix import MATRIX_DIR, apply_matrix_keys, cell_key, load_matrix, parse_pair, student_lr
 from kdexp.models import list_models
 from kdexp.validate import ConfigError, validate_config
 from tests.conftest import CONF_DIR, compose_train
