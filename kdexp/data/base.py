@@ -11,7 +11,11 @@ from torch import Tensor
 
 from kdexp.cache import remember
 from kdexp.data.loader import (  # noqa: F401  (re-exported: the loader once lived here)
-    AugmentFn, Batch, TensorBatchLoader, check_int, epoch_generator,
+    AugmentFn,
+    Batch,
+    TensorBatchLoader,
+    check_int,
+    epoch_generator,
 )
 from kdexp.registry import Registry
 
