@@ -151,10 +151,11 @@ class TensorBatchLoader:
             # page-locked host batches: the trainer's non-blocking copy to the GPU overlaps the step
             yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
 
-    # --- resume: Lightning saves a Stateful train loader's state in checkpoints ----------------------
+    # --- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The data order to continue with: the next epoch to serve and the seed. Lightning's fit loop
-        stores it in every checkpoint and hands it back before the first batch of a resumed fit."""
+        stores a Stateful train loader's state in every checkpoint, but hands it back only when it restarts
+        mid-epoch; at an epoch boundary it relies on `set_epoch` (see `follow_trainer_epoch`)."""
         return {"epoch": self._next_epoch, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -162,3 +163,19 @@ class TensorBatchLoader:
             raise ValueError(f"the checkpoint's data order used seed {state.get('seed')!r}, "
                              f"this loader's seed is {self.seed!r}: resume with the same data.seed")
         self._next_epoch = int(state["epoch"])
+
+
+def follow_trainer_epoch(trainer) -> None:
+    """Set the trainer's current epoch on its TensorBatchLoader train loaders: call in on_train_epoch_start.
+
+    Lightning does this for a DataLoader's sampler (`sampler.set_epoch`), not for other iterables; without
+    it a loader counts its own epochs, which restart at 0 in a fit resumed from a checkpoint.
+    """
+    loaders = trainer.train_dataloader
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    elif not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    for loader in loaders:
+        if isinstance(loader, TensorBatchLoader):
+            loader.set_epoch(trainer.current_epoch)
