@@ -93,3 +93,72 @@ def test_two_gloo_ranks_shard_data_share_the_crd_bank_and_reduce_metrics(tmp_pat
     # epoch metrics: sums over both ranks' samples (rank 0: 4 samples at loss 1; rank 1: 8 at loss 2)
     for r in ranks:
         assert r["metrics"] == pytest.approx({"train/acc": 3 / 12, "train/loss": (4 * 1 + 8 * 2) / 12})
+
+
+def cache_worker(rank: int, port: int, root: str, out: str, fail: bool) -> None:
+    from filelock import FileLock
+
+    from kdexp.cache import ModelCache
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    cache, calls = ModelCache(root), []
+
+    def create():
+        calls.append(rank)
+        with FileLock(f"{root}/k.lock", timeout=0):  # raises if any rank held the lock while training
+            pass
+        total = torch.ones(1)
+        dist.all_reduce(total)  # a collective, as every DDP training step is
+        model = torch.nn.Linear(2, 2)
+        torch.nn.init.constant_(model.weight, float(total))
+        return model, {"trained_by": rank}
+
+    if fail and rank == 0:
+        cache.store = lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+    try:
+        entry, model = cache.get_or_create_distributed("k", create)
+        again, none = cache.get_or_create_distributed("k", create)
+        result = {"calls": calls, "meta": entry.meta, "fresh": model is not None, "again": again.meta,
+                  "hit_model": none, "weight": torch.load(entry.weights, weights_only=True)["weight"]}
+    except RuntimeError as exc:
+        result = {"error": str(exc), "calls": calls}
+    finally:
+        dist.destroy_process_group()
+    torch.save(result, f"{out}/cache{rank}.pt")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_ddp_ranks_train_together_and_rank_zero_publishes_without_holding_the_lock(tmp_path, fail):
+    run_ranks(cache_worker, free_port(), str(tmp_path / "models"), str(tmp_path), fail)
+    results = [torch.load(tmp_path / f"cache{r}.pt", weights_only=True) for r in range(WORLD)]
+    for r, res in enumerate(results):
+        assert res["calls"] == [r]  # every rank trained, once
+        if fail:  # rank 0 could not publish: every rank is told, none waits forever
+            assert res["error"] == "model cache: rank 0 could not publish entry k: OSError: disk full"
+            continue
+        assert res["meta"] == res["again"] == {"trained_by": 0}  # rank 0's entry, the same on every rank
+        assert res["fresh"] and res["hit_model"] is None  # then a hit on every rank, without training
+        assert torch.equal(res["weight"], torch.full((2, 2), 2.0))
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == (["k.lock"] if fail else ["k", "k.lock"])
+
+
+@pytest.mark.parametrize("env, rank, world", [
+    ({}, 0, 1),
+    ({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, 0, 2),  # Lightning's rank 0 after it launched the others
+    ({"LOCAL_RANK": "1", "WORLD_SIZE": "2", "NODE_RANK": "0"}, 1, 2),  # a rank Lightning launched
+    ({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}, 3, 4),  # torchrun
+    ({"SLURM_PROCID": "0", "WORLD_SIZE": "2"}, 0, 2),
+])
+def test_rank_from_the_launchers_environment_before_a_process_group_exists(monkeypatch, env, rank, world):
+    from kdexp import distributed
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert (distributed.rank(), distributed.world_size(), distributed.is_rank_zero()) == (rank, world, rank == 0)
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert distributed.rank() > 0 or "RANK" in env or "SLURM_PROCID" in env
+    distributed.barrier()  # no group: returns at once
+    assert distributed.from_rank_zero("mine") == "mine"
