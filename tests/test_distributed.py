@@ -162,3 +162,47 @@ def test_rank_from_the_launchers_environment_before_a_process_group_exists(monke
     assert distributed.rank() > 0 or "RANK" in env or "SLURM_PROCID" in env
     distributed.barrier()  # no group: returns at once
     assert distributed.from_rank_zero("mine") == "mine"
+
+
+class IndexRecordingModule(DistillModule):
+    """Writes what its rank trained on, and its best-epoch state, for the test to compare across ranks."""
+
+    def __init__(self, out: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.out, self.seen = out, {}
+
+    def training_step(self, batch, batch_idx):
+        self.seen.setdefault(self.current_epoch, []).extend(batch[2].tolist())
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self):
+        torch.save({"seen": self.seen, "last": self.last_val_acc, "best": (self.best_val_acc, self.best_epoch)},
+                   f"{self.out}/fit{self.global_rank}.pt")
+
+
+def test_lightning_ddp_fit_shards_epochs_reduces_metrics_and_reports_once(tmp_path):
+    import lightning as L
+
+    from kdexp.data import create_datamodule
+    from kdexp.models import create_model
+
+    L.seed_everything(0, verbose=False)
+    dm = create_datamodule("synthetic", num_samples=130, num_test=10, image_size=8, batch_size=16, seed=1)
+    n_train, n_val = dm.num_train, len(dm.split_tensors("val")[1])  # 117 and 13: odd, shards differ in size
+    sink = tmp_path / "sink.txt"
+    report = lambda metrics, epoch: sink.open("a").write(f"{epoch} {metrics['val/acc']}\n")  # noqa: E731
+    module = IndexRecordingModule(str(tmp_path), create_model("cnn_tiny", num_classes=10, in_channels=3),
+                                  max_epochs=2, metric_sink=report)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=WORLD, strategy="ddp_fork", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, dm.train_dataloader(), dm.val_dataloader())
+    ranks = [torch.load(tmp_path / f"fit{r}.pt", weights_only=True) for r in range(WORLD)]
+    for epoch in range(2):
+        s0, s1 = (r["seen"][epoch] for r in ranks)
+        assert len(s0) == len(s1) == -(-n_train // WORLD) and sorted(set(s0) | set(s1)) == list(range(n_train))
+        assert len(set(s0) & set(s1)) == WORLD * len(s0) - n_train  # the documented padding only
+    assert ranks[0]["last"] == ranks[1]["last"] and ranks[0]["best"] == ranks[1]["best"]  # reduced: one decision
+    assert (ranks[0]["last"] * n_val) == pytest.approx(round(ranks[0]["last"] * n_val))  # a count over all 13
+    lines = sink.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "1"]  # rank 0 only reported
+    assert float(lines[1].split()[1]) == ranks[0]["last"]
