@@ -106,8 +106,9 @@ def cache_worker(rank: int, port: int, root: str, out: str, fail: bool) -> None:
 
     def create():
         calls.append(rank)
-        with FileLock(f"{root}/k.lock", timeout=0):  # raises if any rank held the lock while training
-            pass
+        if rank == 1:  # raises if rank 0 held the lock while training (rank 0 must not try it at the same time)
+            with FileLock(f"{root}/k.lock", timeout=0):
+                pass
         total = torch.ones(1)
         dist.all_reduce(total)  # a collective, as every DDP training step is
         model = torch.nn.Linear(2, 2)
@@ -190,7 +191,7 @@ def test_lightning_ddp_fit_shards_epochs_reduces_metrics_and_reports_once(tmp_pa
     dm = create_datamodule("synthetic", num_samples=130, num_test=10, image_size=8, batch_size=16, seed=1)
     n_train, n_val = dm.num_train, len(dm.split_tensors("val")[1])  # 117 and 13: odd, shards differ in size
     sink = tmp_path / "sink.txt"
-    report = lambda metrics, epoch: sink.open("a").write(f"{epoch} {metrics['val/acc']}\n")  # noqa: E731
+    report = lambda metrics, epoch: sink.open("a").write(f"{epoch} {metrics['val/acc']}\n")
     module = IndexRecordingModule(str(tmp_path), create_model("cnn_tiny", num_classes=10, in_channels=3),
                                   max_epochs=2, metric_sink=report)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=WORLD, strategy="ddp_fork", logger=False,
