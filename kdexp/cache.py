@@ -2,24 +2,26 @@
 
 Keyed by a fingerprint of everything that defines the trained weights. Entries are written to a
 temporary folder and renamed into place, so a crash never leaves a half-written entry; a file lock
-makes concurrent runs that need the same model train it once and share it.
+(the portable `filelock` package) makes concurrent runs that need the same model train it once and
+share it. Under DDP the lock is never held while training (see `get_or_create_distributed`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
+from filelock import FileLock
 from torch import nn
+
+from kdexp import distributed
 
 
 def remember(memo: dict, key, value, kept: int):
@@ -59,15 +61,9 @@ class ModelCache:
             return None
         return CacheEntry(key, path, json.loads(meta_file.read_text()))
 
-    @contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process trains this model
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def lock(self, key: str) -> FileLock:
+        """Held while one process makes `key`'s entry; others block on it (a context manager)."""
+        return file_lock(self.root / f"{key}.lock")
 
     def store(self, key: str, model: nn.Module, meta: dict) -> CacheEntry:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,7 +83,7 @@ class ModelCache:
     def get_or_create(
         self, key: str, create: Callable[[], tuple[nn.Module, dict]]
     ) -> tuple[CacheEntry, nn.Module | None]:
-        """The entry for `key`, creating it under the lock if missing.
+        """The entry for `key`, creating it under the lock if missing (one process; see the DDP variant).
 
         Returns (entry, model): model is the freshly trained one, or None on a cache hit.
         """
@@ -100,6 +96,57 @@ class ModelCache:
                 return entry, None
             model, meta = create()
             return self.store(key, model, meta), model
+
+    def publish(self, key: str, model: nn.Module, meta: dict) -> bool:
+        """Store the entry unless another process did meanwhile (double-checked under the lock, held briefly).
+        Returns whether this model is the one published."""
+        with self.lock(key):
+            if self.lookup(key) is not None:
+                return False
+            self.store(key, model, meta)
+            return True
+
+    def get_or_create_distributed(
+        self, key: str, create: Callable[[], tuple[nn.Module, dict]]
+    ) -> tuple[CacheEntry, nn.Module | None]:
+        """get_or_create for code that every DDP rank runs: `create` trains under DDP, so all ranks call it.
+
+        No lock is held while `create` runs: a rank holding it across the collectives of training would
+        wait for ranks that wait for the lock (the hang of issue 13). Hit or miss is rank 0's answer once
+        the process group exists (before it, each rank looks for itself); after training, rank 0 publishes
+        (double-checked: a concurrent run may have published first, and then its entry wins) while the
+        others wait, and every rank returns the published entry. Returns (entry, model): model is this
+        run's trained one where it was published, else None (load the entry's weights). One process: the
+        plain get_or_create.
+        """
+        if distributed.world_size() == 1:
+            return self.get_or_create(key, create)
+        if distributed.from_rank_zero(self.lookup(key) is not None):
+            return self._published(key), None
+        model, meta = create()
+        outcome: tuple[bool, str | None] = (False, None)
+        if distributed.is_rank_zero():
+            try:
+                outcome = (self.publish(key, model, meta), None)
+            except Exception as exc:  # noqa: BLE001  (told to every rank below: none is left waiting)
+                outcome = (False, f"{type(exc).__name__}: {exc}")
+        ours, error = distributed.from_rank_zero(outcome)  # also the barrier: rank 0 has published
+        if error is not None:
+            raise RuntimeError(f"model cache: rank 0 could not publish entry {key}: {error}")
+        return self._published(key), model if ours else None
+
+    def _published(self, key: str) -> CacheEntry:
+        entry = self.lookup(key)
+        if entry is None:
+            raise RuntimeError(f"model cache: entry {key} is missing under {self.root} on rank "
+                               f"{distributed.rank()}; every rank must see the same cache folder")
+        return entry
+
+
+def file_lock(path: str | os.PathLike) -> FileLock:
+    """An exclusive inter-process lock on `path` (created if missing), portable (filelock, not fcntl)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, what: str) -> nn.Module:

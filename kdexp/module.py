@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdexp.checkpoints import rng_state, set_rng_state
+from kdexp.data.loader import follow_trainer_epoch
 from kdexp.distill import Distiller, NoDistillation, kd_loss
 from kdexp.models.base import FeatureOutput
 from kdexp.teacher_outputs import TeacherOutputs
 
 MetricSink = Callable[[dict[str, float], int], None]
+CHECKPOINT_KEY = "kdexp_distill_module"  # DistillModule's own state in a Lightning checkpoint
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -65,6 +69,7 @@ class DistillModule(L.LightningModule):
         self.last_val_acc = math.nan
         self._train_sums: dict[str, Tensor] = {}
         self._val_sums: dict[str, Tensor] = {}
+        self._resume_rng: dict | None = None
 
     # -- frozen teacher -------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -141,14 +146,16 @@ class DistillModule(L.LightningModule):
 
     @staticmethod
     def _epoch_means(sums: dict, prefix: str) -> dict[str, float]:
+        """The epoch's accuracy and sample-weighted means, over every DDP rank's samples (sums are all-reduced)."""
         if not sums or not sums["n"]:
             sums.clear()
             return {}
         rows = torch.stack(sums["rows"])  # (steps, 1 + terms)
         n = torch.tensor(sums["n"], dtype=rows.dtype, device=rows.device)
-        total = int(n.sum())
-        correct, means = rows[:, 0].sum(), (rows[:, 1:] * n[:, None]).sum(0) / total
-        values = torch.cat([correct[None] / total, means]).tolist()  # the epoch's one sync
+        totals = torch.cat([n.sum()[None], rows[:, 0].sum()[None], (rows[:, 1:] * n[:, None]).sum(0)])
+        if dist.is_available() and dist.is_initialized():  # every rank reaches here once per epoch
+            dist.all_reduce(totals)
+        values = (totals[1:] / totals[0]).tolist()  # the epoch's one sync
         names = [f"{prefix}/acc", *(f"{prefix}/{k}" for k in sums["keys"])]
         sums.clear()
         return dict(zip(names, values))
@@ -170,8 +177,32 @@ class DistillModule(L.LightningModule):
         self.log_dict(metrics)
         metrics.update(getattr(self, "_last_val", {}))
         self._last_val = {}
-        if self.metric_sink is not None:
+        if self.metric_sink is not None and self.trainer.is_global_zero:  # metrics are reduced: one writer
             self.metric_sink(metrics, self.current_epoch)
+
+    # -- resume: what a checkpoint must carry beyond weights, optimizer and loops ------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "best_state": self.best_state,
+            "last_val_acc": self.last_val_acc, "rng": rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is not None:
+            self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+            self.best_state, self.last_val_acc = state["best_state"], state["last_val_acc"]
+            self._resume_rng = state["rng"]
+
+    def on_train_epoch_start(self) -> None:
+        follow_trainer_epoch(self.trainer)  # the data order of this epoch, also in a resumed fit
+
+    def on_train_start(self) -> None:
+        # the RNG as it was when the checkpoint was written; restored this late because building the model
+        # and the sanity check (run under isolate_rng) come between loading the checkpoint and training
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
 
     # -- optimisation --------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

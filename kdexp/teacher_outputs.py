@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -164,31 +164,6 @@ def augmented_views(dm, views: int, seed: int) -> Tensor:
     return out
 
 
-class ViewBatchLoader(TensorBatchLoader):
-    """The train loader over fixed views: each epoch, every sample comes from one view drawn for it.
-
-    Yields (x, y, row), row = view * N + sample, so the teacher outputs of exactly that view are
-    looked up; DistillModule maps rows back to samples for methods that use `index`.
-    """
-
-    def __init__(self, x_views: Tensor, y: Tensor, views: int, batch_size: int, **kwargs):
-        super().__init__(x_views, y, batch_size, shuffle=True, **kwargs)
-        self.views = views
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        epoch = self._next_epoch if epoch is None else epoch
-        self._next_epoch = epoch + 1
-        gen = epoch_generator(self.seed, epoch)
-        n = len(self.y)
-        order = torch.randperm(n, generator=gen).to(self.y.device)  # the same order as without views
-        view = torch.randint(self.views, (n,), generator=gen).to(self.y.device)
-        for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            rows = view[index] * n + index
-            yield self.x[rows], self.y[index], rows
-
-
 class TeacherOutputCache:
     """`<root>/<key>.pt` files: written to a temp file and renamed, filled under ModelCache's lock."""
 
@@ -308,10 +283,5 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
         memo[key], filled = cache.get_or_compute(key, fill, spec)
         if not filled:
             log.info("reusing cached teacher outputs %s (key %s)", outputs, key)
-    loader = None
-    if views:
-        _, y = dm.split_tensors("train")
-        loader = ViewBatchLoader(x_views.to(dm.batch_device), y.to(dm.batch_device), views, dm.batch_size,
-                                 seed=dm.seed, drop_last=dm.drop_last, epoch_fn=dm._trainer_epoch,
-                                 pin_memory=dm.pins_batches)
+    loader = dm.view_loader(x_views, views) if views else None
     return CachedTeacher(memo[key], loader, key)

@@ -9,14 +9,14 @@ import time
 import pytest
 import torch
 
-from kdexp.data import create_datamodule
+from kdexp.data import TensorBatchLoader, create_datamodule
 from kdexp.distill import IncompatiblePairError, create_method, list_methods
 from kdexp.models import create_model
 from kdexp.module import DistillModule
 from kdexp.training.context import Context
 from kdexp.training.trainer import fit
 from kdexp.teacher_outputs import (
-    TeacherCacheSettings, TeacherOutputCache, TeacherOutputs, ViewBatchLoader, augmented_views, cache_spec,
+    TeacherCacheSettings, TeacherOutputCache, TeacherOutputs, augmented_views, cache_spec,
     compute_outputs, prepare_cached_teacher, wanted_outputs,
 )
 from kdexp.cache import fingerprint
@@ -185,7 +185,7 @@ def test_views_are_deterministic_and_rows_match_their_teacher_outputs():
     assert not torch.equal(views[: len(x)], views[len(x) : 2 * len(x)])  # the views differ from each other
     teacher, _ = models()
     outputs = compute_outputs(teacher, views, ("logits",), len(x), views=3)
-    loader = ViewBatchLoader(views, y, 3, 32, seed=0)
+    loader = TensorBatchLoader(views, y, 32, shuffle=True, seed=0, views=3)
     plain_order = torch.cat([i for _, _, i in dm.loader("train", shuffle=True)])
     epochs = []
     for _ in range(2):
@@ -215,7 +215,7 @@ def test_modes(tmp_path):
     cached = prepare_cached_teacher({"mode": "auto"}, plain, teacher, needs, False, root)
     assert cached is not None and cached.train_loader is None and cached.outputs.logits.shape == (plain.num_train, 10)
     viewed = prepare_cached_teacher({"mode": "auto", "views": 2}, aug, teacher, needs, False, root)
-    assert isinstance(viewed.train_loader, ViewBatchLoader) and viewed.outputs.logits.shape == (2 * aug.num_train, 10)
+    assert viewed.train_loader.views == 2 and viewed.outputs.logits.shape == (2 * aug.num_train, 10)
 
 
 @pytest.mark.parametrize("node, match", [

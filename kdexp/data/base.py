@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
 from kdexp.cache import remember
+from kdexp.data.loader import (  # noqa: F401  (re-exported: the loader once lived here)
+    AugmentFn,
+    Batch,
+    TensorBatchLoader,
+    check_int,
+    epoch_generator,
+)
 from kdexp.registry import Registry
 
 DATASETS: Registry[TensorDataModule] = Registry("data set")
@@ -24,9 +29,6 @@ SPLITS = ("train", "val", "test")
 _RAW_MEMO: dict[tuple, tuple[tuple[Tensor, ...], str]] = {}
 _RAW_MEMO_KEPT = 2
 
-Batch = tuple[Tensor, Tensor, Tensor]
-AugmentFn = Callable[[Tensor, torch.Generator], Tensor]
-
 
 class DataFormatError(ValueError):
     """A data file exists but its content is not what the format promises."""
@@ -34,14 +36,6 @@ class DataFormatError(ValueError):
 
 class DataNotFoundError(FileNotFoundError):
     """No copy of a data set was found anywhere we looked (and none could be downloaded)."""
-
-
-def check_int(key: str, value: object, minimum: int, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise ValueError(f"data.{key} must be {allowed}, got {value!r}")
 
 
 def check_device(device: object) -> None:
@@ -52,12 +46,6 @@ def check_device(device: object) -> None:
     except (RuntimeError, TypeError):
         raise ValueError(
             f"data.device must be auto, cpu or a torch device such as cuda or cuda:1, got {device!r}") from None
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # SeedSequence mixes (seed, epoch) so that run seed s at epoch e+1 is unrelated to seed s+1 at epoch e.
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int, flip: bool, fill: Tensor) -> Tensor:
@@ -79,58 +67,6 @@ def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int, flip: bool, 
     batch = torch.arange(b, device=x.device).view(b, 1, 1)
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
-
-
-class TensorBatchLoader:
-    """Yields (x, y, index) batches by indexing whole-split tensors; index = position within the split.
-
-    Lightning accepts any sized iterable as a dataloader. Shuffle order and augmentation come from a
-    generator seeded by (seed, epoch); the epoch is taken from `epoch_fn` (the trainer's current epoch,
-    so resumed runs replay the same order) or else counts the calls to `iter()` (see `set_epoch`).
-    """
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        augment: AugmentFn | None = None,
-        epoch_fn: Callable[[], int | None] | None = None,
-        pin_memory: bool = False,
-    ):
-        check_int("batch_size", batch_size, 1)
-        self.x, self.y, self.pin_memory = x, y, pin_memory
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.augment, self.epoch_fn = augment, epoch_fn
-        self._next_epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        epoch = self._next_epoch if epoch is None else epoch
-        self._next_epoch = epoch + 1
-        gen = epoch_generator(self.seed, epoch)
-        n = len(self.y)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.to(self.y.device)
-        for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            xb = self.x[index]
-            if self.augment is not None:
-                xb = self.augment(xb, gen)
-            batch = (xb, self.y[index], index)
-            # page-locked host batches: the trainer's non-blocking copy to the GPU overlaps the step
-            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -318,6 +254,7 @@ class TensorDataModule(L.LightningDataModule):
     def loader(
         self, split: str, *, batch_size: int | None = None, shuffle: bool = False, augment: bool = False
     ) -> TensorBatchLoader:
+        """Training loaders (train, shuffled) pad DDP shards to equal length; the others never repeat a sample."""
         x, y = self.batch_tensors(split)
         training = split == "train" and shuffle
         return TensorBatchLoader(
@@ -328,11 +265,21 @@ class TensorDataModule(L.LightningDataModule):
             seed=self.seed,
             drop_last=self.drop_last if training else False,
             augment=self.augment_batch if augment else None,
-            epoch_fn=self._trainer_epoch if training else None,
+            epoch_fn=self.trainer_epoch if training else None,
             pin_memory=self._pin,
+            pad_shards=training,
         )
 
-    def _trainer_epoch(self) -> int | None:
+    def view_loader(self, x_views: Tensor, views: int) -> TensorBatchLoader:
+        """The train loader over `views` fixed augmented copies of the train split (row = view * N + sample)."""
+        _, y = self.batch_tensors("train")
+        return TensorBatchLoader(
+            x_views.to(self._batch_device), y, self.batch_size, shuffle=True, seed=self.seed,
+            drop_last=self.drop_last, epoch_fn=self.trainer_epoch, pin_memory=self._pin, views=views,
+        )
+
+    def trainer_epoch(self) -> int | None:
+        """The epoch of the trainer fitting with this data module (`trainer.fit(datamodule=...)`), else None."""
         trainer = self.trainer
         return trainer.current_epoch if trainer is not None and trainer.training else None
 
