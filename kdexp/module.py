@@ -67,8 +67,7 @@ class DistillModule(L.LightningModule):
         self.teacher_store: TeacherOutputs | None = None  # cached teacher outputs, looked up by index
         self.best_val_acc, self.best_epoch, self.best_state = -math.inf, -1, None
         self.last_val_acc = math.nan
-        self._train_sums: dict[str, Tensor] = {}
-        self._val_sums: dict[str, Tensor] = {}
+        self._train_sums, self._val_sums = EpochSums(), EpochSums()
         self._resume_rng: dict | None = None
 
     # -- frozen teacher -------------------------------------------------------------------
@@ -125,43 +124,16 @@ class DistillModule(L.LightningModule):
             loss = sum(terms.values())
         else:  # a term whose weight is 0 (dropped from self.weights) is logged but not trained on
             loss = sum(self.weights.get(k, 0.0) * v for k, v in terms.items())
-        self._accumulate(self._train_sums, len(y), loss=loss, correct=(logits.argmax(1) == y).sum(), **terms)
+        self._train_sums.add(len(y), correct=(logits.argmax(1) == y).sum(), loss=loss, **terms)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch
         logits = self.student(x)
-        self._accumulate(
-            self._val_sums, len(y), loss=F.cross_entropy(logits, y), correct=(logits.argmax(1) == y).sum()
-        )
-
-    # -- epoch bookkeeping: per-step values stay on the device; one sync per epoch, not per step --
-    @staticmethod
-    def _accumulate(sums: dict, n: int, correct: Tensor, **means: Tensor) -> None:
-        """Keep this batch's [correct, *means] as one stacked tensor (one op, no sync); summed at epoch end."""
-        if not sums:
-            sums.update(keys=tuple(means), n=[], rows=[])
-        sums["n"].append(n)
-        sums["rows"].append(torch.stack([correct.float(), *(v.detach().float() for v in means.values())]))
-
-    @staticmethod
-    def _epoch_means(sums: dict, prefix: str) -> dict[str, float]:
-        """The epoch's accuracy and sample-weighted means, over every DDP rank's samples (sums are all-reduced)."""
-        if not sums or not sums["n"]:
-            sums.clear()
-            return {}
-        rows = torch.stack(sums["rows"])  # (steps, 1 + terms)
-        n = torch.tensor(sums["n"], dtype=rows.dtype, device=rows.device)
-        totals = torch.cat([n.sum()[None], rows[:, 0].sum()[None], (rows[:, 1:] * n[:, None]).sum(0)])
-        if dist.is_available() and dist.is_initialized():  # every rank reaches here once per epoch
-            dist.all_reduce(totals)
-        values = (totals[1:] / totals[0]).tolist()  # the epoch's one sync
-        names = [f"{prefix}/acc", *(f"{prefix}/{k}" for k in sums["keys"])]
-        sums.clear()
-        return dict(zip(names, values))
+        self._val_sums.add(len(y), correct=(logits.argmax(1) == y).sum(), loss=F.cross_entropy(logits, y))
 
     def on_validation_epoch_end(self):
-        metrics = self._epoch_means(self._val_sums, "val")
+        metrics = self._val_sums.reduce("val")
         if not metrics or self.trainer.sanity_checking:
             return
         self.log_dict(metrics, prog_bar=True)
@@ -172,7 +144,7 @@ class DistillModule(L.LightningModule):
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
 
     def on_train_epoch_end(self):
-        metrics = self._epoch_means(self._train_sums, "train")
+        metrics = self._train_sums.reduce("train")
         metrics["lr"] = self.optimizers().param_groups[0]["lr"]
         self.log_dict(metrics)
         metrics.update(getattr(self, "_last_val", {}))
@@ -219,6 +191,35 @@ class DistillModule(L.LightningModule):
         model = copy.deepcopy(self.student)
         model.load_state_dict(self.best_state)
         return model
+
+
+class EpochSums:
+    """Per-step values kept on the device, one stacked tensor per step (no sync); reduced once per epoch over
+    every DDP rank's samples. Keys starting with "correct" are counts, reported as accuracies ("acc...");
+    the others are batch means, averaged weighted by batch size. Every module's epoch metrics go through it."""
+
+    def __init__(self):
+        self.keys: tuple[str, ...] = ()
+        self.n: list[int] = []
+        self.rows: list[Tensor] = []
+
+    def add(self, n: int, **values: Tensor) -> None:
+        self.keys = tuple(values)
+        self.n.append(n)
+        self.rows.append(torch.stack([v.detach().float() for v in values.values()]))
+
+    def reduce(self, prefix: str) -> dict[str, float]:
+        if not self.n:
+            return {}
+        rows = torch.stack(self.rows)  # (steps, keys)
+        n = torch.tensor(self.n, dtype=rows.dtype, device=rows.device)
+        counts = torch.tensor([k.startswith("correct") for k in self.keys], device=rows.device)
+        totals = torch.cat([n.sum()[None], torch.where(counts, rows.sum(0), (rows * n[:, None]).sum(0))])
+        if dist.is_available() and dist.is_initialized():  # every rank reaches here once per epoch
+            dist.all_reduce(totals)
+        values = (totals[1:] / totals[0]).tolist()  # the epoch's one sync
+        self.n, self.rows = [], []
+        return {f"{prefix}/{k.replace('correct', 'acc')}": v for k, v in zip(self.keys, values)}
 
 
 def fused_kernels(params: list) -> bool:

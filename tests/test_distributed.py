@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from kdexp.data import TensorBatchLoader
 from kdexp.distill import create_method
 from kdexp.models.base import FeatureOutput
-from kdexp.module import DistillModule
+from kdexp.module import DistillModule, EpochSums
 
 N, FEAT, WORLD = 40, 6, 2
 
@@ -62,10 +62,10 @@ def worker(rank: int, port: int, out: str) -> None:
         method = crd()
         for batch in epochs[0].split(8):  # each rank updates the bank rows of its own samples
             crd_step(method, batch)
-        sums: dict = {}  # rank r's epoch: r + 1 batches, loss = rank + 1, 1 correct per batch
+        sums = EpochSums()  # rank r's epoch: r + 1 batches, loss = rank + 1, 1 correct per batch
         for _ in range(rank + 1):
-            DistillModule._accumulate(sums, 4, correct=torch.tensor(1), loss=torch.tensor(float(rank + 1)))
-        metrics = DistillModule._epoch_means(sums, "train")
+            sums.add(4, correct=torch.tensor(1), loss=torch.tensor(float(rank + 1)))
+        metrics = sums.reduce("train")
         torch.save({"epochs": epochs, "bank": (method.memory_student, method.memory_teacher, method.labels),
                     "z": method.z, "metrics": metrics}, f"{out}/rank{rank}.pt")
     finally:

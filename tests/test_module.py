@@ -87,7 +87,6 @@ def test_loss_is_weighted_sum_of_named_terms(synthetic):
         expected_kd = kd_loss(student(x), teacher(x), 3.0)
     assert terms["ce"].item() == pytest.approx(expected_ce.item(), rel=1e-5)
     assert terms["kd"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
-    module._train_sums.clear()
     total = module.training_step((x, y, index), 0)
     assert total.item() == pytest.approx(0.3 * expected_ce.item() + 2.0 * expected_kd.item(), rel=1e-5)
 
@@ -177,3 +176,13 @@ def test_fused_kernels_only_where_torch_has_them():
     assert fused_kernels([cpu]) and fused_kernels([{"params": [cpu], "lr": 0.1}])
     assert not fused_kernels([cpu, meta]) and not fused_kernels([])
     assert not build_optimizer([meta], {"optimizer": "adam", "lr": 0.1}, 1).defaults["fused"]
+
+
+def test_epoch_sums_report_counts_as_accuracies_and_weight_means_by_batch_size():
+    from kdexp.module import EpochSums
+
+    sums = EpochSums()
+    sums.add(4, correct=torch.tensor(3), correct_1=torch.tensor(1), loss=torch.tensor(2.0))
+    sums.add(2, correct=torch.tensor(1), correct_1=torch.tensor(2), loss=torch.tensor(5.0))
+    assert sums.reduce("val") == pytest.approx({"val/acc": 4 / 6, "val/acc_1": 3 / 6, "val/loss": (8 + 10) / 6})
+    assert sums.reduce("val") == {}  # reduced once: the next epoch starts empty

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from kdexp.distill import kd_loss
 from kdexp.models import list_models
 from kdexp.models.ensemble import EnsembleTeacher
-from kdexp.module import MetricSink, build_optimizer
+from kdexp.data.loader import follow_trainer_epoch
+from kdexp.module import EpochSums, MetricSink, build_optimizer
 from kdexp.training.alone import vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.evaluation import evaluate
@@ -47,33 +48,6 @@ def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temp
         terms[f"kl_{k}"] = torch.stack(peers).mean()
         total = total + weights.get("ce", 0.0) * terms[f"ce_{k}"] + weights.get("kl", 0.0) * terms[f"kl_{k}"]
     return total, terms
-
-
-class EpochSums:
-    """Per-step values kept on the device and reduced once per epoch (as DistillModule does)."""
-
-    def __init__(self):
-        self.n: list[int] = []
-        self.rows: list[Tensor] = []
-        self.keys: tuple[str, ...] = ()
-
-    def add(self, n: int, values: dict[str, Tensor]) -> None:
-        """`values`: counts (keys starting with "correct") are summed, the rest are batch means."""
-        self.keys = tuple(values)
-        self.n.append(n)
-        self.rows.append(torch.stack([v.detach().float() for v in values.values()]))
-
-    def reduce(self, prefix: str) -> dict[str, float]:
-        if not self.n:
-            return {}
-        rows = torch.stack(self.rows)
-        n = torch.tensor(self.n, dtype=rows.dtype, device=rows.device)
-        total = n.sum()
-        sums = torch.where(torch.tensor([k.startswith("correct") for k in self.keys], device=rows.device),
-                           rows.sum(0), (rows * n[:, None]).sum(0)) / total
-        values = sums.tolist()  # the epoch's one sync
-        self.n, self.rows = [], []
-        return {f"{prefix}/{k.replace('correct', 'acc')}": v for k, v in zip(self.keys, values)}
 
 
 class MutualModule(L.LightningModule):
@@ -100,7 +74,7 @@ class MutualModule(L.LightningModule):
         logits = [s(x) for s in self.students]
         loss, terms = mutual_loss(logits, y, self.weights, self.temperature)
         correct = {f"correct_{k}": (z.argmax(1) == y).sum() for k, z in enumerate(logits)}
-        self._train.add(len(y), {"loss": loss, **correct, **terms})
+        self._train.add(len(y), loss=loss, **correct, **terms)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -109,7 +83,7 @@ class MutualModule(L.LightningModule):
         for k, s in enumerate(self.students):
             z = s(x)
             values[f"correct_{k}"], values[f"loss_{k}"] = (z.argmax(1) == y).sum(), F.cross_entropy(z, y)
-        self._val.add(len(y), values)
+        self._val.add(len(y), **values)
 
     def on_validation_epoch_end(self):
         metrics = self._val.reduce("val")
@@ -131,8 +105,11 @@ class MutualModule(L.LightningModule):
         self.log_dict(metrics)
         metrics.update(self._last_val)
         self._last_val = {}
-        if self.metric_sink is not None:
+        if self.metric_sink is not None and self.trainer.is_global_zero:  # metrics are reduced: one writer
             self.metric_sink(metrics, self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        follow_trainer_epoch(self.trainer)  # the data order of this epoch, also under DDP
 
     def configure_optimizers(self):
         lrs = self.lrs or [float(self.recipe["lr"])] * len(self.students)
