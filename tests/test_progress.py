@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from kdexp.progress import (
     EpochProgress,
@@ -20,28 +19,20 @@ from kdexp.progress import (
     run_link,
     sweep_position,
 )
+from tests.tiny_fit import tiny_module_and_loaders
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_fit(epochs: int, callbacks: list, **trainer_kwargs):
-    """DistillModule training a cnn_tiny alone on 8x8 random images (what a teacher or baseline stage runs)."""
+    """A teacher-like stage: DistillModule training a cnn_tiny alone, under a real Trainer."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
 
-    from kdexp.models import create_model
-    from kdexp.module import DistillModule
-
-    L.seed_everything(0, verbose=False)
-    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 4, (64,))
-    data = TensorDataset(x, y, torch.arange(64))
-    logged: list[dict] = []
-    module = DistillModule(create_model("cnn_tiny", num_classes=4, in_channels=1), max_epochs=epochs,
-                           metric_sink=lambda metrics, epoch: logged.append(dict(metrics)))
+    module, train, val, logged = tiny_module_and_loaders(epochs)
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
                         accelerator="cpu", **trainer_kwargs)
-    trainer.fit(module, DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=32))
+    trainer.fit(module, train, val)
     return trainer, logged
 
 
