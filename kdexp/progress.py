@@ -22,13 +22,16 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `kdexp-ui` serves the MLflow UI by
 
 # -- arithmetic ----------------------------------------------------------------------------------------------
 def eta_seconds(durations: list[float], done: int, total: int | None) -> float | None:
-    """Seconds left: the mean epoch so far times the epochs still to run (None when the total is unknown).
+    """Seconds left: the mean epoch times the epochs still to run (None when the total is unknown).
 
-    The mean, not the last epoch: one slow epoch (a cache fill, a compile) should not swing the estimate.
+    The first epoch is left out of the mean once a later one was timed: it carries one-off costs (filling the
+    teacher-output cache, torch.compile, warm-up) that later epochs do not repeat. A mean, not the last epoch,
+    so that one slow epoch does not swing the estimate.
     """
     if total is None or total < 0 or not durations:
         return None
-    return sum(durations) / len(durations) * max(0, total - done)
+    steady = durations[1:] or durations
+    return sum(steady) / len(steady) * max(0, total - done)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -126,12 +129,15 @@ def run_link(run_id: str, experiment_id: str, tracking_uri: str) -> str:
     return f"{UI_ADDRESS}/{page}"
 
 
-def print_run_start(run_id: str, experiment_id: str, tracking_uri: str, name: str | None = None) -> str:
-    """Log where a run that just started is recorded; returns the UI link."""
+def print_run_start(run_id: str, experiment_id: str, tracking_uri: str, name: str | None = None,
+                    position: str | None = None) -> str:
+    """Log where a run that just started is recorded (position: sweep_position()'s 'cell i/N'); returns the link."""
     link = run_link(run_id, experiment_id, tracking_uri)
     served = tracking_uri.startswith(("http://", "https://"))
     hint = "" if served else f" (serve it with: kdexp-ui --uri {tracking_uri})"
     what = f"run {name}" if name else "run"
+    if position:
+        what = f"{position}: {what}"
     log.info("%s started: MLflow run %s, experiment %s: %s%s", what, run_id, experiment_id, link, hint)
     return link
 
@@ -177,6 +183,6 @@ def basic_sweep_size(sweep_dir: str) -> int | None:
         arguments = [f"{k}={v}" for k, v in (params or {}).items()] + list(saved.hydra.overrides.task)
         overrides = OverridesParser.create().parse_overrides(arguments)
         return len(BasicSweeper.split_arguments(overrides, None)[0])
-    except Exception as exc:  # glob() sweeps need the config loader; a missing file: no N, not a failure
+    except Exception as exc:  # noqa: BLE001 (glob() sweeps need the config loader; no file: no N, no failure)
         log.debug("sweep size unknown (%s: %s)", path, exc)
         return None

@@ -41,8 +41,9 @@ LINE = re.compile(r"^teacher cnn_tiny \| epoch (\d+)/(\d+) \| train loss ([\d.]+
 
 
 def test_one_line_per_epoch_with_the_epochs_own_loss_and_accuracy(caplog):
-    ticks = iter(range(0, 1000, 2))  # a clock that advances 2 s per reading: every epoch lasts exactly 2 s
-    progress = EpochProgress("teacher cnn_tiny", clock=lambda: float(next(ticks)))
+    # A fake clock read at each epoch's start and end: the first epoch takes 10 s (warm-up), later ones 2 s.
+    ticks = iter([0.0, 10.0, 10.0, 12.0, 12.0, 14.0])
+    progress = EpochProgress("teacher cnn_tiny", clock=lambda: next(ticks))
     with caplog.at_level(logging.INFO, logger="kdexp"):
         _, logged = tiny_fit(3, [progress])
     lines = [r.getMessage() for r in caplog.records if r.name == "kdexp" and r.levelno == logging.INFO]
@@ -50,12 +51,13 @@ def test_one_line_per_epoch_with_the_epochs_own_loss_and_accuracy(caplog):
     parsed = [LINE.match(line) for line in lines]
     assert all(parsed), lines
     for i, (match, metrics) in enumerate(zip(parsed, logged)):
-        epoch, total, loss, acc, per_epoch, eta = match.groups()
+        epoch, total, loss, acc = match.groups()[:4]
         assert (int(epoch), int(total)) == (i + 1, 3)
         assert loss == f"{metrics['train/loss']:.4f}" and acc == f"{metrics['val/acc']:.4f}"  # this epoch's
-        assert per_epoch == "2.0"
-        assert eta == format_duration(2.0 * (3 - i - 1))  # 4.0s, 2.0s, 0.0s
-    assert progress.durations == [2.0, 2.0, 2.0]
+    assert [m.group(5) for m in parsed] == ["10.0", "2.0", "2.0"]
+    # ETA: 10 s x 2 epochs left while only the first is timed; then 2 s x 1 (the first's warm-up left out); done
+    assert [m.group(6) for m in parsed] == ["20.0s", "2.0s", "0.0s"]
+    assert progress.durations == [10.0, 2.0, 2.0]
 
 
 def test_position_prefix_and_early_stop_note(caplog):
@@ -69,7 +71,8 @@ def test_position_prefix_and_early_stop_note(caplog):
 
 
 def test_eta_is_mean_epoch_times_epochs_left():
-    assert eta_seconds([1.0, 3.0], done=2, total=10) == 16.0
+    assert eta_seconds([1.0], done=1, total=10) == 9.0
+    assert eta_seconds([9.0, 3.0, 5.0], done=3, total=10) == 28.0  # the first epoch's one-off costs left out
     assert eta_seconds([5.0], done=1, total=1) == 0.0
     assert eta_seconds([2.0], done=3, total=2) == 0.0  # never negative
     assert eta_seconds([2.0], done=1, total=None) is None and eta_seconds([], done=0, total=5) is None
@@ -78,10 +81,12 @@ def test_eta_is_mean_epoch_times_epochs_left():
 
 def test_run_start_line_links_the_ui(caplog):
     with caplog.at_level(logging.INFO, logger="kdexp"):
-        link = print_run_start("abc123", "7", "sqlite:///outputs/mlflow.db", name="kd:cnn_medium->cnn_tiny")
+        link = print_run_start("abc123", "7", "sqlite:///outputs/mlflow.db", name="kd:cnn_medium->cnn_tiny",
+                               position="cell 3/8")
     assert link == "http://127.0.0.1:5000/#/experiments/7/runs/abc123"
     message = caplog.records[-1].getMessage()
-    assert "abc123" in message and link in message and "kdexp-ui --uri sqlite:///outputs/mlflow.db" in message
+    assert message.startswith("cell 3/8: run kd:cnn_medium->cnn_tiny started: MLflow run abc123, experiment 7: ")
+    assert link in message and "kdexp-ui --uri sqlite:///outputs/mlflow.db" in message
     served = "https://mlflow.example.org/prefix"
     assert run_link("r", "1", served + "/") == f"{served}/#/experiments/1/runs/r"
     assert run_link("r", "1", "http://10.0.0.5:5001") == "http://10.0.0.5:5001/#/experiments/1/runs/r"
