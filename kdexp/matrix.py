@@ -23,7 +23,8 @@ MATRIX_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "matrix"  # the
 CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair")
 CELL_IGNORED_SUBKEYS = {
     "data": ("root", "eval_batch_size", "device", "pin_memory"),
-    "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last"),
+    "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last",
+                "logger"),
     "teacher_cache": ("mode", "max_gb"),  # cached or online teacher outputs: the same numbers
 }
 FINAL_PREFIXES = ("student/", "teacher/", "baseline/")  # what run_experiment returns, not per-epoch curves

@@ -23,6 +23,7 @@ def validate_config(conf: dict) -> None:
     from kdexp.data import list_datasets
     from kdexp.distill import list_methods, method_terms
     from kdexp.models import list_models
+    from kdexp.trainer_extras import check_trainer_node
 
     models = list_models()
     for role in ("teacher", "student"):
@@ -40,6 +41,7 @@ def validate_config(conf: dict) -> None:
     validate_method_keys(distill)
     validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
 
+    check_trainer_node(conf["trainer"])  # callbacks / loggers from config, reserved keys: before Lightning loads
     _positive_int(conf, "trainer.max_epochs", conf["trainer"]["max_epochs"])
     _positive_int(conf, "teacher.max_epochs", conf["teacher"]["max_epochs"])
     _positive_int(conf, "finetune.epochs", conf["finetune"]["epochs"], minimum=0)

@@ -169,7 +169,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
         epochs = conf["trainer"]["max_epochs"]
         module = MutualModule(students, weights=weights, temperature=temperature, recipe=ctx.recipe_for("teacher"),
                               lrs=lrs, max_epochs=epochs, metric_sink=ctx.tracker.sink(run_id))
-        fit(ctx, module, epochs, trial_callbacks(conf))
+        fit(ctx, module, epochs, trial_callbacks(conf), stage=f"students {label}")
         return report_peers(ctx, run_id, module, archs, conf["student"]["arch"], baseline_meta, label)
 
 

@@ -28,6 +28,8 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
         "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels, "data": ctx.dm.fingerprint(),
         "batch_size": c["data"]["batch_size"], "recipe": recipe, "max_epochs": max_epochs, "seed": seed,
         "precision": c["trainer"].get("precision"), "fast_dev_run": c["trainer"].get("fast_dev_run", False),
+        # callbacks from config (early stopping) change what is trained; absent, keys stay as they were
+        **({"callbacks": c["trainer"]["callbacks"]} if c["trainer"].get("callbacks") else {}),
     }
 
 
@@ -54,13 +56,13 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
         L.seed_everything(seed, verbose=False)
         model = ctx.build(role)
         tags = {**ctx.alone_tags(label, spec["arch"], seed), "kdexp.fingerprint": key}
-        with tracked_run(ctx.tracker, f"{label}:{spec['arch']}", tags, flatten(spec)) as run_id:
+        with tracked_run(ctx.tracker, f"{label}:{spec['arch']}", tags, flatten(spec), position=ctx.position) as run_id:
             module = DistillModule(model, recipe=spec["recipe"], max_epochs=max_epochs,
                                    metric_sink=ctx.tracker.sink(run_id), track_best=False)
             log.info("training %s %s for %d epochs (cache key %s)", label, spec["arch"], max_epochs, key)
             ctx.dm.seed = seed  # the loader's shuffle order is part of what the cache key promises
             try:
-                fit(ctx, module, max_epochs)
+                fit(ctx, module, max_epochs, stage=f"{label} {spec['arch']}")
             finally:
                 ctx.dm.seed = ctx.conf["seed"]
             metrics = evaluate(ctx, model, label, costs=False)

@@ -15,6 +15,7 @@ from kdexp.config import recipe_for
 from kdexp.distill import method_from_config
 from kdexp.matrix import settings_key
 from kdexp.models import create_model
+from kdexp.progress import sweep_position
 from kdexp.teacher_outputs import TeacherCacheSettings
 from kdexp.tracking import Tracker
 
@@ -29,6 +30,7 @@ class Context:
     test: dict = field(default_factory=dict)  # role -> test logits, for agreement
     memo: dict = field(default_factory=dict)  # teacher outputs / views already loaded in this experiment
     run_tags: dict = field(default_factory=dict)  # the experiment kind's own tags on its student runs
+    position: str | None = None  # "cell i/N" / "trial i/N" of a multirun, shown in progress lines
 
     def __post_init__(self):
         augment = bool((self.conf.get("data") or {}).get("augment"))
@@ -80,7 +82,8 @@ def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | 
     root = Path(conf["paths"]["root"])
     tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"], artifact_root=root / "mlartifacts")
     cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
-    return Context(conf, dm, tracker, cache, Path(run_dir), run_tags=dict(run_tags or {}))
+    return Context(conf, dm, tracker, cache, Path(run_dir), run_tags=dict(run_tags or {}),
+                   position=sweep_position(conf))
 
 
 def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):

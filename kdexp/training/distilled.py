@@ -24,22 +24,23 @@ log = logging.getLogger("kdexp")
 def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module | None, method, *,
                     recipe: Mapping | None = None, module_cls: type[DistillModule] = DistillModule,
                     module_kwargs: Mapping | None = None, weights: Mapping | None = None,
-                    callbacks: list | None = None,
+                    callbacks: list | None = None, stage: str | None = None,
                     best_metrics: Callable[[nn.Module], dict] | None = None) -> dict[str, float]:
     """Train `student` from `teacher` with `method`: the method's init stage (AB / FT / FSP) first, then
     `trainer.max_epochs` of its loss. Returns val_acc, best_val_acc, best_epoch, adapter_params and, for
     the epoch of best validation accuracy, best_val/test_* (by `best_metrics`, default `evaluate`)."""
     d, epochs = ctx.conf["distill"], ctx.conf["trainer"]["max_epochs"]
+    stage = stage or f"student {d['name']}"
     recipe = dict(recipe if recipe is not None else ctx.recipe_for("student"))
     extra = dict(module_kwargs or {})
     if method.init_epochs > 0:
         init = module_cls(student, teacher=teacher, method=method, recipe=recipe, max_epochs=method.init_epochs,
                           stage="init", metric_sink=ctx.tracker.sink(run_id, "init/"), **extra)
-        fit(ctx, init, method.init_epochs)
+        fit(ctx, init, method.init_epochs, stage="init")
     module = module_cls(student, teacher=teacher, method=method, weights=dict(weights or d["weights"]),
                         temperature=d["temperature"], recipe=recipe, max_epochs=epochs,
                         metric_sink=ctx.tracker.sink(run_id), **extra)
-    fit(ctx, module, epochs, callbacks)
+    fit(ctx, module, epochs, callbacks, stage=stage)
     metrics = {"val_acc": module.last_val_acc, "best_val_acc": module.best_val_acc, "best_epoch": module.best_epoch,
                "adapter_params": sum(p.numel() for p in method.parameters())}
     if module.best_state is not None:
@@ -60,7 +61,7 @@ def finetune(ctx: Context, run_id: str, student: nn.Module, module_cls: type[Dis
     recipe = {**recipe, "lr": recipe["lr"] * ctx.conf["finetune"]["lr_scale"]}
     tune = module_cls(student, recipe=recipe, max_epochs=epochs, track_best=False,
                       metric_sink=ctx.tracker.sink(run_id, "finetune/"))
-    fit(ctx, tune, epochs)
+    fit(ctx, tune, epochs, stage="finetune")
     return {f"student/pre_finetune/{k}": v for k, v in pre.items()}
 
 
@@ -95,9 +96,9 @@ def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: M
         run_tags = {**ctx.alone_tags("link", node["arch"], seed), **tags, "distill": ctx.conf["distill"]["name"],
                     "kdexp.fingerprint": key, "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
                     "kdexp.teacher_fingerprint": teacher_meta["key"]}
-        with tracked_run(ctx.tracker, f"{label}:{node['arch']}", run_tags, flatten(spec)) as run_id:
+        with tracked_run(ctx.tracker, f"{label}:{node['arch']}", run_tags, flatten(spec), position=ctx.position) as run_id:
             log.info("training %s %s for %d epochs (cache key %s)", label, node["arch"], spec["max_epochs"], key)
-            metrics = train_distilled(link_ctx, run_id, model, teacher, method, recipe=recipe,
+            metrics = train_distilled(link_ctx, run_id, model, teacher, method, recipe=recipe, stage=f"{label} {node['arch']}",
                                       best_metrics=lambda m: evaluate(ctx, m, "link_best", costs=False))
             test = evaluate(ctx, model, label, costs=False)
             ctx.tracker.log_metrics(run_id, {**metrics, **test})

@@ -7,6 +7,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
+from kdexp.progress import print_run_start
 from kdexp.tracking import Tracker
 
 
@@ -36,9 +37,10 @@ def trial_callbacks(conf: Mapping) -> list:
 
 @contextmanager
 def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Mapping[str, str] | None = None,
-                trial_conf: Mapping | None = None) -> Iterator[str]:
-    """Yields the run id. `trial_conf`: the run's config when it is the run a sweep trial reports (nested
-    under the sweep's parent run; pruning ends it KILLED + PRUNED instead of FAILED)."""
+                trial_conf: Mapping | None = None, position: str | None = None) -> Iterator[str]:
+    """Yields the run id, after printing it with its UI link. `trial_conf`: the run's config when it is the
+    run a sweep trial reports (nested under the sweep's parent run; pruning ends it KILLED + PRUNED instead of
+    FAILED). `position`: "cell i/N" / "trial i/N" of a multirun."""
     nested = trial_conf is not None and in_trial(trial_conf)
     tags = dict(tags)
     if nested:
@@ -46,6 +48,7 @@ def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Ma
 
         tags.update(child_run_tags(trial_conf))
     run_id = tracker.start(name, tags, dict(params) if params else None)
+    print_run_start(run_id, tracker.experiment_id, tracker.uri, name, position=position)
     try:
         yield run_id
     except BaseException as exc:

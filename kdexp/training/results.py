@@ -30,7 +30,7 @@ def student_run(ctx: Context, name: str, cell: str, label: str, tags: Mapping[st
     """The student run (standard tags + the kind's + `tags`), with config.yaml as its first artifact."""
     all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label, "kdexp.settings": ctx.settings,
                 **tags}
-    with tracked_run(ctx.tracker, name, all_tags, flatten(ctx.conf), trial_conf=ctx.conf) as run_id:
+    with tracked_run(ctx.tracker, name, all_tags, flatten(ctx.conf), trial_conf=ctx.conf, position=ctx.position) as run_id:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(ctx.conf)))
         ctx.tracker.log_artifact(run_id, ctx.run_dir / "config.yaml")

@@ -10,18 +10,26 @@ import torch
 from torch import nn
 
 from kdexp.module import DistillModule
+from kdexp.progress import EpochProgress
 from kdexp.teacher_outputs import prepare_cached_teacher
+from kdexp.trainer_extras import trainer_extras
 from kdexp.training.context import Context
 
 # kdexp's own switches in the `trainer:` node; the rest are lightning.Trainer arguments.
 TRAINER_EXTRAS = ("compile", "channels_last")
 
 
-def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
-    trainer_kwargs = {**ctx.conf["trainer"], "max_epochs": max_epochs}
+def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | None = None,
+        stage: str = "train") -> L.Trainer:
+    """`stage` names the progress lines (e.g. "teacher cnn_medium", "student kd", "init", "finetune").
+    Callbacks and loggers of `trainer.callbacks` / `trainer.logger` are built fresh for every stage."""
+    trainer_kwargs, user_callbacks, loggers = trainer_extras(ctx.conf["trainer"])
+    trainer_kwargs["max_epochs"] = max_epochs
+    trainer_kwargs.setdefault("enable_checkpointing", False)
     extras = {k: trainer_kwargs.pop(k, False) for k in TRAINER_EXTRAS}
+    progress = EpochProgress(stage, position=ctx.position)
     trainer = L.Trainer(
-        **trainer_kwargs, logger=False, enable_checkpointing=False, callbacks=callbacks or [],
+        **trainer_kwargs, logger=loggers or False, callbacks=[progress, *(callbacks or []), *user_callbacks],
         default_root_dir=str(ctx.run_dir),
     )
     ctx.dm.use_device(trainer.strategy.root_device, trainer.num_devices)  # data.device / data.pin_memory
