@@ -6,8 +6,7 @@ import math
 from pathlib import Path
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key, the value and what is allowed."""
+from kdexp.errors import ConfigError  # noqa: F401  (raised here; re-exported where it always lived)
 
 
 def _bad(key: str, value, allowed: str) -> ConfigError:

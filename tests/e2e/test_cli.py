@@ -105,7 +105,7 @@ def test_teacher_checkpoint_loads_and_mismatch_fails(two_runs, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("distill.temperature=-1", "distill.temperature=-1 is invalid: must be a number > 0"),
+    ("distill.temperature=-1", "distill.temperature=-1.0 is invalid: must be a number > 0"),
     ("distill.weights.kd=-0.5", "distill.weights.kd=-0.5 is invalid"),
     ("data=fashion_mnist", "could not find the 'fashion_mnist' data set"),
 ])
