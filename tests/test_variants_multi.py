@@ -156,7 +156,7 @@ def test_mutual_module_fits_and_reports_per_student_epochs():
 class NoTracker:
     """Stands in for MLflow: run ids in order, nothing written."""
 
-    experiment_id, uri = "0", "sqlite:///nowhere.db"
+    experiment_id, uri, client = "0", "sqlite:///nowhere.db", None
 
     def __init__(self):
         self.started = []

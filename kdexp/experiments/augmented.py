@@ -122,6 +122,18 @@ class AugmentedDistillModule(DistillModule):
         if outputs is not None:  # cached outputs belong to the clean samples, not to these inputs
             raise RuntimeError("variant=augmented needs the teacher online: cached teacher outputs cannot be used")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:  # a resumed run draws the same mixes
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["kdexp_augmenter"] = {"numpy": self.augmenter.rng.bit_generator.state,
+                                         "torch": self.augmenter.gen.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("kdexp_augmenter")
+        if state is not None:
+            self.augmenter.rng.bit_generator.state = state["numpy"]
+            self.augmenter.gen.set_state(state["torch"])
+
     def augment_batch(self, x: Tensor, y: Tensor):
         batch = self.augmenter(x, y)
 
@@ -161,7 +173,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     weights = loss_weights(conf)
     augmenter = augmenter_from(v, conf["seed"])  # bad settings fail before any training
     label = method_label(conf, v["policy"])
-    ctx = make_context(online_teacher(conf), run_dir, {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]})
+    ctx = make_context(online_teacher(conf), run_dir, {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]}, cell=cell)
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")
     method = build_method(ctx, student, teacher)

@@ -40,7 +40,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     node = {"arch": conf["student"]["arch"], "kwargs": conf["student"].get("kwargs") or {}}
     label = method_label(conf, "born_again")
     ctx = make_context(conf, run_dir, {"kdexp.variant": "born_again", "teacher": node["arch"],
-                                          "kdexp.generations": str(generations)})
+                                          "kdexp.generations": str(generations)}, cell=cell)
 
     # every generation is the student architecture (its recipe_for("student")), generation 0 included
     gen0, teacher_meta = train_alone(ctx, "baseline", conf["trainer"]["max_epochs"], conf["seed"])

@@ -50,7 +50,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     student_node = {"arch": conf["student"]["arch"], "kwargs": conf["student"].get("kwargs") or {}}
     path = [conf["teacher"]["arch"], *(a["arch"] for a in assistants), student_node["arch"]]
     label = method_label(conf, "chain")
-    ctx = make_context(conf, run_dir, {"kdexp.variant": "chain", "kdexp.chain": "->".join(path)})
+    ctx = make_context(conf, run_dir, {"kdexp.variant": "chain", "kdexp.chain": "->".join(path)}, cell=cell)
 
     L.seed_everything(conf["seed"], verbose=False)
     teacher = ctx.build("teacher")

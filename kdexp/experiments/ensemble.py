@@ -105,7 +105,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     members = parse_members(conf["teacher"])
     check_logit_method(conf, "an ensemble teacher")
     label = ensemble_label(members)
-    ctx = make_context(conf, run_dir, {"kdexp.variant": "ensemble", "teacher": label})
+    ctx = make_context(conf, run_dir, {"kdexp.variant": "ensemble", "teacher": label}, cell=cell)
 
     L.seed_everything(conf["seed"], verbose=False)
     student = ctx.build("student")

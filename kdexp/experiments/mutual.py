@@ -158,7 +158,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     archs = [n["arch"] for n in nodes]
     label = (conf.get("variant") or {}).get("label") or "dml"
     ctx = make_context(conf, run_dir, {"kdexp.variant": "mutual", "teacher": "none", "distill": "dml",
-                                       "kdexp.peers": "+".join(archs)})
+                                       "kdexp.peers": "+".join(archs)}, cell=cell)
     students = []
     for node, seed in zip(nodes, seeds):
         L.seed_everything(seed, verbose=False)

@@ -86,7 +86,7 @@ def int8_test_metrics(ctx: Context, qat: nn.Module) -> dict[str, float]:
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     v = conf["variant"]
     label = method_label(conf, "qat_int8")
-    ctx = make_context(conf, run_dir, {"kdexp.variant": "quantized", "kdexp.quant_backend": v["backend"]})
+    ctx = make_context(conf, run_dir, {"kdexp.variant": "quantized", "kdexp.quant_backend": v["backend"]}, cell=cell)
     check_quantizable(ctx.build("student"), ctx.input_shape, v["backend"], conf["student"]["arch"])
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")

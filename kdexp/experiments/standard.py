@@ -16,7 +16,7 @@ from kdexp.training.results import lineage_tags, method_label, report_student, s
 
 
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
-    ctx = make_context(conf, run_dir)
+    ctx = make_context(conf, run_dir, cell=cell)
     # Build every model and the method before training anything: an incompatible pair fails now.
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")

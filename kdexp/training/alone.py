@@ -14,7 +14,8 @@ from kdexp.tracking import flatten
 from kdexp.training.context import Context
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
-from kdexp.training.trainer import fit, save_weights
+from kdexp import distributed
+from kdexp.training.trainer import drop_checkpoints, fit, resuming, save_weights
 
 log = logging.getLogger("kdexp")
 
@@ -35,8 +36,10 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
 
 def cached_model(ctx: Context, role: str, label: str, key: str, train) -> tuple[nn.Module, dict]:
     """The cache entry `key` (a model of the `role` node) or, on a miss, train() -> (model, meta), stored.
+    Under DDP every rank trains and rank 0 publishes (no lock is held across the training's collectives).
     Returns (model, meta + key + cached)."""
-    entry, fresh = ctx.cache.get_or_create(key, train)
+    entry, fresh = ctx.cache.get_or_create_distributed(key, train)
+    drop_checkpoints(ctx.checkpoints(key))  # the entry is what lasts now
     if fresh is not None:
         return fresh, {**entry.meta, "key": key, "cached": False}
     log.info("reusing cached %s %s (cache key %s, run %s)", label, ctx.conf[role]["arch"], key, entry.meta.get("run_id"))
@@ -56,18 +59,21 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
         L.seed_everything(seed, verbose=False)
         model = ctx.build(role)
         tags = {**ctx.alone_tags(label, spec["arch"], seed), "kdexp.fingerprint": key}
-        with tracked_run(ctx.tracker, f"{label}:{spec['arch']}", tags, flatten(spec), position=ctx.position) as run_id:
+        ckpt = ctx.checkpoints(key)
+        resume = {"kdexp.fingerprint": key} if resuming(ckpt) else None
+        with tracked_run(ctx.tracker, f"{label}:{spec['arch']}", tags, flatten(spec), position=ctx.position,
+                         resume=resume) as run_id:
             module = DistillModule(model, recipe=spec["recipe"], max_epochs=max_epochs,
                                    metric_sink=ctx.tracker.sink(run_id), track_best=False)
             log.info("training %s %s for %d epochs (cache key %s)", label, spec["arch"], max_epochs, key)
             ctx.dm.seed = seed  # the loader's shuffle order is part of what the cache key promises
             try:
-                fit(ctx, module, max_epochs, stage=f"{label} {spec['arch']}")
+                fit(ctx, module, max_epochs, stage=f"{label} {spec['arch']}", ckpt_dir=ckpt)
             finally:
                 ctx.dm.seed = ctx.conf["seed"]
             metrics = evaluate(ctx, model, label, costs=False)
             ctx.tracker.log_metrics(run_id, metrics)
-            if ctx.conf["tracking"].get("log_checkpoints", True):
+            if ctx.conf["tracking"].get("log_checkpoints", True) and distributed.is_rank_zero():
                 ctx.tracker.log_artifact(run_id, save_weights(ctx, model, f"{label}.pt"))
         return model, {"run_id": run_id, "spec": spec, "test_metrics": metrics}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from kdexp import distributed
 from kdexp.cache import ModelCache
 from kdexp.config import recipe_for
 from kdexp.distill import method_from_config
@@ -18,6 +20,7 @@ from kdexp.models import create_model
 from kdexp.progress import sweep_position
 from kdexp.teacher_outputs import TeacherCacheSettings
 from kdexp.tracking import Tracker
+from kdexp.training.lifecycle import NullTracker
 
 
 @dataclass
@@ -31,6 +34,16 @@ class Context:
     memo: dict = field(default_factory=dict)  # teacher outputs / views already loaded in this experiment
     run_tags: dict = field(default_factory=dict)  # the experiment kind's own tags on its student runs
     position: str | None = None  # "cell i/N" / "trial i/N" of a multirun, shown in progress lines
+    cell: str = ""  # the run's matrix cell key: names the student's checkpoint folder
+
+    def checkpoints(self, name: str) -> Path:
+        """Where a training named `name` (a cache key, or `student-<cell>`) keeps its per-epoch checkpoint:
+        the same folder in every attempt, so that running the same command again resumes it."""
+        return Path(self.conf["paths"]["cache"]) / "checkpoints" / name
+
+    @property
+    def student_checkpoints(self) -> Path | None:
+        return self.checkpoints(f"student-{self.cell}") if self.cell else None
 
     def __post_init__(self):
         augment = bool((self.conf.get("data") or {}).get("augment"))
@@ -73,17 +86,42 @@ class Context:
         return settings_key(self.conf)
 
 
-def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | None = None) -> Context:
+def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | None = None,
+                 cell: str = "") -> Context:
     from kdexp.data import create_datamodule
 
     quiet_lightning()
+    announce_processes(conf["trainer"])
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()  # bad roots and corrupt files fail here, before any training
     root = Path(conf["paths"]["root"])
-    tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"], artifact_root=root / "mlartifacts")
+    if distributed.is_rank_zero():  # only rank 0 records: MLflow runs, artifacts, summaries
+        tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"], artifact_root=root / "mlartifacts")
+    else:
+        tracker = NullTracker()
     cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
     return Context(conf, dm, tracker, cache, Path(run_dir), run_tags=dict(run_tags or {}),
-                   position=sweep_position(conf))
+                   position=sweep_position(conf), cell=cell)
+
+
+def planned_processes(trainer: Mapping) -> int:
+    """Processes the `trainer:` node will train with under Lightning's script launcher (strategy=ddp):
+    devices x num_nodes; 1 for any other strategy, or for devices=auto (count unknown before the fit)."""
+    strategy = str(trainer.get("strategy", "auto"))
+    if not strategy.startswith("ddp") or any(k in strategy for k in ("spawn", "fork", "notebook")):
+        return 1
+    devices = trainer.get("devices", 1)
+    count = len(devices) if isinstance(devices, (list, tuple)) else int(devices) if str(devices).isdigit() else 1
+    return max(count, 1) * int(trainer.get("num_nodes", 1))
+
+
+def announce_processes(trainer: Mapping) -> None:
+    """Tell rank 0 before its first fit that it is one of several processes (Lightning exports WORLD_SIZE
+    only once that fit launches the others): the model cache must then take its DDP path from the start,
+    or rank 0 would train a teacher under the cache lock while the other ranks wait for it (issue 13)."""
+    planned = planned_processes(trainer)
+    if planned > 1:
+        os.environ.setdefault("WORLD_SIZE", str(planned))
 
 
 def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
@@ -99,3 +137,5 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen teacher, on purpose
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    # DDP: epoch metrics are already all-reduced by EpochSums; Lightning's sync_dist advice does not apply
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")

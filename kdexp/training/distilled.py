@@ -4,6 +4,7 @@ hard labels; and distilled *links* (a student cached like a teacher, for chains 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, Mapping
 
 import lightning as L
@@ -16,7 +17,7 @@ from kdexp.training.alone import cached_model, model_spec
 from kdexp.training.context import Context, build_method
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
-from kdexp.training.trainer import fit
+from kdexp.training.trainer import fit, resuming
 
 log = logging.getLogger("kdexp")
 
@@ -24,23 +25,25 @@ log = logging.getLogger("kdexp")
 def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module | None, method, *,
                     recipe: Mapping | None = None, module_cls: type[DistillModule] = DistillModule,
                     module_kwargs: Mapping | None = None, weights: Mapping | None = None,
-                    callbacks: list | None = None, stage: str | None = None,
+                    callbacks: list | None = None, stage: str | None = None, ckpt_dir: Path | None = None,
                     best_metrics: Callable[[nn.Module], dict] | None = None) -> dict[str, float]:
     """Train `student` from `teacher` with `method`: the method's init stage (AB / FT / FSP) first, then
     `trainer.max_epochs` of its loss. Returns val_acc, best_val_acc, best_epoch, adapter_params and, for
-    the epoch of best validation accuracy, best_val/test_* (by `best_metrics`, default `evaluate`)."""
+    the epoch of best validation accuracy, best_val/test_* (by `best_metrics`, default `evaluate`).
+    Each stage checkpoints under `ckpt_dir` (default: the run's student folder) and resumes from it."""
     d, epochs = ctx.conf["distill"], ctx.conf["trainer"]["max_epochs"]
     stage = stage or f"student {d['name']}"
+    ckpt_dir = ckpt_dir or ctx.student_checkpoints
     recipe = dict(recipe if recipe is not None else ctx.recipe_for("student"))
     extra = dict(module_kwargs or {})
     if method.init_epochs > 0:
         init = module_cls(student, teacher=teacher, method=method, recipe=recipe, max_epochs=method.init_epochs,
                           stage="init", metric_sink=ctx.tracker.sink(run_id, "init/"), **extra)
-        fit(ctx, init, method.init_epochs, stage="init")
+        fit(ctx, init, method.init_epochs, stage="init", ckpt_dir=ckpt_dir and ckpt_dir / "init")
     module = module_cls(student, teacher=teacher, method=method, weights=dict(weights or d["weights"]),
                         temperature=d["temperature"], recipe=recipe, max_epochs=epochs,
                         metric_sink=ctx.tracker.sink(run_id), **extra)
-    fit(ctx, module, epochs, callbacks, stage=stage)
+    fit(ctx, module, epochs, callbacks, stage=stage, ckpt_dir=ckpt_dir and ckpt_dir / "distill")
     metrics = {"val_acc": module.last_val_acc, "best_val_acc": module.best_val_acc, "best_epoch": module.best_epoch,
                "adapter_params": sum(p.numel() for p in method.parameters())}
     if module.best_state is not None:
@@ -61,7 +64,8 @@ def finetune(ctx: Context, run_id: str, student: nn.Module, module_cls: type[Dis
     recipe = {**recipe, "lr": recipe["lr"] * ctx.conf["finetune"]["lr_scale"]}
     tune = module_cls(student, recipe=recipe, max_epochs=epochs, track_best=False,
                       metric_sink=ctx.tracker.sink(run_id, "finetune/"))
-    fit(ctx, tune, epochs, stage="finetune")
+    ckpt_dir = ctx.student_checkpoints
+    fit(ctx, tune, epochs, stage="finetune", ckpt_dir=ckpt_dir and ckpt_dir / "finetune")
     return {f"student/pre_finetune/{k}": v for k, v in pre.items()}
 
 
@@ -96,9 +100,13 @@ def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: M
         run_tags = {**ctx.alone_tags("link", node["arch"], seed), **tags, "distill": ctx.conf["distill"]["name"],
                     "kdexp.fingerprint": key, "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
                     "kdexp.teacher_fingerprint": teacher_meta["key"]}
-        with tracked_run(ctx.tracker, f"{label}:{node['arch']}", run_tags, flatten(spec), position=ctx.position) as run_id:
+        ckpt = ctx.checkpoints(key)
+        resume = {"kdexp.fingerprint": key} if resuming(ckpt) else None
+        with tracked_run(ctx.tracker, f"{label}:{node['arch']}", run_tags, flatten(spec), position=ctx.position,
+                         resume=resume) as run_id:
             log.info("training %s %s for %d epochs (cache key %s)", label, node["arch"], spec["max_epochs"], key)
-            metrics = train_distilled(link_ctx, run_id, model, teacher, method, recipe=recipe, stage=f"{label} {node['arch']}",
+            metrics = train_distilled(link_ctx, run_id, model, teacher, method, recipe=recipe, ckpt_dir=ckpt,
+                                      stage=f"{label} {node['arch']}",
                                       best_metrics=lambda m: evaluate(ctx, m, "link_best", costs=False))
             test = evaluate(ctx, model, label, costs=False)
             ctx.tracker.log_metrics(run_id, {**metrics, **test})

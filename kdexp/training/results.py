@@ -14,6 +14,7 @@ from typing import Iterator, Mapping
 from omegaconf import OmegaConf
 from torch import nn
 
+from kdexp import distributed
 from kdexp.config import thaw
 from kdexp.evaluate import ratios
 from kdexp.summary import summary_table
@@ -22,7 +23,7 @@ from kdexp.training.context import Context
 from kdexp.training.distilled import finetune
 from kdexp.training.evaluation import agreement, evaluate
 from kdexp.training.lifecycle import tracked_run
-from kdexp.training.trainer import save_weights
+from kdexp.training.trainer import drop_checkpoints, resuming, save_weights
 
 
 @contextmanager
@@ -30,11 +31,15 @@ def student_run(ctx: Context, name: str, cell: str, label: str, tags: Mapping[st
     """The student run (standard tags + the kind's + `tags`), with config.yaml as its first artifact."""
     all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label, "kdexp.settings": ctx.settings,
                 **tags}
-    with tracked_run(ctx.tracker, name, all_tags, flatten(ctx.conf), trial_conf=ctx.conf, position=ctx.position) as run_id:
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(ctx.conf)))
-        ctx.tracker.log_artifact(run_id, ctx.run_dir / "config.yaml")
+    resume = {"kdexp.cell": cell, "kdexp.role": "student"} if resuming(ctx.student_checkpoints) else None
+    with tracked_run(ctx.tracker, name, all_tags, flatten(ctx.conf), trial_conf=ctx.conf, position=ctx.position,
+                     resume=resume) as run_id:
+        if distributed.is_rank_zero():
+            ctx.run_dir.mkdir(parents=True, exist_ok=True)
+            (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(ctx.conf)))
+            ctx.tracker.log_artifact(run_id, ctx.run_dir / "config.yaml")
         yield run_id
+    drop_checkpoints(ctx.student_checkpoints)  # FINISHED: the run holds the result
 
 
 def method_label(conf: Mapping, suffix: str | None = None) -> str:
@@ -104,11 +109,13 @@ def summary_conf(conf: Mapping, labels: dict[str, str] | None, shown: dict[str, 
 
 def write_results(ctx: Context, run_id: str, metrics: dict, student: nn.Module,
                   labels: dict[str, str] | None = None, shown: dict[str, dict] | None = None) -> None:
-    """student/*_ratio metrics, metrics.json, summary.md (printed) and the weights, as artifacts."""
+    """student/*_ratio metrics, metrics.json, summary.md (printed) and the weights, as artifacts (rank 0)."""
     teacher = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("teacher/")}
     student_m = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("student/")}
     ratio = {f"student/{k}": v for k, v in ratios(student_m, teacher).items()}
     metrics.update(ratio)
+    if not distributed.is_rank_zero():
+        return
     ctx.tracker.log_metrics(run_id, ratio)
     (ctx.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     table = summary_table(metrics, summary_conf(ctx.conf, labels, shown))
@@ -122,6 +129,8 @@ def write_results(ctx: Context, run_id: str, metrics: dict, student: nn.Module,
 
 def log_table(ctx: Context, run_id: str, table: str) -> None:
     """An experiment kind's own table (per link / generation / peer): printed and logged as variant.md."""
+    if not distributed.is_rank_zero():
+        return
     (ctx.run_dir / "variant.md").write_text(table + "\n")
     ctx.tracker.log_artifact(run_id, ctx.run_dir / "variant.md")
     print(table, flush=True)
