@@ -1,0 +1,121 @@
+"""Resume after kill -9 and training on 2 DDP processes, through the real `kdexp-train`.
+
+Resume: a run killed mid-epoch (of the teacher, then of the distilled student) is run again with the same
+command; it continues from the last completed epoch, ends with bitwise the weights of an uninterrupted run
+(CPU, deterministic), and leaves one FINISHED MLflow run per trained model, none RUNNING, no epoch twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Small but real: digits, a 5-epoch teacher, a 4-epoch student, deterministic kernels.
+RUN = ["data=synthetic", "data.num_samples=600", "data.num_test=100", "data.image_size=8", "teacher=cnn_small",
+       "student=cnn_tiny", "teacher.max_epochs=5", "trainer.max_epochs=4", "trainer.deterministic=true",
+       "eval.latency_repeats=2", "eval.latency_batch=8", "baseline=false"]
+
+
+def command(root: Path, *extra: str) -> tuple[list[str], dict]:
+    env = {**os.environ, "KDEXP_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    exe = Path(sys.executable).parent / "kdexp-train"
+    return [str(exe), *RUN, f"paths.root={root}", *extra], env
+
+
+def run_to_end(root: Path, *extra: str) -> str:
+    cmd, env = command(root, *extra)
+    done = subprocess.run(cmd, cwd=root.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def kill_when(root: Path, marker: str) -> str:
+    """Start the run and SIGKILL it as soon as `marker` is printed (a progress line: the epoch after it has
+    begun, so the kill lands mid-epoch)."""
+    cmd, env = command(root)
+    proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen, deadline = [], time.monotonic() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert any(marker in line for line in seen), "".join(seen)[-3000:]
+    return "".join(seen)
+
+
+def store(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdexp")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def final_weights(root: Path) -> tuple[dict, dict]:
+    (teacher,) = (root / "cache" / "models").glob("*/model.pt")
+    (student,) = (root / "runs").rglob("student.pt")
+    return torch.load(teacher, weights_only=True), torch.load(student, weights_only=True)
+
+
+def equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("straight") / "outputs"
+    run_to_end(root)
+    return root
+
+
+@pytest.mark.parametrize("marker, killed_role", [
+    ("teacher cnn_small | epoch 2/5", "teacher"), ("student kd | epoch 2/4", "student"),
+])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, marker, killed_role):
+    root = tmp_path / "outputs"
+    kill_when(root, marker)
+    ckpts = list((root / "cache" / "checkpoints").rglob("last.ckpt"))
+    assert ckpts, "the killed training left a checkpoint of its last completed epoch"
+    client, before = store(root)
+    (killed,) = [r for r in before if r.info.status == "RUNNING"]
+    assert killed.data.tags["kdexp.role"] == killed_role
+
+    log = run_to_end(root)
+    assert "(resumed)" in log
+    client, after = store(root)
+    assert sorted(r.info.status for r in after) == ["FINISHED", "FINISHED"]  # teacher + student, none RUNNING
+    resumed = client.get_run(killed.info.run_id)  # the killed run itself was continued and finished
+    assert resumed.info.status == "FINISHED" and resumed.data.tags.get("kdexp.resumed") == "true"
+    epochs = 5 if killed_role == "teacher" else 4
+    steps = [m.step for m in client.get_metric_history(killed.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(epochs))  # every epoch logged exactly once
+    assert not list((root / "cache" / "checkpoints").rglob("*.ckpt"))  # dropped once the result is kept
+    for ours, straight in zip(final_weights(root), final_weights(uninterrupted)):
+        assert equal(ours, straight)  # bitwise the uninterrupted run's teacher and student
+
+
+def test_two_ddp_processes_train_every_stage_and_record_once(tmp_path):
+    """The default pipeline on 2 CPU processes (gloo): no hang (the timeout fails the test instead), one
+    MLflow run per trained model, the summary printed once."""
+    root = tmp_path / "outputs"
+    log = run_to_end(root, "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp",
+                     "baseline=true", "teacher.max_epochs=2", "trainer.max_epochs=2")
+    client, found = store(root)
+    roles = sorted(r.data.tags["kdexp.role"] for r in found)
+    assert roles == ["baseline", "student", "teacher"] and {r.info.status for r in found} == {"FINISHED"}
+    assert log.count("| model | ") == 1  # the summary table, from rank 0 only
+    assert len(list((root / "cache" / "models").glob("*/model.pt"))) == 2  # teacher and baseline, published once
+    student = [r for r in found if r.data.tags["kdexp.role"] == "student"][0]
+    assert [m.step for m in client.get_metric_history(student.info.run_id, "train/loss")] == [0, 1]
