@@ -85,7 +85,7 @@ def architecture(client, run, tmp: Path) -> tuple[str, dict, int, tuple[int, ...
         if "student" not in conf or "data" not in conf:
             raise ExportError(f"run {run.info.run_id}: config.yaml names no student architecture or data set")
         data = {k: v for k, v in conf["data"].items() if k in datamodule_options(conf["data"]["name"])}
-        dm = create_datamodule(**data)  # reads no data: only its classes and input shape are used
+        dm = create_datamodule(conf["data"]["name"], **data)  # reads no data: only its classes and input shape are used
         return conf["student"]["arch"], conf["student"].get("kwargs") or {}, dm.num_classes, tuple(dm.input_shape)
     params = run.data.params
     try:  # a teacher or baseline run: its params are the cache key spec (kdexp.stages.model_spec)
