@@ -147,13 +147,14 @@ def latency_pair(session, input_shape, batch: int, repeats: int, prefix: str) ->
 
 def onnx_metrics(model: nn.Module, example: Tensor, batch: int = 256, *, path: str | Path | None = None,
                  repeats: int = 20, torch_latency: dict[str, float] | None = None,
-                 tolerance: float = PARITY_TOLERANCE) -> dict[str, float]:
+                 tolerance: float = PARITY_TOLERANCE, program=None) -> dict[str, float]:
     """Export `model` to ONNX (at `path`, else a temporary file), check it on `example` (a test batch) and
     time it at batch 1 and `batch`, beside torch's latencies: `torch_latency` as kdexp.evaluate.cost_metrics
     reports them ({"latency_b1_ms", "latency_b<batch>_ms"}), measured here when not given.
 
     Returns onnx_max_abs_diff, onnx_parity_ok (1.0 when within `tolerance`), onnx_size_bytes, onnx_export_s,
     onnx_latency_b1_ms, onnx_latency_b<batch>_ms and onnx_speedup_b1 / _b<batch> (torch ms / ONNX ms).
+    `program`: the model's export_program, when the caller has it already (saves one torch.export).
     """
     from kdexp.evaluate import cpu_latency_ms
 
@@ -161,7 +162,7 @@ def onnx_metrics(model: nn.Module, example: Tensor, batch: int = 256, *, path: s
     with tempfile.TemporaryDirectory(prefix="kdexp-onnx-") as tmp:
         target = Path(path) if path is not None else Path(tmp) / "model.onnx"
         start = time.perf_counter()
-        export_onnx(model, example, target)
+        export_onnx(program if program is not None else model, example, target)
         out = {"onnx_export_s": time.perf_counter() - start, "onnx_size_bytes": float(target.stat().st_size)}
         session = onnx_session(target)
     out["onnx_max_abs_diff"] = max_abs_diff(model, session, example)

@@ -143,3 +143,41 @@ def log_dataset_input(tracker_or_client: Any, run_id: str, dm: Any, context: str
     for split in ("train", "val", "test"):
         client.set_tag(run_id, f"kdexp.data.{split}_rows", str(profile[f"{split}_rows"]))
     return dataset
+
+
+def log_student_exports(tracker_or_client: Any, run_id: str, model: nn.Module, test_x: torch.Tensor, out_dir,
+                        *, batch: int = 256, repeats: int = 20,
+                        torch_latency: dict[str, float] | None = None) -> dict[str, float]:
+    """The student as `student.onnx` (checked on `test_x`, a test batch of ~256, and timed; see
+    kdexp.export.onnx_metrics) and `student.pt2`, both logged as run artifacts under exports/."""
+    from pathlib import Path
+
+    from kdexp.export import export_program, export_pt2, onnx_metrics
+
+    client, _ = client_and_uri(tracker_or_client)
+    out_dir = Path(out_dir)
+    program = export_program(model, test_x)
+    onnx_path, pt2_path = out_dir / "student.onnx", export_pt2(program, None, out_dir / "student.pt2")
+    metrics = onnx_metrics(model, test_x, batch, path=onnx_path, repeats=repeats, torch_latency=torch_latency,
+                           program=program)
+    for path in (onnx_path, pt2_path):
+        client.log_artifact(run_id, str(path), "exports")
+    return metrics
+
+
+def log_int8_exports(tracker_or_client: Any, run_id: str, qat: nn.Module, int8: nn.Module,
+                     calibration: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor | None, out_dir,
+                     *, batch: int = 256, repeats: int = 20) -> dict[str, float]:
+    """variant=quantized: `student_int8.onnx` (QDQ, see kdexp.export_int8) beside `student_float.onnx` (the
+    same weights in float), logged under exports/; returns kdexp.export_int8.int8_onnx_metrics."""
+    from pathlib import Path
+
+    from kdexp.export_int8 import int8_onnx_metrics
+
+    client, _ = client_and_uri(tracker_or_client)
+    int8_path, float_path = Path(out_dir) / "student_int8.onnx", Path(out_dir) / "student_float.onnx"
+    metrics = int8_onnx_metrics(qat, int8, calibration, test_x, test_y, batch, path=int8_path,
+                                float_path=float_path, repeats=repeats)
+    for path in (int8_path, float_path):
+        client.log_artifact(run_id, str(path), "exports")
+    return metrics

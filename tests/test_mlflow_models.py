@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from kdexp.data import create_datamodule
 from kdexp.export import onnx_predict, onnx_session
 from kdexp.export_cli import main as export_main
-from kdexp.mlflow_models import dataset_digest, log_dataset_input, log_model
+from kdexp.mlflow_models import dataset_digest, log_dataset_input, log_model, log_student_exports
 from kdexp.models import create_model
 from kdexp.tracking import Tracker
 
@@ -108,6 +108,11 @@ def test_kdexp_export_from_the_logged_model(store, digits, tmp_path, capsys):
     assert run_export(run_id, "--format", "pt2", "--uri", store.uri, "--out", str(tmp_path / "s.pt2")) == 0
     loaded = torch.export.load(tmp_path / "s.pt2").module()
     assert np.abs(loaded(x[:16]).detach().numpy() - expected).max() <= 1e-5
+    # what a training run logs beside its MLflow Model: the ONNX and pt2 files, ONNX checked and timed
+    metrics = log_student_exports(store, run_id, model, x[:64], tmp_path / "run", batch=8, repeats=2)
+    assert metrics["onnx_parity_ok"] == 1.0 and metrics["onnx_latency_b8_ms"] > 0 and metrics["onnx_speedup_b1"] > 0
+    logged = {f.path for f in store.client.list_artifacts(run_id, "exports")}
+    assert logged == {"exports/student.onnx", "exports/student.pt2"}
 
 
 def test_kdexp_export_of_an_older_run_from_state_dict_and_config(store, digits, tmp_path):
