@@ -1,7 +1,8 @@
 """kdexp-export RUN_ID --format onnx|pt2 [--uri URI] [--out PATH]: a past run's model as one file that runs
 without kdexp (ONNX Runtime, or `torch.export.load(path).module()`).
 
-Runs logged with an MLflow Model (kdexp.mlflow_models.log_model) are exported from its torch.export graph.
+Runs logged with an MLflow Model (kdexp.mlflow_models.log_model) are exported from its torch.export graph
+(an int8 student logged with log_onnx_model is copied as it is, ONNX only).
 Older runs are rebuilt from their weights artifact (student.pt, else teacher.pt / baseline.pt) and the
 architecture they record: config.yaml for student runs, the run's params for teacher/baseline runs.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -49,23 +51,16 @@ def open_run(uri: str, run_id: str):
         raise ExportError(f"no run {run_id!r} in {uri}") from None
 
 
-def logged_program(client, run, tmp: Path):
-    """The torch.export graph of the run's MLflow Model named "model", or None when the run has none."""
+def logged_model_dir(client, run, tmp: Path) -> Path | None:
+    """The run's MLflow Model named "model", downloaded into `tmp`; None when the run has none."""
     import mlflow.artifacts
-    import torch
 
     from kdexp.mlflow_models import MODEL_NAME
 
-    outputs = run.outputs.model_outputs if run.outputs else []
-    for output in outputs:
+    for output in run.outputs.model_outputs if run.outputs else []:
         model = client.get_logged_model(output.model_id)
-        if model.name != MODEL_NAME:
-            continue
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp)))
-        archive = next(iter(sorted(local.rglob("model.pt2"))), None)
-        if archive is None:
-            raise ExportError(f"the MLflow Model of run {run.info.run_id} is not in the pt2 format")
-        return torch.export.load(archive)
+        if model.name == MODEL_NAME:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp)))
     return None
 
 
@@ -124,7 +119,22 @@ def export_run(run_id: str, fmt: str, uri: str, out: str | Path | None = None) -
     client, run = open_run(uri, run_id)
     target = Path(out) if out is not None else Path(f"{run_id}.{fmt}")
     with tempfile.TemporaryDirectory(prefix="kdexp-export-") as tmp:
-        program = logged_program(client, run, Path(tmp)) or rebuilt_program(client, run, Path(tmp))
+        local = logged_model_dir(client, run, Path(tmp))
+        if local is None:
+            program = rebuilt_program(client, run, Path(tmp))
+        elif archive := next(iter(sorted(local.rglob("model.pt2"))), None):
+            import torch
+
+            program = torch.export.load(archive)
+        elif onnx_file := next(iter(sorted(local.rglob("*.onnx"))), None):  # variant=quantized: int8 ONNX
+            if fmt != "onnx":
+                raise ExportError(f"the model of run {run_id} is an ONNX model (the int8 student of "
+                                  "variant=quantized): only --format onnx is available")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(onnx_file, target)
+            return target
+        else:
+            raise ExportError(f"the MLflow Model of run {run_id} is neither a pt2 nor an ONNX model")
         return (export_onnx if fmt == "onnx" else export_pt2)(program, None, target)
 
 

@@ -52,6 +52,21 @@ def tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
+def _new_logged_model(client: Any, run_id: str, name: str, tags: dict[str, str] | None):
+    # Made here, in the run's experiment: the flavors would put it in the global "current" experiment, where
+    # runs:/<id>/model (which searches the run's experiment) would not find it.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+                                      tags={k: str(v) for k, v in (tags or {}).items()})
+
+
+def _link_output(client: Any, run_id: str, model_id: str) -> None:
+    """Without an active run the flavors link nothing: mark the model as the run's output ourselves."""
+    from mlflow.entities import LoggedModelOutput
+
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+
+
 def log_model(tracker_or_client: Any, run_id: str, model: nn.Module, input_example: torch.Tensor, *,
               name: str = MODEL_NAME, tags: dict[str, str] | None = None) -> str:
     """Log `model` (eval mode, CPU copy) as the MLflow Model `name` of run `run_id`; returns its model id.
@@ -60,23 +75,41 @@ def log_model(tracker_or_client: Any, run_id: str, model: nn.Module, input_examp
     signature (float32 (-1, C, H, W) -> float32 (-1, classes)).
     """
     import mlflow.pytorch
-    from mlflow.entities import LoggedModelOutput
     from mlflow.models import infer_signature
 
     client, uri = client_and_uri(tracker_or_client)
-    experiment_id = client.get_run(run_id).info.experiment_id
     cpu_model, x = cpu_eval_copy(model), example_batch(input_example).numpy()
     with torch.no_grad():
         signature = infer_signature(x, cpu_model(torch.from_numpy(x)).numpy())
-    # Made here, in the run's experiment: the flavor would put it in the global "current" experiment, where
-    # runs:/<id>/model (which searches the run's experiment) would not find it.
-    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
-                                        tags={k: str(v) for k, v in (tags or {}).items()})
+    logged = _new_logged_model(client, run_id, name, tags)
     with tracking_uri(uri), quiet_export():
         mlflow.pytorch.log_model(cpu_model, name=name, model_id=logged.model_id, input_example=x,
                                  signature=signature, serialization_format="pt2", pip_requirements=requirements())
-    # Without an active run the flavor links nothing: mark the model as the run's output ourselves.
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    _link_output(client, run_id, logged.model_id)
+    return logged.model_id
+
+
+def log_onnx_model(tracker_or_client: Any, run_id: str, onnx_path, input_example: torch.Tensor, *,
+                   name: str = MODEL_NAME, tags: dict[str, str] | None = None) -> str:
+    """An ONNX file as the run's MLflow Model (onnx flavor, runs in ONNX Runtime): for models torch.export
+    cannot take, i.e. variant=quantized's int8 student (student_int8.onnx). Load with mlflow.onnx.load_model
+    or mlflow.pyfunc.load_model("runs:/<id>/model") (numpy in, {"logits": numpy} out)."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    from kdexp.export import onnx_predict, onnx_session
+
+    client, uri = client_and_uri(tracker_or_client)
+    x = example_batch(input_example).numpy()
+    signature = infer_signature(x, onnx_predict(onnx_session(onnx_path), x))
+    logged = _new_logged_model(client, run_id, name, tags)
+    with tracking_uri(uri), quiet_export():
+        mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=name, model_id=logged.model_id, input_example=x,
+                              signature=signature, save_as_external_data=False,
+                              onnx_execution_providers=["CPUExecutionProvider"],
+                              pip_requirements=["onnx", "onnxruntime", "numpy", f"mlflow=={mlflow.__version__}"])
+    _link_output(client, run_id, logged.model_id)
     return logged.model_id
 
 

@@ -153,3 +153,25 @@ def test_kdexp_export_errors(store, tmp_path, capsys):
         run_export(empty, "--format", "tflite", "--uri", store.uri)
     assert exc.value.code == 2
     assert re.search(r"invalid choice: 'tflite' \(choose from '?onnx'?, '?pt2'?\)", capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_an_onnx_model_is_the_runs_model_when_torch_export_cannot_take_it(store, digits, tmp_path, capsys):
+    import mlflow.pyfunc
+
+    from kdexp.export import export_onnx
+    from kdexp.mlflow_models import log_onnx_model, tracking_uri
+
+    x, _ = digits.split_tensors("test")
+    model = create_model("cnn_tiny", 10, 1).eval()
+    onnx_file = export_onnx(model, x[:2], tmp_path / "student_int8.onnx")  # stands in for the int8 file
+    run_id = store.start("kd+qat_int8", {})
+    log_onnx_model(store, run_id, onnx_file, x[:4])
+    with tracking_uri(store.uri):
+        predicted = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x[:5].numpy())
+    with torch.no_grad():
+        assert np.abs(predicted["logits"] - model(x[:5]).numpy()).max() <= 1e-4  # ONNX pyfunc: {output name: array}
+    assert run_export(run_id, "--format", "onnx", "--uri", store.uri, "--out", str(tmp_path / "copy.onnx")) == 0
+    assert (tmp_path / "copy.onnx").read_bytes() == onnx_file.read_bytes()
+    assert run_export(run_id, "--format", "pt2", "--uri", store.uri) == 1
+    assert "is an ONNX model (the int8 student of variant=quantized): only --format onnx" in capsys.readouterr().err
