@@ -15,6 +15,7 @@ from .base import (
 from .cifar import CIFAR10DataModule, CIFAR100DataModule, read_cifar_batch
 from .digits import DigitsDataModule
 from .idx import FashionMNISTDataModule, MNISTDataModule, read_idx, read_idx_pair
+from .image_folder import ImageFolderDataModule
 from .locate import SYSTEM_DIRS, FileDataModule, find_data_dir
 from .synthetic import SyntheticDataModule
 
@@ -28,6 +29,7 @@ __all__ = [
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "FileDataModule",
+    "ImageFolderDataModule",
     "MNISTDataModule",
     "SyntheticDataModule",
     "TensorBatchLoader",
