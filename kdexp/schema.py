@@ -109,6 +109,9 @@ class TrackingSchema:
     uri: str = MISSING
     experiment: str = MISSING
     log_checkpoints: bool = MISSING
+    log_model: bool = MISSING
+    export_student: bool = MISSING
+    register: Optional[str] = MISSING
 
 
 @dataclass

@@ -50,4 +50,14 @@ def summary_table(metrics: dict[str, float], conf: dict) -> str:
     if "student/best_val/test_top1" in metrics:
         caption += (f"; best-val epoch {metrics['student/best_epoch']:.0f}: "
                     f"test top-1 {100 * metrics['student/best_val/test_top1']:.2f}")
-    return "\n".join([*lines, "", f"student/teacher: {ratio_text}", caption])
+    return "\n".join([*lines, "", f"student/teacher: {ratio_text}", caption, *onnx_line(metrics, batch)])
+
+
+def onnx_line(metrics: dict[str, float], batch: int) -> list[str]:
+    """The exported student in ONNX Runtime beside torch (kdexp/training/records.py), when it was exported."""
+    m = {k.removeprefix("student/onnx_"): v for k, v in metrics.items() if k.startswith("student/onnx_")}
+    if "latency_b1_ms" not in m:
+        return []
+    big = f"; b{batch} {m[f'latency_b{batch}_ms']:.2f} ms" if f"latency_b{batch}_ms" in m else ""
+    return [f"student in ONNX Runtime: lat b1 {m['latency_b1_ms']:.3f} ms{big} "
+            f"(max |logit diff| vs torch {m.get('max_abs_diff', float('nan')):.1e})"]

@@ -14,6 +14,7 @@ import lightning as L
 from torch import nn
 from torch.ao import quantization as tq
 
+from kdexp import distributed
 from kdexp.evaluate import accuracy_metrics, cost_metrics, count_flops, cpu_latency_ms, size_on_disk
 from kdexp.models.base import num_params
 from kdexp.module import DistillModule
@@ -83,6 +84,23 @@ def int8_test_metrics(ctx: Context, qat: nn.Module) -> dict[str, float]:
     return {f"test_{k}": v for k, v in accuracy_metrics(logits, y, ctx.conf["eval"]["ece_bins"]).items()}
 
 
+def ship_int8(ctx: Context, run_id: str, qat: nn.Module, int8: nn.Module) -> dict[str, float]:
+    """The int8 student as an ONNX QDQ model (torch.export cannot take eager int8 modules), beside the same
+    weights in float, logged under exports/ and as the run's MLflow Model; student/onnx_int8_* metrics."""
+    if not distributed.is_rank_zero():
+        return {}
+    from kdexp.mlflow_models import log_dataset_input, log_int8_exports, log_onnx_model
+
+    ev, (x, y) = ctx.conf["eval"], ctx.dm.split_tensors("test")
+    out_dir = ctx.run_dir / "exports"
+    out = log_int8_exports(ctx.tracker, run_id, qat, int8, ctx.dm.split_tensors("train")[0][:512], x, y, out_dir,
+                           batch=ev["latency_batch"], repeats=ev["latency_repeats"])
+    log_dataset_input(ctx.tracker, run_id, ctx.dm, context="training")
+    if ctx.conf["tracking"].get("log_model", True):
+        log_onnx_model(ctx.tracker, run_id, out_dir / "student_int8.onnx", x[:8], tags={"kdexp.role": "student"})
+    return {f"student/{k}": float(v) for k, v in out.items()}
+
+
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     v = conf["variant"]
     label = method_label(conf, "qat_int8")
@@ -109,6 +127,8 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
         metrics.update(measured)
         metrics.update(teacher_metrics(teacher_meta, baseline_meta))
         metrics.update(agreement(ctx, "student"))
+        metrics.update(ship_int8(ctx, run_id, qat, int8))
         ctx.tracker.log_metrics(run_id, metrics)
-        write_results(ctx, run_id, metrics, int8, labels={"distill": label})  # the summary's row: e.g. kd+qat_int8
+        # the summary's row: e.g. kd+qat_int8; the int8 ONNX model is the run's MLflow Model
+        write_results(ctx, run_id, metrics, int8, labels={"distill": label}, exported=False)
     return metrics

@@ -14,6 +14,7 @@ from kdexp.tracking import flatten
 from kdexp.training.context import Context
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
+from kdexp.training.records import record_model
 from kdexp import distributed
 from kdexp.training.trainer import drop_checkpoints, fit, resuming, save_weights
 
@@ -73,6 +74,7 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
                 ctx.dm.seed = ctx.conf["seed"]
             metrics = evaluate(ctx, model, label, costs=False)
             ctx.tracker.log_metrics(run_id, metrics)
+            record_model(ctx, run_id, model, label)
             if ctx.conf["tracking"].get("log_checkpoints", True) and distributed.is_rank_zero():
                 ctx.tracker.log_artifact(run_id, save_weights(ctx, model, f"{label}.pt"))
         return model, {"run_id": run_id, "spec": spec, "test_metrics": metrics}

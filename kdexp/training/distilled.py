@@ -17,6 +17,7 @@ from kdexp.training.alone import cached_model, model_spec
 from kdexp.training.context import Context, build_method
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
+from kdexp.training.records import record_model
 from kdexp.training.trainer import fit, resuming
 
 log = logging.getLogger("kdexp")
@@ -110,6 +111,7 @@ def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: M
                                       best_metrics=lambda m: evaluate(ctx, m, "link_best", costs=False))
             test = evaluate(ctx, model, label, costs=False)
             ctx.tracker.log_metrics(run_id, {**metrics, **test})
+            record_model(ctx, run_id, model, "link")
         return model, {"run_id": run_id, "spec": spec, "train_metrics": metrics, "test_metrics": test}
 
     return cached_model(link_ctx, "student", label, key, train)

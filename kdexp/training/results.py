@@ -23,6 +23,7 @@ from kdexp.training.context import Context
 from kdexp.training.distilled import finetune
 from kdexp.training.evaluation import agreement, evaluate
 from kdexp.training.lifecycle import tracked_run
+from kdexp.training.records import record_model, student_exports
 from kdexp.training.trainer import drop_checkpoints, resuming, save_weights
 
 
@@ -108,8 +109,11 @@ def summary_conf(conf: Mapping, labels: dict[str, str] | None, shown: dict[str, 
 
 
 def write_results(ctx: Context, run_id: str, metrics: dict, student: nn.Module,
-                  labels: dict[str, str] | None = None, shown: dict[str, dict] | None = None) -> None:
-    """student/*_ratio metrics, metrics.json, summary.md (printed) and the weights, as artifacts (rank 0)."""
+                  labels: dict[str, str] | None = None, shown: dict[str, dict] | None = None,
+                  exported: bool = True) -> None:
+    """student/*_ratio metrics, the student's MLflow Model and exports (`exported`: the float student; a
+    kind that ships another form records it itself), metrics.json, summary.md (printed) and the weights, as
+    artifacts (rank 0)."""
     teacher = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("teacher/")}
     student_m = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("student/")}
     ratio = {f"student/{k}": v for k, v in ratios(student_m, teacher).items()}
@@ -117,6 +121,11 @@ def write_results(ctx: Context, run_id: str, metrics: dict, student: nn.Module,
     if not distributed.is_rank_zero():
         return
     ctx.tracker.log_metrics(run_id, ratio)
+    if exported:
+        record_model(ctx, run_id, student, "student")
+        exports = student_exports(ctx, run_id, student, metrics)
+        metrics.update(exports)
+        ctx.tracker.log_metrics(run_id, exports)
     (ctx.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     table = summary_table(metrics, summary_conf(ctx.conf, labels, shown))
     (ctx.run_dir / "summary.md").write_text(table + "\n")

@@ -93,6 +93,24 @@ def test_mlflow_run_has_params_tags_metrics_and_artifacts(two_runs):
     assert {"config.yaml", "metrics.json", "summary.md", "student.pt"} <= artifacts
 
 
+def test_every_run_records_its_data_set_and_model_and_the_student_ships(two_runs):
+    cwd, first, _ = two_runs
+    client, all_runs = runs(cwd)
+    for run in all_runs:  # the UI's Dataset and Models columns
+        (inp,) = run.inputs.dataset_inputs
+        assert inp.dataset.name == "synthetic" and len(inp.dataset.digest) == 16
+        models = client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert len(models) == 1 and models[0].tags["kdexp.role"] == run.data.tags["kdexp.role"]
+    student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
+    m = student.data.metrics
+    assert m["student/onnx_max_abs_diff"] <= 1e-4 and m["student/onnx_latency_b1_ms"] > 0
+    exports = {a.path for a in client.list_artifacts(student.info.run_id, "exports")}
+    assert {"exports/student.onnx", "exports/student.pt2"} <= exports
+    assert "student in ONNX Runtime: lat b1" in first.stdout
+    assert "started: MLflow run" in first.stdout + first.stderr  # each run announces its id and UI link
+
+
 def test_teacher_checkpoint_loads_and_mismatch_fails(two_runs, tmp_path):
     cwd, _, _ = two_runs
     weights = next((cwd / "outputs" / "cache" / "models").glob("*/model.pt"))
