@@ -11,7 +11,7 @@ from torch import nn
 from kdexp.cache import fingerprint, load_weights
 from kdexp.module import DistillModule
 from kdexp.tracking import flatten
-from kdexp.training.context import Context
+from kdexp.training.context import Context, planned_processes
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
 from kdexp.training.records import record_model
@@ -30,8 +30,10 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
         "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels, "data": ctx.dm.fingerprint(),
         "batch_size": c["data"]["batch_size"], "recipe": recipe, "max_epochs": max_epochs, "seed": seed,
         "precision": c["trainer"].get("precision"), "fast_dev_run": c["trainer"].get("fast_dev_run", False),
-        # callbacks from config (early stopping) change what is trained; absent, keys stay as they were
+        # callbacks from config (early stopping) and several DDP processes (a larger global batch) change
+        # what is trained; absent, keys stay as they were
         **({"callbacks": c["trainer"]["callbacks"]} if c["trainer"].get("callbacks") else {}),
+        **({"processes": processes} if (processes := planned_processes(c["trainer"])) > 1 else {}),
     }
 
 
