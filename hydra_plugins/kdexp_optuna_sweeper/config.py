@@ -76,6 +76,9 @@ class KdexpOptunaSweeperConf:
     # are failed after grace_period; 30/120 tolerate a busy SQLite file without false alarms.
     heartbeat_interval: int = 30
     grace_period: int = 120
+    # A trial failed that way (its sweeper was killed) is asked again with the same params, up to this many
+    # times; its job resumes the killed one's training from its checkpoint. 0: a killed trial stays failed.
+    retry_killed: int = 1
     # Parent MLflow run for the sweep (URI/experiment from the app's tracking node).
     mlflow: bool = True
 

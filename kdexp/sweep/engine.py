@@ -22,7 +22,7 @@ from . import factories
 from .outcomes import job_outcome
 from .report import best_summary, summary_text
 from .search_space import SearchSpace, format_value, grid_search_space, param_overrides, parse_search_space
-from .storage import HeartbeatKeeper, absolute_sqlite_url, display_url, rdb_storage, study_lock
+from .storage import HeartbeatKeeper, absolute_sqlite_url, display_url, rdb_storage, retries, study_lock
 from .tracking import ParentRun
 from .trial import PRUNER_ATTR
 
@@ -84,7 +84,8 @@ class OptunaSweep:
         self.parent = ParentRun(self.config) if self.s.get("mlflow", True) else None
         # One worker at a time creates the tables, the study and the parent run.
         with study_lock(self.url):
-            storage = rdb_storage(self.url, int(self.s["heartbeat_interval"]), int(self.s["grace_period"]))
+            storage = rdb_storage(self.url, int(self.s["heartbeat_interval"]), int(self.s["grace_period"]),
+                                  int(self.s.get("retry_killed", 1)))
             study = self._open_study(storage, space)
             seed = sampler_spec.get("seed")
             study.sampler = factories.build_sampler(
@@ -108,6 +109,9 @@ class OptunaSweep:
         try:
             returns = self._loop(study, space, heartbeat, parent_id)
             self._wait_for_others(study)
+            while retries(study, (TrialState.WAITING,)):  # trials of a killed sweeper, asked again
+                returns += self._loop(study, space, heartbeat, parent_id)
+                self._wait_for_others(study)
             status = "FINISHED"
             return returns
         except KeyboardInterrupt:
@@ -186,7 +190,8 @@ class OptunaSweep:
         while True:
             with study_lock(self.url):  # count + ask atomically across workers
                 optuna.storages.fail_stale_trials(study)
-                free = self.n_trials - len(study.get_trials(deepcopy=False))
+                free = self.n_trials - len(study.get_trials(deepcopy=False)) + retries(study)
+                free = max(free, min(retries(study, (TrialState.WAITING,)), self.n_jobs))  # retries always run
                 if free <= 0:
                     return returns
                 for _ in range(min(self.n_jobs, free)):

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,11 +42,26 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                retry_killed: int = 0):
+    """retry_killed > 0: a trial failed for a stale heartbeat (its sweeper was killed) is enqueued again with
+    the same params (Optuna's RetryFailedTrialCallback), up to that many times."""
     engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}} if sqlite_path(url) else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryFailedTrialCallback(max_retry=retry_killed) if retry_killed > 0 else None
     return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        failed_trial_callback=retry,
     )
+
+
+def retries(study: optuna.Study, states: tuple | None = None) -> int:
+    """Trials that re-run a killed trial (in `states`): the budget counts a killed one and its retry as one."""
+    with warnings.catch_warnings():  # stable since Optuna 2.8, still flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+                   if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is not None)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ so this works in-process, in joblib workers and on SLURM nodes alike::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,19 @@ def trial_from_cfg(cfg: Mapping) -> optuna.Trial | None:
     )
     study.pruner = build_pruner(study.user_attrs.get(PRUNER_ATTR))
     return optuna.trial.Trial(study, int(ctx["trial_id"]))
+
+
+def resume_origin(cfg: Mapping) -> tuple[str, int] | None:
+    """(study name, number of the first trial of its retry chain) of a sweep job, or None outside a sweep:
+    a trial asked again after its sweeper was killed resumes that trial's training from its checkpoint."""
+    trial = trial_from_cfg(cfg)
+    if trial is None:
+        return None
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    with warnings.catch_warnings():  # stable since Optuna 2.8, still flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
+    return trial.study.study_name, (history[0] if history else frozen.number)
 
 
 def is_pruned_error(exc: BaseException | None) -> bool:

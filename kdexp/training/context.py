@@ -34,7 +34,8 @@ class Context:
     memo: dict = field(default_factory=dict)  # teacher outputs / views already loaded in this experiment
     run_tags: dict = field(default_factory=dict)  # the experiment kind's own tags on its student runs
     position: str | None = None  # "cell i/N" / "trial i/N" of a multirun, shown in progress lines
-    cell: str = ""  # the run's matrix cell key: names the student's checkpoint folder
+    cell: str = ""  # the run's matrix cell key
+    resume_key: str = ""  # what a re-run of the same training shares: the cell, or a sweep trial's retry chain
 
     def checkpoints(self, name: str) -> Path:
         """Where a training named `name` (a cache key, or `student-<cell>`) keeps its per-epoch checkpoint:
@@ -43,7 +44,7 @@ class Context:
 
     @property
     def student_checkpoints(self) -> Path | None:
-        return self.checkpoints(f"student-{self.cell}") if self.cell else None
+        return self.checkpoints(f"student-{self.resume_key}") if self.resume_key else None
 
     def __post_init__(self):
         augment = bool((self.conf.get("data") or {}).get("augment"))
@@ -101,7 +102,23 @@ def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | 
         tracker = NullTracker()
     cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
     return Context(conf, dm, tracker, cache, Path(run_dir), run_tags=dict(run_tags or {}),
-                   position=sweep_position(conf), cell=cell)
+                   position=sweep_position(conf), cell=cell, resume_key=resume_key(conf, cell))
+
+
+def resume_key(conf: Mapping, cell: str) -> str:
+    """The cell key; in a sweep trial, the study and the first trial of its retry chain with the config less
+    its trial identity, so that a trial asked again after a kill finds the killed one's checkpoints."""
+    from kdexp.training.lifecycle import in_trial
+
+    if not cell or not in_trial(conf):
+        return cell
+    from kdexp.cache import fingerprint
+    from kdexp.matrix import cell_key
+    from kdexp.sweep.trial import resume_origin
+
+    study, origin = resume_origin(conf)
+    view = {k: v for k, v in conf.items() if k != "optuna_trial"}
+    return fingerprint({"what": "trial-resume", "cell": cell_key(view), "study": study, "trial": origin})
 
 
 def planned_processes(trainer: Mapping) -> int:

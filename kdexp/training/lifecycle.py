@@ -79,7 +79,7 @@ def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Ma
         tags.update(child_run_tags(trial_conf))
     run_id = running_run(tracker, resume) if resume else None
     if run_id is not None:
-        tracker.set_tags(run_id, {"kdexp.resumed": "true"})
+        tracker.set_tags(run_id, {**tags, "kdexp.resumed": "true"})  # a retried sweep trial's number, ...
         name = f"{name} (resumed)"
     else:
         run_id = tracker.start(name, tags, dict(params) if params else None)

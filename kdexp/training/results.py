@@ -31,8 +31,9 @@ from kdexp.training.trainer import drop_checkpoints, resuming, save_weights
 def student_run(ctx: Context, name: str, cell: str, label: str, tags: Mapping[str, str]) -> Iterator[str]:
     """The student run (standard tags + the kind's + `tags`), with config.yaml as its first artifact."""
     all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label, "kdexp.settings": ctx.settings,
-                **tags}
-    resume = {"kdexp.cell": cell, "kdexp.role": "student"} if resuming(ctx.student_checkpoints) else None
+                "kdexp.resume_key": ctx.resume_key, **tags}
+    resume = ({"kdexp.resume_key": ctx.resume_key, "kdexp.role": "student"}
+              if resuming(ctx.student_checkpoints) else None)
     with tracked_run(ctx.tracker, name, all_tags, flatten(ctx.conf), trial_conf=ctx.conf, position=ctx.position,
                      resume=resume) as run_id:
         if distributed.is_rank_zero():

@@ -28,7 +28,8 @@ def command(root: Path, *extra: str) -> tuple[list[str], dict]:
     env = {**os.environ, "KDEXP_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     exe = Path(sys.executable).parent / "kdexp-train"
-    return [str(exe), *RUN, f"paths.root={root}", *extra], env
+    flags = [a for a in extra if a.startswith("-")]  # Hydra's flags (-m) before the overrides
+    return [str(exe), *flags, *RUN, f"paths.root={root}", *(a for a in extra if a not in flags)], env
 
 
 def run_to_end(root: Path, *extra: str) -> str:
@@ -119,3 +120,46 @@ def test_two_ddp_processes_train_every_stage_and_record_once(tmp_path):
     assert len(list((root / "cache" / "models").glob("*/model.pt"))) == 2  # teacher and baseline, published once
     student = [r for r in found if r.data.tags["kdexp.role"] == "student"][0]
     assert [m.step for m in client.get_metric_history(student.info.run_id, "train/loss")] == [0, 1]
+
+
+def test_a_trial_killed_with_its_sweep_is_asked_again_and_resumes(tmp_path):
+    """kill -9 the sweeper mid-trial; the same command fails the trial once its heartbeat is stale, asks it
+    again with the same params, and that job continues the killed training (checkpoint and MLflow run)."""
+    import optuna
+
+    root = tmp_path / "outputs"
+    sweep = ["-m", "+sweep=kd_temperature", "hydra.sweeper.study_name=resume", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3", "teacher.max_epochs=2"]
+    cmd, env = command(root, *sweep)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "trial 1/2 student kd | epoch 2/4" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert any("trial 1/2 student kd | epoch 2/4" in line for line in lines), "".join(lines)[-3000:]
+    assert list((root / "cache" / "checkpoints").glob("student-*/distill/last.ckpt"))
+
+    run_to_end(root, *sweep)
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{root / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert sorted(states) == ["COMPLETE", "COMPLETE", "FAIL"]  # the killed trial, its retry, one new trial
+    killed = next(t for t in study.trials if t.state.name == "FAIL")
+    retry = next(t for t in study.trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t)
+                 == killed.number)
+    assert retry.params == killed.params and retry.state.name == "COMPLETE"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep-kd_temperature")
+    found = client.search_runs([exp.experiment_id])
+    assert all(r.info.status == "FINISHED" for r in found)
+    students = [r for r in found if r.data.tags.get("kdexp.role") == "student"]
+    assert len(students) == 2  # one run per trained student: the killed trial's run was continued
+    resumed = next(r for r in students if r.data.tags.get("kdexp.resumed") == "true")
+    assert resumed.data.tags["optuna.trial_number"] == str(retry.number)
+    steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss"))
+    assert steps == [0, 1, 2, 3]
