@@ -81,8 +81,12 @@ def redact_config(conf: Any) -> Any:
     values through `redact_text`, and the whole value of a key that names a secret (``password``, ``token``)."""
     if hasattr(conf, "_metadata"):  # an OmegaConf node: resolved here, so interpolated secrets are seen
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
-        conf = OmegaConf.to_container(conf, resolve=True)
+        try:
+            conf = OmegaConf.to_container(conf, resolve=True)
+        except OmegaConfBaseException:  # e.g. ${hydra:...} outside a job: masked as written
+            conf = OmegaConf.to_container(conf, resolve=False)
     return _redact_node(copy.deepcopy(conf))
 
 

@@ -32,6 +32,21 @@ APART = ("MLflow and Optuna both keep their schema version in the table alembic_
          "{schema}; then add ?options=-csearch_path%3D{schema} to the URL)")
 
 
+def _prefer_psycopg3() -> None:
+    """Bare ``postgresql://`` (and Heroku-style ``postgres://``) URLs reach psycopg 3 wherever SQLAlchemy sees them
+    in this process -- MLflow and Optuna build their engines from the URL as given -- unless psycopg2 is there."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        from sqlalchemy.dialects import registry
+
+        for name in ("postgresql", "postgres"):
+            registry.register(name, "sqlalchemy.dialects.postgresql.psycopg", "dialect")
+
+
+_prefer_psycopg3()
+
+
 class StoreError(ValueError):
     """A store that cannot be used; the message is one line, names the key and hides the password."""
 
@@ -189,11 +204,11 @@ def check_stores(conf: dict) -> None:
     """The orchestration's early check of a resolved config: `tracking.uri` normalized in place and reached,
     and kept apart from the Optuna study of a sweep trial. Raises StoreError."""
     tracking = conf.get("tracking") or {}
+    trial = conf.get("optuna_trial") or {}
+    if trial.get("storage"):  # before connecting: this needs no server
+        check_apart(trial["storage"], tracking.get("uri"), "optuna_trial.storage", "tracking.uri")
     if tracking.get("uri"):
         tracking["uri"] = check_store(tracking["uri"], "tracking.uri", "mlflow")
-    trial = conf.get("optuna_trial") or {}
-    if trial.get("storage"):
-        check_apart(trial["storage"], tracking.get("uri"), "optuna_trial.storage", "tracking.uri")
 
 
 @contextlib.contextmanager

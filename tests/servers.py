@@ -128,42 +128,45 @@ def postgres_cluster(password: str = "superpw") -> Iterator[Postgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@dataclass
 class MlflowServer:
-    url: str
-    artifacts: Path
-    log: Path
+    """`mlflow server` on 127.0.0.1:<free port>, proxying artifacts to `artifacts`. Starts at once; `wait()`
+    blocks until it answers /health (start it early: it takes seconds); `stop()` ends it and its workers."""
 
+    def __init__(self, backend_uri: str, artifacts: Path, log: Path):
+        self.port, self.artifacts, self.log = free_port(), artifacts, log
+        self.url = f"http://127.0.0.1:{self.port}"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
+               str(artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-@contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path, timeout_s: float = 120) -> Iterator[MlflowServer]:
-    """`mlflow server` on 127.0.0.1:<free port>, proxying artifacts to `artifacts`; stopped at the end."""
-    port = free_port()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    def wait(self, timeout_s: float = 180) -> MlflowServer:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
                     if reply.status == 200:
-                        break
+                        return self
             except OSError:
                 pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start (exit {self.proc.poll()}):\n"
+                                   f"{self.log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield MlflowServer(url, artifacts, log)
-    finally:
+
+    def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
         try:
-            proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> MlflowServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

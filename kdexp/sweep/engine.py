@@ -19,7 +19,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from kdexp.redact import redact_config
+from kdexp.redact import redact_text
 from kdexp.stores import check_apart, check_store, normalize_uri
 
 from . import factories
@@ -83,7 +83,8 @@ class OptunaSweep:
         self._check_stores()  # a bad URL, driver or password fails here, before anything is created
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(redact_config(self.config)), sweep_dir / "multirun.yaml")
+        # Unresolved, as Hydra writes it (hydra.job.* resolve only in a job), passwords masked.
+        (sweep_dir / "multirun.yaml").write_text(redact_text(OmegaConf.to_yaml(self.config)))
         self._validate_keys(space)  # a mistyped key fails here, before any trial exists
         os.environ[STORAGE_ENV] = self.url  # the jobs' way to the password (storage.job_url)
 
@@ -137,12 +138,11 @@ class OptunaSweep:
 
     def _check_stores(self) -> None:
         """The study storage and, with MLflow, the tracking store: reachable, and not one database."""
+        uri = tracking_target(self.config)[0] if self.s.get("mlflow", True) else None
+        check_apart(self.url, uri, "hydra.sweeper.storage", "tracking.uri")
         check_store(self.url, "hydra.sweeper.storage", "optuna")
-        if self.s.get("mlflow", True):
-            uri, _ = tracking_target(self.config)
-            if uri:
-                check_store(uri, "tracking.uri", "mlflow")
-                check_apart(self.url, uri, "hydra.sweeper.storage", "tracking.uri")
+        if uri:
+            check_store(uri, "tracking.uri", "mlflow")
 
     def _validate_keys(self, space: SearchSpace) -> None:
         probe = {}
