@@ -123,10 +123,10 @@ def check_store(uri: str | None, key: str, kind: str = "mlflow") -> str | None:
     (the store creates them); a tracking server answers /health."""
     if kind not in ("mlflow", "optuna"):
         raise ValueError(f"kind={kind!r}: choose mlflow or optuna")
+    shown = f"{key}={redact_text(str(uri))}"  # as the user typed it
     uri = normalize_uri(uri)
     if not uri or sqlite_file(uri) is not None or scheme(uri) in ("", "file", "sqlite", "databricks"):
         return uri
-    shown = f"{key}={redact_text(uri)}"
     if is_server_uri(uri):
         _check_server(uri, shown)
         return uri

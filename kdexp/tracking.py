@@ -11,7 +11,7 @@ from typing import Any
 
 import kdexp
 from kdexp.redact import redact_text
-from kdexp.stores import artifact_location, normalize_uri, store_lock
+from kdexp.stores import artifact_location, check_store, store_lock
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 TAG_KEYS = ("data", "teacher", "student", "distill", "seed")
@@ -52,7 +52,7 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
         from mlflow.tracking import MlflowClient  # heavy import, kept off module import
 
-        self.uri = normalize_uri(uri)
+        self.uri = check_store(uri, "tracking.uri", "mlflow")  # a bad store: StoreError (one line), no run made
         self.client = MlflowClient(tracking_uri=self.uri)
         # Parallel jobs on a new store would both create its tables (and the experiment).
         with store_lock(self.uri, "mlflow-setup"):

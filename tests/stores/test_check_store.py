@@ -49,13 +49,13 @@ def test_uri_conventions(tmp_path):
 
 def test_unreachable_server_and_missing_driver(monkeypatch):
     message = one_line_error(check_store, f"postgresql://kd:{PW}@127.0.0.1:1/db", "tracking.uri")
-    assert message.startswith("tracking.uri=postgresql+psycopg://kd:***@127.0.0.1:1/db: cannot reach")
+    assert message.startswith("tracking.uri=postgresql://kd:***@127.0.0.1:1/db: cannot reach")
     assert "connection refused" in message
     message = one_line_error(check_store, "http://127.0.0.1:1", "tracking.uri")
     assert message == "tracking.uri=http://127.0.0.1:1: cannot reach the MLflow tracking server (ConnectionError)"
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as on a machine without kdexp[postgres]
     message = one_line_error(check_store, f"postgresql://kd:{PW}@127.0.0.1:1/db", "hydra.sweeper.storage", "optuna")
-    assert message == ("hydra.sweeper.storage=postgresql+psycopg://kd:***@127.0.0.1:1/db: its database driver "
+    assert message == ("hydra.sweeper.storage=postgresql://kd:***@127.0.0.1:1/db: its database driver "
                        "'psycopg' is not installed (pip install 'kdexp[postgres]')")
     assert check_store("sqlite:///nowhere/mlflow.db", "tracking.uri") == "sqlite:///nowhere/mlflow.db"  # not touched
 
@@ -141,3 +141,20 @@ def test_the_sweeper_stops_on_a_bad_store_with_one_line_and_exit_2(postgres, tmp
     same = sweep_app(f"hydra.sweeper.storage={url}", f"tracking.uri={url}", cwd=tmp_path)
     assert same.returncode == 2 and "are the same database" in same.stderr and PW not in same.stderr + same.stdout
     assert optuna.get_all_study_summaries(url) == []
+
+
+@pytest.mark.slow
+def test_kdexp_train_stops_on_a_bad_tracking_store(postgres, tmp_path):
+    url = postgres.add_database("traincheck", "trainer", PW).replace("+psycopg", "")
+    proc = subprocess.run([str(Path(sys.executable).parent / "kdexp-train"), "data=synthetic", "teacher=cnn_small",
+                           "student=cnn_tiny", "trainer.max_epochs=1", f"paths.root={tmp_path}",
+                           f"tracking.uri={url.replace(PW, 'Wrong-Secret-33')}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [(
+        f"kdexp-train: error: tracking.uri=postgresql://trainer:***@127.0.0.1:{postgres.port}/traincheck: "
+        'the server refused the user or password: password authentication failed for user "trainer"')]
+    assert "Wrong-Secret-33" not in proc.stdout + "".join(p.read_text() for p in tmp_path.rglob("*.yaml"))
+    from mlflow import MlflowClient
+
+    assert MlflowClient(url).search_runs(["0"]) == []  # no run left RUNNING (nor any other)
