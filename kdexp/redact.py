@@ -21,8 +21,14 @@ MASK = "***"
 # scheme://user:password@ -- the password may not hold '@', '/', whitespace or quotes unescaped (RFC 3986:
 # they are percent-encoded in a URL); a password with quotes is still masked once remembered.
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<pw>[^@/\s'\"]+)(?P<tail>@)")
-_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>[^\s&;'\"]+)", re.IGNORECASE)  # libpq DSN / query
-SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api_?key|credential)", re.IGNORECASE)
+# libpq DSNs and queries (password=pw), YAML keys (password: pw) and dict reprs ('password': 'pw'); not prose
+# such as "user or password: password authentication failed".
+_PW = r"[\w.-]*(?:password|passwd)"
+_KEYWORD = re.compile(rf"(?P<head>(?:\b{_PW}\s*=|['\"]{_PW}['\"]\s*:|^[ \t-]*{_PW}\s*:)\s*['\"]?)(?P<pw>[^\s&;,'\"}}]+)",
+                      re.IGNORECASE | re.MULTILINE)
+# Config keys whose whole value is a secret: password, db_password, api_key, access_token, client_secret ...
+SECRET_KEYS = re.compile(r"(.*[_.-])?(password|passwd|secret|token|api_?key|secret_?key|credentials?)",
+                         re.IGNORECASE)
 # Environment variables that hold a password, or a URI that may hold one.
 SECRET_ENV = ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY")
 URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "KDEXP_OPTUNA_STORAGE", "KDEXP_TRIAL_STORAGE",
@@ -40,7 +46,14 @@ def remember_secret(secret: str | None) -> None:
     if not secret or secret == MASK:
         return
     with _lock:
-        _known.update(s for s in {secret, unquote(secret)} if len(s) >= MIN_LOOSE_LEN)
+        _known.update(s for s in {secret, unquote(secret)} if _loose(s))
+
+
+def _loose(secret: str) -> bool:
+    """Whether to mask a secret wherever it appears: not a short one, nor a plain lowercase word (a password
+    "postgres" masked in every "postgresql://" would garble every URL; it is still masked where a URI or a
+    key puts it)."""
+    return len(secret) >= MIN_LOOSE_LEN and not (secret.isalpha() and secret.islower())
 
 
 def remember_environment(environ: os._Environ | dict | None = None) -> None:
@@ -96,7 +109,7 @@ def _redact_node(node: Any, key: str = "") -> Any:
     if isinstance(node, (list, tuple)):
         return type(node)(_redact_node(v) for v in node)
     if isinstance(node, str):
-        if key and SECRET_KEYS.search(key) and node and not node.startswith("${"):
+        if key and SECRET_KEYS.fullmatch(key) and node and not node.startswith("${"):
             remember_secret(node)
             return MASK
         return redact_text(node)

@@ -21,7 +21,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from kdexp.redact import redact_text
-from kdexp.stores import artifact_location, normalize_uri
+from kdexp.stores import artifact_location, normalize_uri, store_lock
 
 from .report import best_summary, state_counts
 from .storage import absolute_sqlite_url, sqlite_path
@@ -59,8 +59,6 @@ class ParentRun:
 
     def open(self, study: optuna.Study, params: Mapping[str, str]) -> str | None:
         """Reopen the study's parent run (resume, second worker) or create it."""
-        from kdexp.stores import store_lock
-
         try:
             with store_lock(self.uri, "mlflow-setup"):  # first use of a new store creates its tables
                 self.run_id = self._reusable_run(study) or self._create_run(study)

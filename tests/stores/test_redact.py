@@ -17,6 +17,10 @@ from kdexp.redact_hydra import redact_folder
     ("https://alice:tok@mlflow.lab:443/", "https://alice:***@mlflow.lab:443/"),
     ("tracking.uri=mysql://u:x@h/d seed=1", "tracking.uri=mysql://u:***@h/d seed=1"),
     ("host=db user=kd password=pw dbname=x", "host=db user=kd password=*** dbname=x"),
+    ("{'password': 'pw', 'user': 'kd'}", "{'password': '***', 'user': 'kd'}"),
+    ("db:\n  password: hunter2\n  db_password: x1\n", "db:\n  password: ***\n  db_password: ***\n"),
+    ("+db.password=x2 db_password=x3", "+db.password=*** db_password=***"),
+    ("refused the user or password: password authentication", "refused the user or password: password authentication"),
     # nothing secret: a user without password, a port, a path with '@', a plain word
     ("postgresql://kd@h:5432/db", "postgresql://kd@h:5432/db"),
     ("http://127.0.0.1:5000/api@v2", "http://127.0.0.1:5000/api@v2"),
@@ -33,19 +37,22 @@ def test_a_password_seen_once_is_masked_everywhere_later():
     assert redact_uri(None) is None
     remember_secret("pw")  # too short to mask loosely: 'pw' in words must survive
     assert redact_text("pwd and pw") == "pwd and pw"
+    # A lowercase word as password is masked in its URI, but not in every other URL.
+    assert redact_text("postgresql://postgres:postgres@h/db") == "postgresql://postgres:***@h/db"
+    assert redact_text("postgresql://kd@h/postgres") == "postgresql://kd@h/postgres"
 
 
 def test_config_trees_are_masked_without_touching_the_input(monkeypatch):
     monkeypatch.setenv("KDEXP_TEST_PW", "env-Secret-99")
     conf = OmegaConf.create({
         "tracking": {"uri": "postgresql://kd:${oc.env:KDEXP_TEST_PW}@h/db", "experiment": "e"},
-        "db": {"password": "plain-Secret-1", "api_key": "k-123456"},
+        "db": {"password": "plain-Secret-1", "api_key": "k-123456", "tokenizer": "bpe", "db_password": "s"},
         "hydra_overrides": ["tracking.uri=postgresql://kd:cli-Secret-2@h/db", "seed=1"],
         "seed": 3,
     })
     out = redact_config(conf)
     assert out["tracking"] == {"uri": "postgresql://kd:***@h/db", "experiment": "e"}
-    assert out["db"] == {"password": MASK, "api_key": MASK}
+    assert out["db"] == {"password": MASK, "api_key": MASK, "tokenizer": "bpe", "db_password": MASK}
     assert out["hydra_overrides"] == ["tracking.uri=postgresql://kd:***@h/db", "seed=1"]
     assert out["seed"] == 3
     assert "plain-Secret-1" in OmegaConf.to_yaml(conf)  # a copy was masked, not the caller's config
