@@ -48,8 +48,10 @@ def ui(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     args = parser.parse_args(argv)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.uri, "--host", args.host,
-           "--port", str(args.port)]
+    from kdexp.stores import normalize_uri  # postgresql:// -> the psycopg 3 driver MLflow can load
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", normalize_uri(args.uri), "--host",
+           args.host, "--port", str(args.port)]
     if args.dry_run:
         print(" ".join(cmd))
         return

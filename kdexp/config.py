@@ -54,8 +54,10 @@ def thaw(node: Any) -> Any:
     return node
 
 
-def parse_config(cfg: Any) -> FrozenDict:
-    """A composed DictConfig (or a plain dict) -> the run's frozen, validated config."""
+def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
+    """A composed DictConfig (or a plain dict) -> the run's frozen, validated config. `stores`: also reach the
+    tracking store (normalising its URI) and keep it apart from a sweep's Optuna study: one clear error
+    (kdexp.stores.StoreError) before any work, not a traceback halfway."""
     from omegaconf import OmegaConf
 
     from kdexp.validate import validate_config
@@ -68,6 +70,10 @@ def parse_config(cfg: Any) -> FrozenDict:
         del conf["variant"]
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
     validate_config(conf)
+    if stores:
+        from kdexp.stores import check_stores
+
+        check_stores(conf)
     return freeze(conf)
 
 

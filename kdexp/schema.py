@@ -108,6 +108,7 @@ class PathsSchema:
 class TrackingSchema:
     uri: str = MISSING
     experiment: str = MISSING
+    artifact_root: str = MISSING
     log_checkpoints: bool = MISSING
     log_model: bool = MISSING
     export_student: bool = MISSING

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import kdexp
+from kdexp.redact import redact_text
+from kdexp.stores import artifact_location, check_store, store_lock
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 TAG_KEYS = ("data", "teacher", "student", "distill", "seed")
@@ -41,34 +42,36 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 class Tracker:
-    """Creates runs in one experiment of one store; everything else goes through run ids."""
+    """Creates runs in one experiment of one store; everything else goes through run ids.
+
+    Everything it sends (params, tags, error text, small text artifacts) has its secrets masked (kdexp.redact).
+    `artifact_root` (``tracking.artifact_root``) is where a new experiment of a SQLite or database store keeps
+    its artifacts; a tracking server (http/https) keeps them in its own artifact store instead.
+    """
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
         from mlflow.tracking import MlflowClient  # heavy import, kept off module import
 
-        db = sqlite_path(uri)
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        if db is None:
-            self.experiment_id = self._experiment(experiment, artifact_root)
-            return
-        db.parent.mkdir(parents=True, exist_ok=True)
-        # Parallel jobs on a new SQLite store would both create its tables (and the experiment).
-        with open(db.with_name(db.name + ".lock"), "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            self.experiment_id = self._experiment(experiment, artifact_root)
+        self.uri = check_store(uri, "tracking.uri", "mlflow")  # a bad store: StoreError (one line), no run made
+        self.client = MlflowClient(tracking_uri=self.uri)
+        # Parallel jobs on a new store would both create its tables (and the experiment).
+        with store_lock(self.uri, "mlflow-setup"):
+            self.experiment_id = self._experiment(experiment, artifact_location(self.uri, artifact_root))
 
-    def _experiment(self, experiment: str, artifact_root) -> str:
+    def _experiment(self, experiment: str, location: str | None) -> str:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
-        location = None
-        if artifact_root is not None:  # keep artifacts beside the store, not in ./mlruns
-            location = Path(artifact_root).resolve().as_uri()
-        return self.client.create_experiment(experiment, artifact_location=location)
+        try:
+            return self.client.create_experiment(experiment, artifact_location=location)
+        except Exception:  # created meanwhile by another process (a tracking server has no lock of ours)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def start(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
-        tags = {"kdexp.version": kdexp.__version__, **{k: str(v) for k, v in tags.items()}}
+        tags = {"kdexp.version": kdexp.__version__, **{k: redact_text(str(v)) for k, v in tags.items()}}
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
@@ -80,7 +83,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
+        items = [Param(k, redact_text(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(run_id, params=items[i : i + 100])
 
@@ -99,11 +102,17 @@ class Tracker:
         return lambda metrics, epoch: self.log_metrics(run_id, {prefix + k: v for k, v in metrics.items()}, epoch)
 
     def log_artifact(self, run_id: str, path: str | os.PathLike) -> None:
-        self.client.log_artifact(run_id, str(path))
+        """Uploads the file; a small text file with a secret in it goes up masked (the file itself is kept)."""
+        path = Path(path)
+        masked = _masked_text(path)
+        if masked is None:
+            self.client.log_artifact(run_id, str(path))
+        else:
+            self.client.log_text(run_id, masked, path.name)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+            self.client.set_tag(run_id, k, redact_text(str(v)))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -111,7 +120,22 @@ class Tracker:
     def fail(self, run_id: str, exc: BaseException) -> None:
         """Record a crash: FAILED status, the error as a tag, the traceback as an artifact."""
         try:
-            self.client.set_tag(run_id, "kdexp.error", f"{type(exc).__name__}: {exc}"[:5000])
-            self.client.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+            self.client.set_tag(run_id, "kdexp.error", redact_text(f"{type(exc).__name__}: {exc}")[:5000])
+            self.client.log_text(run_id, redact_text("".join(traceback.format_exception(exc))), "error.txt")
         finally:
             self.client.set_terminated(run_id, status="FAILED")
+
+
+TEXT_ARTIFACTS = (".yaml", ".yml", ".json", ".md", ".txt", ".csv", ".tex", ".log")
+
+
+def _masked_text(path: Path, limit: int = 5_000_000) -> str | None:
+    """The masked text of a small text file that holds a secret, else None (upload the file as it is)."""
+    if path.suffix not in TEXT_ARTIFACTS or not path.is_file() or path.stat().st_size > limit:
+        return None
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    masked = redact_text(text)
+    return None if masked == text else masked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -32,7 +33,12 @@ class KdexpOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from kdexp.stores import StoreError
         from kdexp.sweep.engine import OptunaSweep
 
         assert self.hydra_context is not None and self.config is not None and self.launcher is not None
-        return OptunaSweep(self.settings, self, self.config, self.hydra_context.config_loader).run(arguments)
+        try:
+            return OptunaSweep(self.settings, self, self.config, self.hydra_context.config_loader).run(arguments)
+        except StoreError as exc:  # bad input, not a bug: one line and exit 2, as kdexp-train does
+            print(f"kdexp-train: error: {exc}", file=sys.stderr)
+            sys.exit(2)

@@ -41,7 +41,7 @@ def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
     from kdexp.config import parse_config
     from kdexp.matrix import cell_key, finished_cell_metrics
 
-    conf = parse_config(cfg)
+    conf = parse_config(cfg, stores=True)
     module, function = EXPERIMENTS[experiment_kind(conf)].split(":")
     cell = cell_key(conf)
     finished = finished_cell_metrics(conf, cell)

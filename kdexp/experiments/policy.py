@@ -22,6 +22,7 @@ from kdexp.evaluate import cost_metrics, ratios
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
 from kdexp.policy.nets import ActorCritic, PolicyMLP
+from kdexp.redact import redact_config
 from kdexp.policy.ppo import PPOSettings, train_ppo
 from kdexp.tracking import Tracker, flatten
 from kdexp.training.lifecycle import tracked_run
@@ -66,8 +67,8 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     student_settings = settings(StudentSettings, v.get("student"), "variant.student")
     env_id, seed = v["env"], conf["seed"]
     obs_dim, num_actions = env_dims(env_id)
-    root = Path(conf["paths"]["root"])
-    tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"], artifact_root=root / "mlartifacts")
+    tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"],
+                      artifact_root=conf["tracking"].get("artifact_root"))
     cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
     teacher, teacher_meta = policy_teacher(v, ppo, obs_dim, num_actions, tracker, cache, conf)
 
@@ -137,7 +138,7 @@ def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout
 def write_policy_results(conf: dict, run_dir: Path, tracker: Tracker, run_id: str, metrics: dict,
                          student: PolicyMLP) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw({"variant": conf["variant"], "seed": conf["seed"]})))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(redact_config(thaw({"variant": conf["variant"], "seed": conf["seed"]})))))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     table = summary(metrics, conf)
     (run_dir / "summary.md").write_text(table + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -18,12 +19,17 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from kdexp.redact import redact_text
+from kdexp.stores import check_apart, check_store, normalize_uri
+
 from . import factories
 from .outcomes import job_outcome
 from .report import best_summary, summary_text
 from .search_space import SearchSpace, format_value, grid_search_space, param_overrides, parse_search_space
-from .storage import HeartbeatKeeper, absolute_sqlite_url, display_url, rdb_storage, retries, study_lock
-from .tracking import ParentRun
+from .storage import (
+    STORAGE_ENV, HeartbeatKeeper, absolute_sqlite_url, display_url, rdb_storage, retries, study_lock,
+)
+from .tracking import ParentRun, tracking_target
 from .trial import PRUNER_ATTR
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ class OptunaSweep:
         self.metrics = [m for m, _ in self.objectives]
         if not self.s.get("storage"):
             raise ValueError("kdexp_optuna needs a storage URL (jobs reach the study through it)")
-        self.url = absolute_sqlite_url(self.s["storage"])
+        self.url = absolute_sqlite_url(normalize_uri(self.s["storage"]))
         self.n_trials, self.n_jobs = int(self.s["n_trials"]), max(1, int(self.s["n_jobs"]))
         self.max_failures = self.s.get("max_failures")
         self.pruner_spec = factories.pruner_spec(self.s["pruner"], len(self.objectives))
@@ -76,10 +82,13 @@ class OptunaSweep:
             if size < self.n_trials:
                 log.info("grid has %d points: n_trials %d -> %d", size, self.n_trials, size)
                 self.n_trials = size
+        self._check_stores()  # a bad URL, driver or password fails here, before anything is created
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # Unresolved, as Hydra writes it (hydra.job.* resolve only in a job), passwords masked.
+        (sweep_dir / "multirun.yaml").write_text(redact_text(OmegaConf.to_yaml(self.config)))
         self._validate_keys(space)  # a mistyped key fails here, before any trial exists
+        os.environ[STORAGE_ENV] = self.url  # the jobs' way to the password (storage.job_url)
 
         self.parent = ParentRun(self.config) if self.s.get("mlflow", True) else None
         # One worker at a time creates the tables, the study and the parent run.
@@ -132,6 +141,14 @@ class OptunaSweep:
             log.info("\n%s", summary_text(study, self.metrics, display_url(self.url), parent_id))
         except Exception as exc:  # noqa: BLE001
             log.warning("kdexp_optuna: could not report the sweep: %s", exc)
+
+    def _check_stores(self) -> None:
+        """The study storage and, with MLflow, the tracking store: reachable, and not one database."""
+        uri = tracking_target(self.config)[0] if self.s.get("mlflow", True) else None
+        check_apart(self.url, uri, "hydra.sweeper.storage", "tracking.uri")
+        check_store(self.url, "hydra.sweeper.storage", "optuna")
+        if uri:
+            check_store(uri, "tracking.uri", "mlflow")
 
     def _validate_keys(self, space: SearchSpace) -> None:
         probe = {}
@@ -215,7 +232,7 @@ class OptunaSweep:
     def _context(self, trial: optuna.Trial | None, parent_id: str | None) -> list[str]:
         number, trial_id = (trial.number, trial._trial_id) if trial is not None else (0, 0)
         return [
-            f"++optuna_trial.storage={format_value(self.url)}",
+            f"++optuna_trial.storage={format_value(display_url(self.url))}",  # no password: see job_url
             f"++optuna_trial.study_name={format_value(str(self.s['study_name']))}",
             f"++optuna_trial.trial_number={number}",
             f"++optuna_trial.trial_id={trial_id}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -14,7 +13,12 @@ from pathlib import Path
 import optuna
 from sqlalchemy.engine import make_url
 
+from kdexp.stores import StoreError, normalize_uri, store_lock
+
 log = logging.getLogger(__name__)
+# The sweeper hands its jobs the storage URL with the password masked, and the whole URL in this variable
+# (inherited by joblib, submitit and SLURM jobs), so no password lands in a job's config, overrides or logs.
+STORAGE_ENV = "KDEXP_TRIAL_STORAGE"
 
 # SQLite's default 5 s busy timeout is too short once a few sweepers and jobs write at once.
 _SQLITE_TIMEOUT_S = 60
@@ -42,11 +46,27 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def job_url(url: str) -> str:
+    """The URL a job was handed, with its masked password restored from STORAGE_ENV (set by the sweeper)."""
+    if make_url(url).password != "***":
+        return url
+    full = os.environ.get(STORAGE_ENV)
+    if full and display_url(full) == url:
+        return full
+    raise StoreError(f"optuna_trial.storage={url}: the password is masked and {STORAGE_ENV} does not hold this "
+                     "URL (a trial job must inherit the sweeper's environment)")
+
+
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                 retry_killed: int = 0):
     """retry_killed > 0: a trial failed for a stale heartbeat (its sweeper was killed) is enqueued again with
     the same params (Optuna's RetryFailedTrialCallback), up to that many times."""
-    engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}} if sqlite_path(url) else None
+    url = normalize_uri(url)
+    engine_kwargs = None
+    if sqlite_path(url):
+        engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
+    elif make_url(url).get_backend_name() == "postgresql":  # fail fast on an unreachable server
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryFailedTrialCallback(max_retry=retry_killed) if retry_killed > 0 else None
@@ -66,23 +86,14 @@ def retries(study: optuna.Study, states: tuple | None = None) -> int:
 
 @contextlib.contextmanager
 def study_lock(url: str) -> Iterator[None]:
-    """Serialises "count trials, then ask" across sweeper processes on one SQLite study.
+    """Serialises "count trials, then ask" across sweeper processes on one study.
 
-    Without it two workers could both see one free slot and overshoot n_trials. A file lock
-    next to the database covers SQLite (the default); server databases go without it, where
-    concurrent workers may overshoot by at most one batch each.
+    Without it two workers could both see one free slot and overshoot n_trials. A file lock next to a
+    SQLite database, an advisory lock on PostgreSQL (released if its holder dies); other server databases
+    go without it, where concurrent workers may overshoot by at most one batch each.
     """
-    path = sqlite_path(url)
-    if path is None:
+    with store_lock(url, "optuna-study"):
         yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class HeartbeatKeeper:

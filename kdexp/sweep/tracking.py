@@ -20,6 +20,9 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from kdexp.redact import redact_text
+from kdexp.stores import artifact_location, normalize_uri, store_lock
+
 from .report import best_summary, state_counts
 from .storage import absolute_sqlite_url, sqlite_path
 
@@ -30,11 +33,10 @@ PARENT_RUN_ATTR = "kdexp.mlflow_parent_run_id"
 def tracking_target(app_config: DictConfig) -> tuple[str | None, str]:
     """URI/experiment from the app's ``tracking`` node, else MLFLOW_TRACKING_URI / MLflow's default.
 
-    The sweeper usually creates the experiment, before any job does: a new experiment keeps its
-    artifacts in ``tracking.artifact_root``, else beside a SQLite store (``<db dir>/mlartifacts``,
-    kdexp's convention), else where MLflow puts them.
+    The sweeper usually creates the experiment, before any job does: see `experiment_artifacts`.
     """
     uri = OmegaConf.select(app_config, "tracking.uri", default=None) or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = normalize_uri(uri)
     experiment = (
         OmegaConf.select(app_config, "tracking.experiment", default=None)
         or os.environ.get("MLFLOW_EXPERIMENT_NAME")
@@ -58,7 +60,8 @@ class ParentRun:
     def open(self, study: optuna.Study, params: Mapping[str, str]) -> str | None:
         """Reopen the study's parent run (resume, second worker) or create it."""
         try:
-            self.run_id = self._reusable_run(study) or self._create_run(study)
+            with store_lock(self.uri, "mlflow-setup"):  # first use of a new store creates its tables
+                self.run_id = self._reusable_run(study) or self._create_run(study)
             self._log_new_params(params)
         except Exception as exc:  # noqa: BLE001
             log.warning("MLflow parent run unavailable (%s): the sweep goes on without it", exc)
@@ -116,10 +119,7 @@ class ParentRun:
     def _create_run(self, study: optuna.Study) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
-            root = OmegaConf.select(self.app_config, "tracking.artifact_root", default=None)
-            if not root and self.uri and sqlite_path(self.uri):
-                root = sqlite_path(self.uri).parent / "mlartifacts"
-            location = Path(root).resolve().as_uri() if root else None
+            location = experiment_artifacts(self.app_config, self.uri)
             try:
                 experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
             except Exception:  # noqa: BLE001 - created meanwhile by another process
@@ -129,7 +129,8 @@ class ParentRun:
         tags = {"kdexp.role": "sweep", "optuna.study_name": study.study_name}
         run = self.client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags=tags)
         study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-        log.info("MLflow: parent run %s in experiment %r (%s)", run.info.run_id, self.experiment, self.uri)
+        log.info("MLflow: parent run %s in experiment %r (%s)", run.info.run_id, self.experiment,
+                 redact_text(str(self.uri)))
         return run.info.run_id
 
     def _log_new_params(self, params: Mapping[str, str]) -> None:
@@ -143,6 +144,16 @@ class ParentRun:
         for key, value in params.items():  # MLflow params are immutable: record changes as tags
             if key in existing and existing[key] != value:
                 self.client.set_tag(self.run_id, f"changed.{key}", value)
+
+
+def experiment_artifacts(app_config: DictConfig, uri: str | None) -> str | None:
+    """Where a new experiment keeps its artifacts, the same rule as kdexp.tracking.Tracker: the app's
+    ``tracking.artifact_root`` (kdexp: ``${paths.root}/mlartifacts``), else beside a SQLite store; None for a
+    tracking server (its own artifact store) or when neither is known (MLflow's default)."""
+    root = OmegaConf.select(app_config, "tracking.artifact_root", default=None)
+    if not root and uri and sqlite_path(uri):
+        root = sqlite_path(uri).parent / "mlartifacts"
+    return artifact_location(uri, root)
 
 
 def mlflow_key(key: str) -> str:

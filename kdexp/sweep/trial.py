@@ -26,7 +26,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from .factories import build_pruner
-from .storage import rdb_storage
+from .storage import job_url, rdb_storage
 
 PRUNER_ATTR = "kdexp.pruner"
 TRIAL_STATE_TAG = "kdexp.trial_state"
@@ -50,7 +50,7 @@ def trial_from_cfg(cfg: Mapping) -> optuna.Trial | None:
     # A cheap sampler: the job never samples, the sweeper did that at ask() time.
     study = optuna.load_study(
         study_name=ctx["study_name"],
-        storage=rdb_storage(ctx["storage"]),
+        storage=rdb_storage(job_url(ctx["storage"])),
         sampler=optuna.samplers.RandomSampler(),
     )
     study.pruner = build_pruner(study.user_attrs.get(PRUNER_ATTR))

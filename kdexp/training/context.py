@@ -95,9 +95,9 @@ def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | 
     announce_processes(conf["trainer"])
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()  # bad roots and corrupt files fail here, before any training
-    root = Path(conf["paths"]["root"])
     if distributed.is_rank_zero():  # only rank 0 records: MLflow runs, artifacts, summaries
-        tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"], artifact_root=root / "mlartifacts")
+        tracking = conf["tracking"]
+        tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root=tracking.get("artifact_root"))
     else:
         tracker = NullTracker()
     cache = ModelCache(Path(conf["paths"]["cache"]) / "models")

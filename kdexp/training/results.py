@@ -17,6 +17,7 @@ from torch import nn
 from kdexp import distributed
 from kdexp.config import thaw
 from kdexp.evaluate import ratios
+from kdexp.redact import redact_config
 from kdexp.summary import summary_table
 from kdexp.tracking import flatten
 from kdexp.training.context import Context
@@ -38,7 +39,7 @@ def student_run(ctx: Context, name: str, cell: str, label: str, tags: Mapping[st
                      resume=resume) as run_id:
         if distributed.is_rank_zero():
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
-            (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(ctx.conf)))
+            (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(redact_config(thaw(ctx.conf)))))
             ctx.tracker.log_artifact(run_id, ctx.run_dir / "config.yaml")
         yield run_id
     drop_checkpoints(ctx.student_checkpoints)  # FINISHED: the run holds the result

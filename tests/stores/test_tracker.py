@@ -1,0 +1,40 @@
+"""kdexp.tracking.Tracker on a SQLite store: what it records has its passwords masked; a new experiment's
+artifacts go to tracking.artifact_root (a tracking server's own store is covered in test_shared_stores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdexp.tracking import Tracker
+
+pytestmark = pytest.mark.slow  # a new MLflow store: its migrations take seconds
+
+PW = "Tracker-Secret-51"
+URI = f"postgresql://kd:{PW}@db/mlflow"
+
+
+def test_params_tags_errors_and_text_artifacts_are_masked(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", artifact_root=tmp_path / "art")
+    assert tracker.client.get_experiment(tracker.experiment_id).artifact_location == (tmp_path / "art").as_uri()
+    run_id = tracker.start("r", {"kdexp.role": "student", "note": URI}, {"tracking.uri": URI, "seed": "1"})
+    tracker.set_tags(run_id, {"later": f"storage {URI}"})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"tracking:\n  uri: {URI}\n")
+    tracker.log_artifact(run_id, config)
+    (tmp_path / "weights.pt").write_bytes(b"\x00binary")
+    tracker.log_artifact(run_id, tmp_path / "weights.pt")
+    tracker.fail(run_id, RuntimeError(f"could not reach {URI}"))
+    run = tracker.client.get_run(run_id)
+    masked = "postgresql://kd:***@db/mlflow"
+    assert run.data.params == {"tracking.uri": masked, "seed": "1"}
+    assert run.data.tags["note"] == masked and run.data.tags["later"] == f"storage {masked}"
+    assert run.data.tags["kdexp.error"] == f"RuntimeError: could not reach {masked}"
+    assert run.info.status == "FAILED"
+    stored = {p.name: p for p in (tmp_path / "art").rglob("*") if p.is_file()}
+    assert set(stored) == {"config.yaml", "weights.pt", "error.txt"}
+    assert stored["config.yaml"].read_text() == f"tracking:\n  uri: {masked}\n"
+    assert PW in config.read_text()  # the caller's file is left alone (the run folder is the callback's job)
+    assert all(PW.encode() not in p.read_bytes() for p in stored.values())
+    assert all(PW.encode() not in p.read_bytes() for p in Path(tmp_path).glob("mlflow.db*"))
