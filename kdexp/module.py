@@ -71,6 +71,8 @@ class DistillModule(L.LightningModule):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        if mode and self.stage == "init" and not self.method.init_trains_student:
+            self.student.eval()  # an init stage that does not train the student leaves its BN statistics alone
         return self
 
     def _outputs(self, model: nn.Module, x: Tensor) -> FeatureOutput:
