@@ -34,7 +34,7 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def base_method(row: str) -> str:
-    return row[: -len(TUNED_SUFFIX)] if row.endswith(TUNED_SUFFIX) else row
+    return row.removesuffix(TUNED_SUFFIX)
 
 
 def searched_keys(row: str) -> list[str]:
@@ -67,8 +67,9 @@ def settings_markdown(table) -> str:
         return ""
     from kdexp.report.table import row_label
 
-    lines = ["## Settings", "", "What each row ran with: the keys its method searches (conf/search/), from the "
-             "runs' params; tuned rows show the study's choice.", "",
+    intro = ("What each row ran with: the keys its method searches (conf/search/), from the runs' params; "
+             "tuned rows show the study's choice.")
+    lines = ["## Settings", "", intro, "",
              "| Method | " + " | ".join(table.pairs) + " |", "|---|" + "---|" * len(table.pairs)]
     for row in rows:
         cells = [settings_text(table.settings.get((row, p))) for p in table.pairs]
@@ -85,9 +86,9 @@ def paper_vs_tuned_markdown(table) -> str:
     methods = [r for r in table.rows if not r.endswith(TUNED_SUFFIX) and r + TUNED_SUFFIX in table.rows]
     if not methods:
         return ""
-    lines = ["## Paper settings vs tuned", "",
-             "Per pair: paper → tuned (mean over seeds, %), Δ = tuned − paper, and Welch's p between the two; "
-             f"{MARK} marks p < {ALPHA}. Below each, the settings: paper → tuned.", "",
+    intro = ("Per pair: paper → tuned (mean over seeds, %), Δ = tuned − paper, and Welch's p between the two; "
+             f"{MARK} marks p < {ALPHA}. Below each, the settings: paper → tuned.")
+    lines = ["## Paper settings vs tuned", "", intro, "",
              "| Method | " + " | ".join(table.pairs) + " |", "|---|" + "---|" * len(table.pairs)]
     for method in methods:
         cells, settings = [], []

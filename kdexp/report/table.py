@@ -29,7 +29,7 @@ RULES = {
 
 def row_label(row: str) -> str:
     if row.endswith(TUNED_SUFFIX):
-        return row_label(row[: -len(TUNED_SUFFIX)]) + " (tuned)"
+        return row_label(row.removesuffix(TUNED_SUFFIX)) + " (tuned)"
     return LABELS.get(row, row)
 
 
