@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-seed", type=int, default=10000)
     p.add_argument("--json", help="also write the per-seed rows here")
     args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # PPO's one line per training: steps, return
     defaults = ENV_DEFAULTS[args.env]
     ppo = replace(PPOSettings(), **defaults["ppo"])
     if args.max_steps:

@@ -20,7 +20,8 @@ ENV_DEFAULTS: dict[str, dict] = {
     "CartPole-v1": {"ppo": {"target_return": 490.0}, "student_hidden": [16]},
     # -500 = never swung up in 500 steps; a good policy needs about 70-90 steps (return -70..-90)
     # (checks are 500-step episodes while the policy is bad: few and rare, or they cost as much as training)
-    "Acrobot-v1": {"ppo": {"target_return": -80.0, "max_steps": 60_000, "check_every": 10, "check_episodes": 5},
+    "Acrobot-v1": {"ppo": {"target_return": -80.0, "max_steps": 80_000, "check_every": 10, "check_episodes": 5,
+                           "lr": 1e-3, "entropy": 0.01},
                    "student_hidden": [2]},
 }
 
