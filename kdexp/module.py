@@ -75,7 +75,16 @@ class DistillModule(L.LightningModule):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        if mode:
+            self._freeze_student_in_init()
         return self
+
+    def on_train_epoch_start(self):
+        self._freeze_student_in_init()  # Lightning does not call .train() when fit starts; it restores modes
+
+    def _freeze_student_in_init(self) -> None:
+        if self.stage == "init" and not self.method.init_trains_student:
+            self.student.eval()  # an init stage that does not train the student leaves its BN statistics alone
 
     def _outputs(self, model: nn.Module, x: Tensor) -> FeatureOutput:
         if self.needs_features:

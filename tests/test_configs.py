@@ -21,6 +21,8 @@ def test_every_config_file_composes_and_validates(group, name):
     override = f"+experiment={name}" if group == "experiment" else f"{group}={name}"
     if group == "experiment":
         override = f"experiment={name}"
+    if group == "search":  # not in train.yaml's defaults: added on the command line (+search=NAME)
+        override = f"+search={name}"
     cfg = compose_train([override])
     conf = OmegaConf.to_container(cfg, resolve=True)
     validate_config(conf)

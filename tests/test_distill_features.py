@@ -11,6 +11,7 @@ import torch
 
 from kdexp.distill import IncompatiblePairError, create_method
 from kdexp.distill.reviewkd import hcl
+from kdexp.models.base import FeatureOutput
 from tests.test_distill_common import features, make_identity, np_avg_pool
 
 rng = np.random.default_rng(0)
@@ -128,7 +129,7 @@ def test_cc_gaussian_kernel_correlation(order):
     e_s, e_t = randn(4, 3), randn(4, 6)
     gamma = 0.4
     student, teacher = features([randn(4, 1, 1, 1)], e_s), features([randn(4, 1, 1, 1)], e_t)
-    method = built("cc", student, teacher, feat_dim=3, gamma=gamma, taylor_order=order)
+    method = built("cc", student, teacher, feat_dim=3, form="kernel", gamma=gamma, taylor_order=order)
 
     def kernel(x):
         x = l2n(x)
@@ -140,6 +141,38 @@ def test_cc_gaussian_kernel_correlation(order):
 
     expected = np.mean((kernel(e_s) - kernel(e_t)) ** 2)
     assert term(method, student, teacher) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cc_correlation_form_by_hand():
+    """RepDistiller's Correlation with identity embeds: d = |s - t| = [[1,2],[1,0],[2,2]];
+    consecutive rows: (1*1 + 2*0) and (1*2 + 0*2) -> mean 1.5."""
+    e_s = np.array([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0]])
+    e_t = np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    student, teacher = features([randn(3, 1, 1, 1)], e_s), features([randn(3, 1, 1, 1)], e_t)
+    method = built("cc", student, teacher, feat_dim=2)
+    assert method.form == "correlation" and method.embed_t is not None  # both embeds train, as RepDistiller's
+    assert term(method, student, teacher) == pytest.approx(1.5, rel=1e-6)
+
+
+def test_cc_weight_002_is_on_for_the_correlation_form_and_off_for_the_kernel_form():
+    """The issue's measurement: batch 64, 256-d embeddings, weight 0.02: the kernel form's gradient on the
+    student embedding is thousands of times smaller (measured ~1e4x), so 0.02 belongs to the correlation form."""
+    def grad_norm(form):
+        torch.manual_seed(0)
+        s, t = torch.randn(64, 256, requires_grad=True), torch.randn(64, 256)
+        fs, ft = FeatureOutput(None, [], [], s), FeatureOutput(None, [], [], t)
+        method = create_method("cc", form=form)
+        method.build(fs, ft, 10, 100)
+        (0.02 * method(fs, ft, None, None, 0)["cc"]).backward()
+        return s.grad.norm().item()
+
+    correlation, kernel = grad_norm("correlation"), grad_norm("kernel")
+    assert correlation > 1e-2 and correlation / kernel > 1000
+
+
+def test_cc_rejects_an_unknown_form():
+    with pytest.raises(ValueError, match="form='rbf'.*correlation, kernel"):
+        create_method("cc", form="rbf")
 
 
 def huber(a, b):
@@ -265,8 +298,15 @@ def test_ft_factor_l1_and_paraphraser_reconstruction():
 
     f_t = np_avg_pool(lrelu(lrelu(lrelu(t[:, :3]))), 2)
     f_s = lrelu(lrelu(lrelu(s[:, :3])))
-    expected = np.mean(np.abs(l2n(f_s.reshape(2, -1)) - l2n(f_t.reshape(2, -1))))
+
+    def factor(f):  # RepDistiller: channel mean of F^2, normalised per sample
+        return l2n((f**2).mean(axis=1).reshape(len(f), -1))
+
+    expected = np.mean(np.abs(factor(f_s) - factor(f_t)))
     assert term(method, features([s]), features([t])) == pytest.approx(expected, rel=1e-5)
+    # RepDistiller's translator has BatchNorm after each conv; its paraphraser has none
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in method.translator.modules()) == 3
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*method.encoder.modules(), *method.decoder.modules()])
     recon = np.concatenate([t[:, :3], np.zeros_like(t[:, 3:])], axis=1)  # identity through 3 channels
     init = method.init_terms(features([s]), features([t]), None, None)
     assert set(init) == {"ft_recon"}

@@ -108,7 +108,7 @@ def test_missing_cell_is_a_dash_with_footnote_never_zero(store, tmp_path):
     cells = csv_cells(out)
     assert cells[("kd", B)]["n"] == "0" and cells[("kd", B)]["mean"] == ""  # only a FAILED run there
     rows = md_rows(out)
-    assert rows["KD"] == ["**77.00** ± 2.00 (+5.00)", "–"]
+    assert rows["KD"] == ["**77.00** ± 2.00 (+5.00)*", "–"]  # Welch p = 0.038
     assert "– no finished run for this cell" in (out / "table.md").read_text()
     assert "0.00 (" not in rows["KD"][1]
 
@@ -146,7 +146,7 @@ def test_latex_is_booktabs_and_parses_back(store, tmp_path):
     for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{", r"\begin{tabular}{lcc}"):
         assert command in tex
     rows = {line.split(" & ")[0]: line.split(" & ")[1:] for line in tex.splitlines() if line.endswith(r"\\")}
-    assert rows["KD"] == [r"\textbf{77.00} $\pm$ 2.00 (+5.00)", r"-- \\"]
+    assert rows["KD"] == [r"\textbf{77.00} $\pm$ 2.00 (+5.00)*", r"-- \\"]
     assert rows["AT"][0] == r"74.00 $\pm$ 1.41 (+2.00) $^\dagger$(n=2)"
     numbers = [float(x) for x in re.findall(r"\d+\.\d+", rows["Student (vanilla)"][1])]
     assert numbers == [50.0, 0.0]

@@ -32,6 +32,9 @@ class Distiller(nn.Module):
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
     # >0: the method needs a first stage of this many epochs (AB/FT/FSP initialisation)
     init_epochs: int = 0
+    # False: the init stage trains only the method's own modules, and the student stays in eval mode
+    # there (its BatchNorm running statistics must not drift on a stage that does not train it: FT)
+    init_trains_student: ClassVar[bool] = True
 
     def build(
         self, student: FeatureOutput, teacher: FeatureOutput, num_classes: int, num_samples: int

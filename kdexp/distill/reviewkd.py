@@ -62,8 +62,8 @@ def _as_map(embedding: Tensor) -> Tensor:
 class ReviewKD(Distiller):
     """ReviewKD: each student level (paired stages + the pooled embedding) predicts the teacher's
     pre-ReLU map of the same level from itself fused with all deeper student levels (residual
-    top-down path of ABFs); term = warmup(epoch) * sum_levels HCL (mdistiller's CIFAR setting:
-    weight 1, 20 warm-up epochs, mid channels = min(512, student embedding width)).
+    top-down path of ABFs); term = warmup(epoch) * sum_levels HCL (mdistiller's CIFAR-100 config:
+    weight 5, 20 warm-up epochs, mid channels = min(512, student embedding width)).
 
     Simplification: spatial shapes come from the actual pair (nearest resizing wherever the
     student level's size differs from the teacher's), so any two families work.

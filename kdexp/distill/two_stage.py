@@ -70,33 +70,44 @@ class ActivationBoundaries(Distiller):
         return {"ab": self._loss(student, teacher)}
 
 
-def _conv_stack(widths: list[int]) -> nn.Sequential:
+def _conv_stack(widths: list[int], batch_norm: bool = False) -> nn.Sequential:
+    """3x3 convs with LeakyReLU(0.1), BatchNorm between them if asked (RepDistiller: translator yes,
+    paraphraser no)."""
     layers: list[nn.Module] = []
     for c_in, c_out in itertools.pairwise(widths):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.1)]
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if batch_norm else []),
+                   nn.LeakyReLU(0.1)]
     return nn.Sequential(*layers)
+
+
+def factor(f: Tensor) -> Tensor:
+    """FT's factor summary as RepDistiller computes it: the channel mean of F^2, L2-normalised per sample."""
+    return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1)
 
 
 @in_float32
 def factor_loss(s: Tensor, t: Tensor) -> Tensor:
-    """Mean |F_s/||F_s|| - F_t/||F_t|| | over flattened factors (p = 1)."""
-    return (F.normalize(s.flatten(1), dim=1) - F.normalize(t.flatten(1), dim=1)).abs().mean()
+    """Mean |factor(F_s) - factor(F_t)| (p = 1) over samples and positions."""
+    return (factor(s) - factor(t)).abs().mean()
 
 
 @register_method("ft")
 class FactorTransfer(Distiller):
     """Factor Transfer (Kim et al., NeurIPS 2018) on the last stage.
 
-    A paraphraser (3-conv encoder to rate*C_t channels + 3-conv decoder) learns to reconstruct the
-    teacher's last stage; its encoder output is the teacher factor. A translator (3 convs) maps the
-    student's last stage to a factor; term = mean |F_s/||F_s|| - F_t/||F_t|| | (p=1).
+    A paraphraser (3-conv encoder to rate*C_t channels + 3-conv decoder, no BN) learns to reconstruct
+    the teacher's last stage; its encoder output is the teacher factor. A translator (3 conv+BN
+    blocks) maps the student's last stage to a factor; term = mean |factor(F_s) - factor(F_t)| (p=1),
+    factor = normalised channel mean of F^2 (RepDistiller's, for which its weight 200 was tuned).
 
-    Init stage trains only the paraphraser (term `ft_recon`, MSE reconstruction); in the main
+    Init stage trains only the paraphraser (term `ft_recon`, MSE reconstruction) with the student
+    in eval mode (its BatchNorm statistics untouched, as RepDistiller's init loop); in the main
     stage the paraphraser is frozen (computed without grad) and the translator trains with `ft`.
     """
 
     terms = ("ft",)
     needs = frozenset({"stages"})
+    init_trains_student = False
 
     def __init__(self, rate: float = 0.5, init_epochs: int = INIT_EPOCHS):
         super().__init__()
@@ -108,7 +119,7 @@ class FactorTransfer(Distiller):
         c_f = max(1, round(c_t * self.rate))
         self.encoder = _conv_stack([c_t, c_t, c_f, c_f])
         self.decoder = _conv_stack([c_f, c_f, c_t, c_t])
-        self.translator = _conv_stack([c_s, c_s, c_f, c_f])
+        self.translator = _conv_stack([c_s, c_s, c_f, c_f], batch_norm=True)
 
     def forward(self, student, teacher, target, index, epoch):
         with torch.no_grad():

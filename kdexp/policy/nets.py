@@ -32,12 +32,13 @@ class PolicyMLP(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """A policy and a separate value network of the same width (PPO's teacher)."""
+    """A policy and a separate value network, of the same width unless `critic_hidden` says otherwise
+    (a small policy trained alone keeps a full-size critic: only the actor is deployed)."""
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden: list[int]):
+    def __init__(self, obs_dim: int, num_actions: int, hidden: list[int], critic_hidden: list[int] | None = None):
         super().__init__()
         self.actor = PolicyMLP(obs_dim, num_actions, hidden)
-        self.critic = mlp([obs_dim, *hidden, 1], out_gain=1.0)
+        self.critic = mlp([obs_dim, *(critic_hidden or hidden), 1], out_gain=1.0)
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.actor(obs)

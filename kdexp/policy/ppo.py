@@ -44,13 +44,15 @@ class PPOSettings:
 
 
 def train_ppo(env_id: str, hidden: list[int], settings: PPOSettings, seed: int,
-              on_update: Callable[[dict[str, float], int], None] | None = None) -> tuple[ActorCritic, dict]:
-    """Train an actor-critic; returns it and a summary (steps, updates, seconds, last check return)."""
+              on_update: Callable[[dict[str, float], int], None] | None = None,
+              critic_hidden: list[int] | None = None) -> tuple[ActorCritic, dict]:
+    """Train an actor-critic; returns it and a summary (steps, updates, seconds, last check return).
+    `critic_hidden`: the value net's widths when they differ from the policy's."""
     s = settings
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     obs_dim, num_actions = env_dims(env_id)
-    model = ActorCritic(obs_dim, num_actions, hidden)
+    model = ActorCritic(obs_dim, num_actions, hidden, critic_hidden)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, eps=1e-5)
     envs = [make_env(env_id) for _ in range(s.num_envs)]
     first = [e.reset(seed=seed * 1000 + i)[0] for i, e in enumerate(envs)]

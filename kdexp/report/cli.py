@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="which test accuracy: last epoch (default) or the epoch of best validation accuracy")
     p.add_argument("--seeds", type=int, help="seeds expected per cell; fewer are marked (default: the matrix's "
                                              "seed count, else the largest n found)")
+    p.add_argument("--paper-vs-tuned", action="store_true",
+                   help="rows of paper settings and of tuned settings (tag kdexp.tuned) side by side, with Δ and "
+                        "Welch's p between them; with --matrix, both kinds of runs of its methods")
     p.add_argument("--reference", help="published numbers to compare against (CSV pair,method,top1 or Markdown)")
     p.add_argument("--name", help="report name (default: the matrix's or the experiment's)")
     p.add_argument("--out", default="outputs/reports", help="reports go to OUT/<name>/ (default: %(default)s)")
@@ -81,6 +84,8 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
     if not runs:
         raise LookupError(f"no FINISHED student runs in experiment(s) {', '.join(names)}"
                           + (f" matching {query!r}" if query else ""))
+    if matrix is not None:  # rows of a tuned matrix are its methods' tuned runs (the vanilla student has none)
+        matrix.methods = matrix_rows(args.matrix, matrix.methods, args.paper_vs_tuned)
     records, notes = records_from_runs(runs, args.select, matrix)
     table = build_table(records, args.select, notes, pairs=matrix.pairs if matrix else None,
                         methods=matrix.methods if matrix else None,
@@ -91,6 +96,10 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = render.csv_rows(table)
     markdown = render.to_markdown(table, f"kdexp report: {name}")
+    from kdexp.report.compare import paper_vs_tuned_markdown, settings_markdown
+
+    for section in (paper_vs_tuned_markdown(table), settings_markdown(table)):
+        markdown += "\n" + section if section else ""
     if args.reference:
         from kdexp.report.reference import add_reference_columns, load_reference, reference_markdown
 
@@ -109,6 +118,25 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
         if skipped:
             print(f"kdexp-report: {skipped}", file=sys.stderr)
     return table, out_dir, files, experiments[0].experiment_id
+
+
+def matrix_rows(name_or_path: str, methods: list[str], both: bool) -> list[str]:
+    """A matrix's row labels: its methods, tuned ones as <method>+tuned when the file sets tune.enabled
+    (a method without a search space, e.g. the vanilla student, is never tuned); both kinds with `both`."""
+    from omegaconf import OmegaConf
+
+    from kdexp.matrix import matrix_path
+    from kdexp.report.compare import TUNED_SUFFIX, searched_keys
+
+    raw = OmegaConf.to_container(OmegaConf.load(matrix_path(name_or_path)))
+    tuned = bool((raw.get("tune") or {}).get("enabled")) or both
+    rows = []
+    for method in methods:
+        if not tuned or not searched_keys(method):
+            rows.append(method)
+            continue
+        rows += [method, method + TUNED_SUFFIX] if both else [method + TUNED_SUFFIX]
+    return rows
 
 
 def run_filter(extra: str | None, tags: list[str]) -> str | None:

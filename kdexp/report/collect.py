@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdexp.matrix import pair_name
+from kdexp.report.compare import TUNED_SUFFIX, searched_keys
 
 SELECT_METRICS = {
     "last": "student/test_top1",  # the last epoch's weights
@@ -27,6 +28,7 @@ class Record:
     value: float  # top-1 test accuracy in %, under the selection rule
     params: float | None = None
     latency_ms: float | None = None  # CPU latency at batch 1
+    settings: dict[str, str] | None = None  # the searched keys (conf/search/<method>.yaml) as run params
 
 
 @dataclass
@@ -59,7 +61,13 @@ def run_pair(run) -> str:
 
 
 def run_method(run) -> str:
-    return run.data.tags.get("kdexp.method") or run.data.tags.get("distill", "?")
+    """The row label: the method, with TUNED_SUFFIX when its settings came from a tuning study."""
+    method = run.data.tags.get("kdexp.method") or run.data.tags.get("distill", "?")
+    return method + TUNED_SUFFIX if run.data.tags.get("kdexp.tuned") == "true" else method
+
+
+def run_settings(run, row: str) -> dict[str, str]:
+    return {k: run.data.params[k] for k in searched_keys(row) if k in run.data.params}
 
 
 def latest_per_cell(runs: list, notes: Notes) -> list:
@@ -95,8 +103,9 @@ def records_from_runs(runs: list, select: str, matrix=None) -> tuple[list[Record
         if metric not in m:
             notes.without_metric += 1
             continue
-        records.append(Record(run_method(run), pair, run.data.tags.get("seed", "?"), 100 * m[metric],
-                              m.get("student/params"), m.get("student/latency_b1_ms")))
+        row = run_method(run)
+        records.append(Record(row, pair, run.data.tags.get("seed", "?"), 100 * m[metric],
+                              m.get("student/params"), m.get("student/latency_b1_ms"), run_settings(run, row)))
     records += teacher_records(runs)
     records += vanilla_from_baselines(runs, records, select, notes)
     return records, notes

@@ -6,11 +6,13 @@ import csv
 import io
 
 from kdexp.report.collect import SELECT_METRICS, TEACHER, VANILLA
+from kdexp.report.compare import MARK
 from kdexp.report.table import DECIMALS, Table, row_label
 
 MISSING = {"md": "–", "tex": "--"}  # never 0: a missing cell was not measured
 CSV_COLUMNS = ["pair", "teacher", "student", "row", "label", "n", "expected_seeds", "mean", "std",
-               "delta_vs_vanilla", "best", "fewer_seeds", "params", "latency_b1_ms", "values", "select", "metric"]
+               "delta_vs_vanilla", "p_vs_vanilla", "significant", "best", "fewer_seeds", "params", "latency_b1_ms",
+               "values", "settings", "select", "metric"]
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -33,6 +35,8 @@ def cell_text(table: Table, row: str, pair: str, style: str) -> str:
     delta = table.delta(row, pair)
     if delta is not None:
         text += f" ({fmt(delta, signed=True)})"
+    if table.significant(row, pair):
+        text += MARK
     if table.few_seeds(row, pair):
         text += (" †" if style == "md" else r" $^\dagger$") + f"(n={cell.n})"
     return text
@@ -87,6 +91,9 @@ def csv_rows(table: Table) -> list[dict]:
                 "n": cell.n if cell else 0, "expected_seeds": "" if row == TEACHER else table.expected_seeds,
                 "mean": fmt(cell.mean) if cell else "", "std": fmt(cell.std) if cell else "",
                 "delta_vs_vanilla": fmt(table.delta(row, pair), signed=True),
+                "p_vs_vanilla": "" if (p := table.p_value(row, pair)) is None else f"{p:.4g}",
+                "significant": int(table.significant(row, pair)),
+                "settings": ";".join(f"{k}={v}" for k, v in (table.settings.get((row, pair)) or {}).items()),
                 "best": int(table.is_best(row, pair)), "fewer_seeds": int(table.few_seeds(row, pair)),
                 "params": "" if not cell or cell.params is None else f"{cell.params:.0f}",
                 "latency_b1_ms": "" if not cell or cell.latency_ms is None else f"{cell.latency_ms:.4f}",

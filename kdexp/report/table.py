@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from kdexp.report.collect import SELECT_METRICS, TEACHER, VANILLA, Notes, Record
+from kdexp.report.compare import ALPHA, SIGNIFICANCE_NOTE, TUNED_SUFFIX, welch_p
 
 DECIMALS = 2  # what the table shows; "best" compares at this precision, so ties are all marked
 LABELS = {
@@ -27,6 +28,8 @@ RULES = {
 
 
 def row_label(row: str) -> str:
+    if row.endswith(TUNED_SUFFIX):
+        return row_label(row.removesuffix(TUNED_SUFFIX)) + " (tuned)"
     return LABELS.get(row, row)
 
 
@@ -58,6 +61,7 @@ class Table:
     select: str
     expected_seeds: int
     notes: Notes = field(default_factory=Notes)
+    settings: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (row, pair) -> settings
 
     def cell(self, row: str, pair: str) -> Cell | None:
         return self.cells.get((row, pair))
@@ -68,6 +72,17 @@ class Table:
         if row in (TEACHER, VANILLA) or cell is None or vanilla is None:
             return None
         return cell.mean - vanilla.mean
+
+    def p_value(self, row: str, pair: str) -> float | None:
+        """Welch's t-test of the row's seeds against the vanilla student's of the pair (None: undefined)."""
+        cell, vanilla = self.cell(row, pair), self.cell(VANILLA, pair)
+        if row in (TEACHER, VANILLA) or cell is None or vanilla is None:
+            return None
+        return welch_p(cell.values, vanilla.values)
+
+    def significant(self, row: str, pair: str) -> bool:
+        p = self.p_value(row, pair)
+        return p is not None and p < ALPHA
 
     def is_best(self, row: str, pair: str) -> bool:
         if row == TEACHER or self.cell(row, pair) is None:
@@ -94,7 +109,7 @@ class Table:
             f"standard deviation (n−1) over {self.expected_seeds} seed(s); in brackets Δ versus the vanilla "
             f"student of the same pair. Selection rule `{self.select}` ({SELECT_METRICS[self.select]}): "
             f"test accuracy of {RULES[self.select]}, for every student row. Teacher: its final weights. "
-            "Bold: the best student of each column."
+            "Bold: the best student of each column. " + SIGNIFICANCE_NOTE
         )
 
     def footnotes(self) -> list[str]:
@@ -136,7 +151,12 @@ def build_table(records: list[Record], select: str, notes: Notes | None = None, 
              for key, recs in grouped.items() if key[1] in pairs}
     if expected_seeds is None:
         expected_seeds = max((c.n for (row, _), c in cells.items() if row != TEACHER), default=1)
-    return Table(pairs, [TEACHER, VANILLA, *methods], cells, select, expected_seeds, notes or Notes())
+    settings = {}
+    for key, recs in grouped.items():
+        seen = {tuple(sorted((r.settings or {}).items())) for r in recs}
+        if recs[0].settings:
+            settings[key] = recs[0].settings if len(seen) == 1 else {"settings": "differ between seeds"}
+    return Table(pairs, [TEACHER, VANILLA, *methods], cells, select, expected_seeds, notes or Notes(), settings)
 
 
 def _mean(values: list[float | None]) -> float | None:
