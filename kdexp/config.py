@@ -66,8 +66,9 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
         return cfg
     conf = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else thaw(cfg)
     conf.pop("hydra", None)
-    if conf.get("variant", "") is None:  # the schema's empty slot: absent, as before the schema (cell keys)
-        del conf["variant"]
+    for slot in ("variant", "tune"):  # the schema's empty slots: absent, as before the schema (cell keys)
+        if slot in conf and not conf[slot]:
+            del conf[slot]
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
     validate_config(conf)
     if stores:

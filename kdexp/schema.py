@@ -129,6 +129,7 @@ class TrainSchema:
     paths: PathsSchema = field(default_factory=PathsSchema)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     variant: Optional[Dict[str, Any]] = None
+    tune: Dict[str, Any] = field(default_factory=dict)  # a matrix's tuning (kdexp/tuning.py); {}: none
     seed: int = MISSING
     baseline: bool = MISSING
     pair: Optional[str] = MISSING

@@ -19,7 +19,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -101,8 +101,11 @@ class Tuning:
     counts: dict[str, int]
 
 
-def tune_cell(conf: dict) -> Tuning | None:
-    """Find or run the study of this cell's (pair, method); None when tuning is off or nothing is searched."""
+def tune_cell(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> Tuning | None:
+    """Find or run the study of this cell's (pair, method); None when tuning is off or nothing is searched.
+    `run(cfg, run_dir) -> metrics` trains one trial: the experiment entry point, handed down by the
+    dispatcher that calls this (kdexp.experiments.run_experiment), so that this module imports no layer
+    above it."""
     conf = OmegaConf.to_container(conf, resolve=True) if OmegaConf.is_config(conf) else conf
     s = tune_settings(conf)
     if not s["enabled"]:
@@ -118,20 +121,22 @@ def tune_cell(conf: dict) -> Tuning | None:
     study = _finished_study(url, name, s["n_trials"])
     if study is None:
         log.info("tuning %s: study %r, %d trials of %d epochs", method, name, s["n_trials"], s["epochs"])
-        study = _run_study(conf, s, space, url, name)
+        if run is None:
+            raise RuntimeError(f"tuning {method}: study {name!r} is not finished and no trial runner was given")
+        study = _run_study(conf, s, space, url, name, run)
     return _result(study, name)
 
 
-def tuned_overrides(conf: dict) -> dict:
+def tuned_overrides(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> dict:
     """The best distill settings of this cell's (pair, method) to merge into `distill` ({} when untuned)."""
-    result = tune_cell(conf)
+    result = tune_cell(conf, run)
     return result.overrides if result else {}
 
 
-def apply_tuning(conf: dict) -> dict[str, str]:
+def apply_tuning(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> dict[str, str]:
     """The one call of the orchestration: merge the best settings into conf["distill"], record them in
     conf["tune"] (so they are run params: tune.chosen.*, tune.study) and return the student run's tags."""
-    result = tune_cell(conf)
+    result = tune_cell(conf, run)
     if result is None:
         return {}
     from kdexp.matrix import _merge
@@ -161,7 +166,7 @@ def _finished_study(url: str, name: str, n_trials: int):
     return study if len(done) >= n_trials else None
 
 
-def _run_study(conf: dict, s: dict, space: dict[str, str], url: str, name: str):
+def _run_study(conf: dict, s: dict, space: dict[str, str], url: str, name: str, run: Callable):
     import optuna
 
     from kdexp.sweep.engine import OptunaSweep
@@ -175,7 +180,7 @@ def _run_study(conf: dict, s: dict, space: dict[str, str], url: str, name: str):
     root = Path(conf["paths"]["root"]) / "tuning" / name.replace(">", "")
     app = OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}},
                             "tracking": {"uri": base["tracking"]["uri"], "experiment": base["tracking"]["experiment"]}})
-    OptunaSweep(settings, InProcessSweeper(base, s["metric"], root), app, None).run([])
+    OptunaSweep(settings, InProcessSweeper(base, s["metric"], root, run), app, None).run([])
     return optuna.load_study(study_name=name, storage=rdb_storage(url))
 
 
@@ -203,8 +208,8 @@ class InProcessSweeper:
     trial in this process with the experiment entry point. Only the objective metric goes back to the
     engine: the trial's test metrics stay in its MLflow run."""
 
-    def __init__(self, base: dict, metric: str, run_root: Path):
-        self.base, self.metric, self.run_root = base, metric, run_root
+    def __init__(self, base: dict, metric: str, run_root: Path, run: Callable[[Any, Path], dict]):
+        self.base, self.metric, self.run_root, self.run = base, metric, run_root, run
         self.launcher = self
 
     def validate_batch_is_legal(self, batch: list[list[str]]) -> None:
@@ -214,14 +219,12 @@ class InProcessSweeper:
     def launch(self, batch: list[list[str]], initial_job_idx: int) -> list:
         from hydra.core.utils import JobReturn, JobStatus
 
-        from kdexp.pipeline import run_experiment  # lazily: the entry point moves (kdexp.experiments)
-
         returns = []
         for number, overrides in enumerate(batch, start=initial_job_idx):
             run_dir = self.run_root / str(number)
             run_dir.mkdir(parents=True, exist_ok=True)
             try:
-                metrics = run_experiment(OmegaConf.create(apply_overrides(self.base, overrides)), run_dir)
+                metrics = self.run(OmegaConf.create(apply_overrides(self.base, overrides)), run_dir)
                 value = {self.metric: metrics[self.metric]} if self.metric in metrics else {}
                 returns.append(JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value))
             except Exception as exc:  # noqa: BLE001 - the engine records it as FAIL or PRUNED

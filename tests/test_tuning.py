@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from kdexp.config import parse_config
 from omegaconf import OmegaConf
 
 from kdexp import tuning
@@ -48,8 +50,7 @@ def test_search_files_and_distill_configs_match_one_to_one():
 def test_search_spaces_leave_cell_keys_of_existing_matrices_unchanged():
     for name, expected in PINNED.items():
         matrix, pair, method, seed = name.split("|")
-        c = conf(f"matrix={matrix}", f"distill={method}", f"seed={seed}", f"pair='{pair}'")
-        apply_matrix_keys(c)
+        c = parse_config(conf(f"matrix={matrix}", f"distill={method}", f"seed={seed}", f"pair='{pair}'"))
         assert "search" not in c and "tune" not in c and "search_space" not in c["distill"]
         assert cell_key(c) == expected, name
 
@@ -91,7 +92,9 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
                  "teacher.seed=0"]  # one teacher for every seed, as matrices pin it: one study per (pair, method)
     cell = conf(*overrides, "seed=3")
     apply_matrix_keys(cell)
-    tags = tuning.apply_tuning(cell)
+    from kdexp.experiments import run_experiment
+
+    tags = tuning.apply_tuning(cell, run=run_experiment)
     assert tags["kdexp.tuned"] == "true" and tags["kdexp.tune.trials"] == "complete=2,pruned=0,fail=0"
     root = cell["paths"]["root"]
     study = optuna.load_study(study_name=tags["kdexp.tune.study"], storage=f"sqlite:///{root}/optuna.db")
@@ -116,11 +119,30 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
     assert client.get_experiment_by_name("kdexp") is None
 
     # another seed of the cell finds the finished study: nothing is trained again, same settings
-    import kdexp.pipeline
+    def never(*args):
+        pytest.fail("trained again")
 
-    monkeypatch.setattr(kdexp.pipeline, "run_experiment", lambda *a: pytest.fail("trained again"))
     other = conf(*overrides, "seed=4")
     apply_matrix_keys(other)
-    assert tuning.tuned_overrides(other) == cell["tune"]["chosen"]
-    assert tuning.apply_tuning(other)["kdexp.tune.study"] == tags["kdexp.tune.study"]
+    assert tuning.tuned_overrides(other, run=never) == cell["tune"]["chosen"]
+    assert tuning.apply_tuning(other, run=never)["kdexp.tune.study"] == tags["kdexp.tune.study"]
     assert other["distill"] == cell["distill"]
+
+
+@pytest.mark.slow
+def test_a_tuned_cell_trains_its_seed_at_the_best_settings_and_tags_its_run(tiny_overrides, tmp_path):
+    import mlflow
+
+    from kdexp.experiments import run_experiment
+
+    cfg = compose_train([*tiny_overrides, "distill=kd", "+tune.enabled=true", "+tune.n_trials=2",
+                         "+tune.epochs=1", "+tune.sampler.name=random", "+tune.pruner.name=none", "teacher.seed=0",
+                         "baseline=false"])
+    metrics = run_experiment(cfg, tmp_path / "run")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (student,) = client.search_runs([client.get_experiment_by_name("kdexp").experiment_id],
+                                    "tags.`kdexp.role` = 'student'")
+    tags, params = student.data.tags, student.data.params
+    assert tags["kdexp.tuned"] == "true" and tags["kdexp.tune.trials"] == "complete=2,pruned=0,fail=0"
+    assert float(params["distill.temperature"]) == float(params["tune.chosen.temperature"])  # trained at the best
+    assert metrics["student/test_top1"] == student.data.metrics["student/test_top1"]

@@ -36,12 +36,20 @@ def experiment_kind(conf: Mapping) -> str:
 
 
 def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
-    """Validate the config and dispatch it to its kind; with `skip_finished`, a FINISHED run of the same
-    matrix cell is returned instead of training again."""
-    from kdexp.config import parse_config
+    """Validate the config and dispatch it to its kind; with `tune.enabled` (a tuned matrix), the best
+    settings of the cell's (pair, method) study — found or run first, on the validation split — are merged
+    into `distill`; with `skip_finished`, a FINISHED run of the same matrix cell is returned instead of
+    training again."""
+    from kdexp.config import parse_config, thaw
     from kdexp.matrix import cell_key, finished_cell_metrics
 
     conf = parse_config(cfg, stores=True)
+    if (conf.get("tune") or {}).get("enabled"):
+        from kdexp.tuning import apply_tuning
+
+        tuned = thaw(conf)
+        tags = apply_tuning(tuned, run=run_experiment)  # trials run this function, untuned
+        conf = parse_config({**tuned, "tune": {**tuned["tune"], "enabled": False, "tags": tags}})
     module, function = EXPERIMENTS[experiment_kind(conf)].split(":")
     cell = cell_key(conf)
     finished = finished_cell_metrics(conf, cell)

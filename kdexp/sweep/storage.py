@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -67,13 +68,22 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
     elif make_url(url).get_backend_name() == "postgresql":  # fail fast on an unreachable server
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                      grace_period=grace_period, **retry_callback(retry_killed))
+
+
+def retry_callback(retry_killed: int) -> dict:
+    """The storage argument that re-enqueues a stale trial: `heartbeat_stale_trial_callback` since Optuna
+    4.9 (`failed_trial_callback` before it)."""
+    if retry_killed <= 0:
+        return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryFailedTrialCallback(max_retry=retry_killed) if retry_killed > 0 else None
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        failed_trial_callback=retry,
-    )
+        cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+        callback = cls(max_retry=retry_killed)
+    if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage.__init__).parameters:
+        return {"heartbeat_stale_trial_callback": callback}
+    return {"failed_trial_callback": callback}
 
 
 def retries(study: optuna.Study, states: tuple | None = None) -> int:

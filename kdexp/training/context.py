@@ -74,6 +74,7 @@ class Context:
         return {
             "kdexp.role": role, "data": c["data"]["name"], "teacher": c["teacher"]["arch"],
             "student": c["student"]["arch"], "distill": c["distill"]["name"], "seed": str(c["seed"]),
+            **(c.get("tune") or {}).get("tags", {}),  # kdexp.tuned, kdexp.tune.study: a tuned matrix's cell
             **self.run_tags,
         }
 
