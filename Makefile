@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-fast bench ui clean
+.PHONY: setup data demo lint test test-fast bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,11 @@ data:
 demo: setup
 	$(BIN)/kdexp-train
 
-test: setup data
+# The rule set is in pyproject.toml ([tool.ruff]); CI runs it as part of `make test`.
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup data lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -83,7 +83,11 @@ def write_results(out_dir: Path, name: str, results: dict, markdown: str) -> Non
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:,.3g}" if isinstance(v, float) and abs(v) < 100 else (f"{v:,.0f}" if isinstance(v, float) else str(v))  # noqa: E731
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

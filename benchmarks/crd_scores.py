@@ -34,7 +34,8 @@ def step_seconds(num_samples: int, dense: bool, batch: int, negatives: int, repe
     torch.manual_seed(0)
     method = create_method("crd", num_negatives=negatives)
     emb_s, emb_t = torch.randn(batch, 64), torch.randn(batch, 256)
-    method.build(FeatureOutput(torch.zeros(batch, 10), [], [], emb_s), FeatureOutput(torch.zeros(batch, 10), [], [], emb_t),
+    method.build(FeatureOutput(torch.zeros(batch, 10), [], [], emb_s),
+                 FeatureOutput(torch.zeros(batch, 10), [], [], emb_t),
                  10, num_samples)
     y = torch.randint(0, 10, (batch,))
 

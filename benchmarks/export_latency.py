@@ -68,7 +68,8 @@ def main() -> None:
         m = onnx_metrics(model, torch.randn(256, *shape), batch, repeats=repeats, torch_latency=torch_ms)
         q = int8_row(model, shape, batch, repeats)
         results["cases"][name] = {"arch": arch, **torch_ms, **m, **q}
-        rows.append([f"{arch}, {name}", torch_ms["latency_b1_ms"], m["onnx_latency_b1_ms"], q["onnx_int8_latency_b1_ms"], torch_ms[f"latency_b{batch}_ms"],
+        rows.append([f"{arch}, {name}", torch_ms["latency_b1_ms"], m["onnx_latency_b1_ms"],
+                     q["onnx_int8_latency_b1_ms"], torch_ms[f"latency_b{batch}_ms"],
                      m[f"onnx_latency_b{batch}_ms"], q[f"onnx_int8_latency_b{batch}_ms"], m["onnx_max_abs_diff"],
                      int(q["onnx_float_size_bytes"]), int(q["onnx_int8_size_bytes"])])
     results["load_after"] = loadavg()
@@ -76,7 +77,8 @@ def main() -> None:
                       f"ONNX b{batch} ms", f"ONNX int8 b{batch} ms", "max abs diff", "float .onnx bytes",
                       "int8 .onnx bytes"], rows)
     note = f"load average before/after: {results['load_before']} / {results['load_after']}; {results['machine']}"
-    write_results(REPO / "outputs" / "bench", "export_latency" + ("_quick" if args.quick else "") + (f"_t{args.threads}" if args.threads else ""), results,
+    name = "export_latency" + ("_quick" if args.quick else "") + (f"_t{args.threads}" if args.threads else "")
+    write_results(REPO / "outputs" / "bench", name, results,
                   table + "\n\n" + note)
     print(table + "\n\n" + note)
 

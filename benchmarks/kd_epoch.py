@@ -17,9 +17,9 @@ from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.models import create_model
 from kdexp.module import DistillModule, build_optimizer
+from kdexp.teacher_outputs import TeacherOutputs, prepare_cached_teacher
 from kdexp.training.context import Context, quiet_lightning
 from kdexp.training.trainer import fit
-from kdexp.teacher_outputs import TeacherOutputs, prepare_cached_teacher
 
 MODES = ("none", "online", "cached")
 RECIPE = OmegaConf.to_container(OmegaConf.load(REPO / "conf/recipe/adam.yaml"))
@@ -56,7 +56,8 @@ def context(dm, epochs: int, mode: str, cache_root: str | Path, **trainer) -> Co
 
 def cached_logits(dm, teacher, cache_root) -> TeacherOutputs:
     """Fill (or load) the teacher-output cache the way a kdexp run does."""
-    cached = prepare_cached_teacher({"mode": "on"}, dm, teacher, frozenset({"logits"}), False, Path(cache_root) / "teacher_outputs")
+    cached = prepare_cached_teacher({"mode": "on"}, dm, teacher, frozenset({"logits"}), False,
+                                    Path(cache_root) / "teacher_outputs")
     return cached.outputs
 
 
@@ -110,7 +111,8 @@ def plain_run(dm, teacher, mode: str, epochs: int, logits: TeacherOutputs | None
         train_loss, _ = (torch.stack(rows).sum(0) / n).tolist()  # the epoch's syncs
         _, val_acc = (torch.stack(vrows).sum(0) / vn).tolist()
         if val_acc > best:
-            best, best_state = val_acc, copy.deepcopy(student.state_dict())
+            best = val_acc
+            best_state = copy.deepcopy(student.state_dict())  # noqa: F841  (what kdexp pays to keep the best epoch)
         if sched is not None:
             sched.step()
     return val_acc

@@ -12,7 +12,6 @@ the machine may be shared. Results: outputs/bench/loop_overhead.{json,md} and a 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +25,14 @@ import torch
 from benchmarks.common import REPO, interleaved, loadavg, machine, md_table, timed, write_results
 from benchmarks.data_path import measure_data_path
 from benchmarks.kd_epoch import (
-    MODES, ManualOptimization, build, cached_logits, fashion, frozen_teacher, kdexp_run, plain_run,
+    MODES,
+    ManualOptimization,
+    build,
+    cached_logits,
+    fashion,
+    frozen_teacher,
+    kdexp_run,
+    plain_run,
 )
 from benchmarks.startup import measure_startup
 
@@ -44,12 +50,14 @@ def framework_overhead(dm, teacher, epochs: int, repeats: int, cache: Path, manu
     n = dm.num_train * epochs
     for r in res.values():
         r["samples_per_s"] = n / r["wall_median_s"]
-    summary = {f"kdexp/plain {m}": res[f"kdexp {m}"]["wall_median_s"] / res[f"plain {m}"]["wall_median_s"] for m in MODES}
+    summary = {f"kdexp/plain {m}": res[f"kdexp {m}"]["wall_median_s"] / res[f"plain {m}"]["wall_median_s"]
+               for m in MODES}
     summary.update({f"kdexp/plain {m} (CPU time)": res[f"kdexp {m}"]["cpu_median_s"] / res[f"plain {m}"]["cpu_median_s"]
                     for m in MODES})
     summary["kdexp cached / kdexp none"] = res["kdexp cached"]["wall_median_s"] / res["kdexp none"]["wall_median_s"]
     summary["kdexp online / kdexp cached"] = res["kdexp online"]["wall_median_s"] / res["kdexp cached"]["wall_median_s"]
-    summary["plain online: teacher share of the step"] = 1 - res["plain none"]["wall_median_s"] / res["plain online"]["wall_median_s"]
+    summary["plain online: teacher share of the step"] = (
+        1 - res["plain none"]["wall_median_s"] / res["plain online"]["wall_median_s"])
     if manual:
         summary["manual / automatic optimization"] = (res["kdexp cached, manual optimization"]["wall_median_s"]
                                                       / res["kdexp cached"]["wall_median_s"])
@@ -72,7 +80,8 @@ def trainer_options(dm, teacher, epochs: int, repeats: int, cache: Path, compile
                        for name, o in options.items()}, repeats, warmup=True)
     base = res["defaults (conf/trainer/default.yaml)"]["wall_median_s"]
     return {"epochs": epochs, "num_train": dm.num_train,
-            "rows": {k: {"wall_median_s": v["wall_median_s"], "relative": v["wall_median_s"] / base} for k, v in res.items()}}
+            "rows": {k: {"wall_median_s": v["wall_median_s"], "relative": v["wall_median_s"] / base}
+                     for k, v in res.items()}}
 
 
 def sweep(dm, teacher, trials: int, epochs: int) -> dict:
@@ -84,7 +93,8 @@ def sweep(dm, teacher, trials: int, epochs: int) -> dict:
         for i in range(trials):  # alternate trial by trial: load changes hit both sides
             temperature = 1.0 + 7.0 * i / max(1, trials - 1)
             for mode, times in (("online", online), ("cached", cached))[:: 1 if i % 2 == 0 else -1]:
-                wall, _, _ = timed(lambda: kdexp_run(dm, teacher, mode, epochs, cache, seed=i, temperature=temperature))
+                wall, _, _ = timed(lambda mode=mode, i=i, t=temperature: kdexp_run(dm, teacher, mode, epochs, cache,
+                                                                                    seed=i, temperature=t))
                 times.append(wall)
     total_cached = fill_s + sum(cached)
     arch = getattr(teacher, "arch_name", type(teacher).__name__)
@@ -101,8 +111,9 @@ def scaling(limits: list[int], teachers: list[str], teacher_limit: int, epochs: 
     for limit, arch in points:
         dm, teacher = fashion(limit), frozen_teacher(arch)
         with tempfile.TemporaryDirectory() as cache:
-            fill_s, _, _ = timed(lambda: cached_logits(dm, teacher, cache))
-            res = interleaved({m: lambda m=m: kdexp_run(dm, teacher, m, epochs, cache) for m in MODES}, 1)
+            fill_s, _, _ = timed(lambda dm=dm, teacher=teacher: cached_logits(dm, teacher, cache))
+            res = interleaved({m: lambda m=m, dm=dm, teacher=teacher: kdexp_run(dm, teacher, m, epochs, cache)
+                               for m in MODES}, 1)
         n = dm.num_train * epochs
         rows.append({"teacher": arch, "teacher_params": sum(p.numel() for p in teacher.parameters()),
                      "num_train": dm.num_train, "fill_s": fill_s,
@@ -116,18 +127,20 @@ def report(results: dict) -> str:
     out.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads). "
                f"Load average before/after: {results['load_before']} / {results['load_after']}. "
                f"Command: `{results['command']}`; total {results['total_s']:.0f}s.")
-    out.append("Load average after each section: " + "; ".join(f"{k} {v}" for k, v in results.get("load_by_section", {}).items()))
+    sections = results.get("load_by_section", {})
+    out.append("Load average after each section: " + "; ".join(f"{k} {v}" for k, v in sections.items()))
     fo = results.get("framework_overhead")
     if fo:
         reps = len(next(iter(fo["cases"].values()))["wall_s"])
         out.append(f"\n### Framework overhead and teacher modes ({fo['num_train']} train samples, {fo['epochs']} "
                    f"epoch(s), batch 128, median of {reps})")
-        out.append(md_table(["case", "wall s", "CPU s", "samples/s"], [[k, v["wall_median_s"], v["cpu_median_s"],
-                                                                    v["samples_per_s"]] for k, v in fo["cases"].items()]))
+        cases = [[k, v["wall_median_s"], v["cpu_median_s"], v["samples_per_s"]] for k, v in fo["cases"].items()]
+        out.append(md_table(["case", "wall s", "CPU s", "samples/s"], cases))
         out.append(md_table(["ratio", "value"], [[k, v] for k, v in fo["summary"].items()]))
     op = results.get("trainer_options")
     if op:
-        out.append(f"\n### Trainer switches (cached-teacher KD fit, {op['num_train']} samples, {op['epochs']} epoch(s))")
+        out.append(f"\n### Trainer switches (cached-teacher KD fit, {op['num_train']} samples, "
+                   f"{op['epochs']} epoch(s))")
         out.append(md_table(["setting", "wall s", "relative to defaults"],
                             [[k, v["wall_median_s"], v["relative"]] for k, v in op["rows"].items()]))
     for sw in results.get("sweeps", {}).values():
@@ -198,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["sweeps"]["resnet8x4"] = sweep(fashion(5000), frozen_teacher("resnet8x4"), 20, 1)
         done("sweep")
     if "data" in sections:
-        results["data_path"] = measure_data_path(dm, fashion(dm.limit, augment=True), lambda: build("cnn_tiny"), repeats)
+        augmented = fashion(dm.limit, augment=True)
+        results["data_path"] = measure_data_path(dm, augmented, lambda: build("cnn_tiny"), repeats)
         done("data")
     if "startup" in sections:
         overrides = ["experiment=fashion_cnn"] + (["trainer.max_epochs=1", "data.limit=2000"] if q else [])

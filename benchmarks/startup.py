@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 MILESTONES = (
-    "import kdexp.cli (torch, hydra)", "import kdexp.experiments.standard (lightning, torchmetrics)", "hydra: compose + plugins",
+    "import kdexp.cli (torch, hydra)", "import kdexp.experiments.standard (lightning, torchmetrics)",
+    "hydra: compose + plugins",
     "data + MLflow store", "teacher (cache) + its test evaluation", "baseline (cache) + its evaluation",
     "first student step", "end of trial",
 )

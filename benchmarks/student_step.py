@@ -31,8 +31,8 @@ BATCH, SIZE = 128, 28
 ADAM = {"optimizer": "adam", "lr": 1e-3}
 
 
-def student_step(model: nn.Module | None = None, batch: int = BATCH, channels_last: bool = False, compiled: bool = False,
-                 copies: int = 1):
+def student_step(model: nn.Module | None = None, batch: int = BATCH, channels_last: bool = False,
+                 compiled: bool = False, copies: int = 1):
     """A closure running one training step; `copies` > 1 trains that many outputs' losses at once."""
     torch.manual_seed(0)
     model = model or create_model("cnn_tiny", num_classes=10, in_channels=1)

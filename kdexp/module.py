@@ -79,9 +79,6 @@ class DistillModule(L.LightningModule):
             self._freeze_student_in_init()
         return self
 
-    def on_train_epoch_start(self):
-        self._freeze_student_in_init()  # Lightning does not call .train() when fit starts; it restores modes
-
     def _freeze_student_in_init(self) -> None:
         if self.stage == "init" and not self.method.init_trains_student:
             self.student.eval()  # an init stage that does not train the student leaves its BN statistics alone
@@ -177,6 +174,7 @@ class DistillModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         follow_trainer_epoch(self.trainer)  # the data order of this epoch, also in a resumed fit
+        self._freeze_student_in_init()  # Lightning does not call .train() when fit starts; it restores modes
 
     def on_train_start(self) -> None:
         # the RNG as it was when the checkpoint was written; restored this late because building the model

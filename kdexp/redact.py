@@ -24,8 +24,9 @@ _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*:)(?P
 # libpq DSNs and queries (password=pw), YAML keys (password: pw) and dict reprs ('password': 'pw'); not prose
 # such as "user or password: password authentication failed".
 _PW = r"[\w.-]*(?:password|passwd)"
-_KEYWORD = re.compile(rf"(?P<head>(?:\b{_PW}\s*=|['\"]{_PW}['\"]\s*:|^[ \t-]*{_PW}\s*:)\s*['\"]?)(?P<pw>[^\s&;,'\"}}]+)",
-                      re.IGNORECASE | re.MULTILINE)
+_KEYWORD = re.compile(
+    rf"(?P<head>(?:\b{_PW}\s*=|['\"]{_PW}['\"]\s*:|^[ \t-]*{_PW}\s*:)\s*['\"]?)(?P<pw>[^\s&;,'\"}}]+)",
+    re.IGNORECASE | re.MULTILINE)
 # Config keys whose whole value is a secret: password, db_password, api_key, access_token, client_secret ...
 SECRET_KEYS = re.compile(r"(.*[_.-])?(password|passwd|secret|token|api_?key|secret_?key|credentials?)",
                          re.IGNORECASE)

@@ -196,7 +196,8 @@ class TeacherOutputCache:
             raise
         return self.path(key)
 
-    def get_or_compute(self, key: str, compute: Callable[[], TeacherOutputs], meta: dict) -> tuple[TeacherOutputs, bool]:
+    def get_or_compute(self, key: str, compute: Callable[[], TeacherOutputs],
+                       meta: dict) -> tuple[TeacherOutputs, bool]:
         """(outputs, filled): computed once under the lock if missing; concurrent runs wait and share it."""
         found = self.load(key)
         if found is not None:
@@ -260,7 +261,8 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
             log.info("teacher runs online: its outputs %s would take %.1f GB > teacher_cache.max_gb=%s",
                      outputs, size / 2**30, settings.max_gb)
             return None
-        log.warning("teacher_cache.mode=on: caching %.1f GB of teacher outputs (max_gb=%s)", size / 2**30, settings.max_gb)
+        log.warning("teacher_cache.mode=on: caching %.1f GB of teacher outputs (max_gb=%s)", size / 2**30,
+                    settings.max_gb)
     spec = cache_spec(teacher, dm, outputs, views, settings.seed)
     key = fingerprint(spec)
     x_views = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from kdexp.errors import ConfigError
 
-KDEXP_SWITCHES = ("compile", "channels_last")  # kdexp's own keys in `trainer:` (kdexp/training/trainer.py TRAINER_EXTRAS)
+KDEXP_SWITCHES = ("compile", "channels_last")  # kdexp's own keys in `trainer:` (training/trainer.py TRAINER_EXTRAS)
 LIST_KEYS = ("callbacks", "logger")
 # Trainer arguments kdexp sets itself, and what to do instead. max_epochs is not here: trainer.max_epochs is the
 # student's and the baseline's epoch count; the teacher (teacher.max_epochs) and fine-tuning (finetune.epochs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 from kdexp.errors import ConfigError  # noqa: F401  (raised here; re-exported where it always lived)
 
 

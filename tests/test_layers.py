@@ -55,7 +55,8 @@ def test_no_import_cycles():
             target = target.rpartition(".")[0]
         return target or None
 
-    edges = {m: {r for t in ts if (r := resolve(t)) and r != m and not m.startswith(r + ".")} for m, ts in graph.items()}
+    edges = {m: {r for t in ts if (r := resolve(t)) and r != m and not m.startswith(r + ".")}
+             for m, ts in graph.items()}
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 

@@ -34,7 +34,8 @@ def test_two_ranks_batches_are_disjoint_and_cover_the_split_every_epoch(n, views
     x, y = split(n, views)
     make = lambda: TensorBatchLoader(x, y, 5, shuffle=True, seed=7, views=views)
     whole, ranks = make(), [make().shard(r, 2) for r in range(2)]
-    assert len(ranks[0]) == len(ranks[1]) == math.ceil(math.ceil(n / 2) / 5)  # equal batch counts: DDP steps in lock-step
+    # equal batch counts: DDP steps in lock-step
+    assert len(ranks[0]) == len(ranks[1]) == math.ceil(math.ceil(n / 2) / 5)
     for epoch in range(3):
         _, order = rank_epoch(whole)
         (b0, s0), (b1, s1) = (rank_epoch(r) for r in ranks)

@@ -148,7 +148,8 @@ def test_kdexp_export_errors(store, tmp_path, capsys):
     assert not (tmp_path / "none.db").exists()
     empty = store.start("empty", {})
     assert run_export(empty, "--format", "onnx", "--uri", store.uri) == 1
-    assert "has no MLflow Model and no weights artifact (student.pt, teacher.pt, baseline.pt)" in capsys.readouterr().err
+    expected = "has no MLflow Model and no weights artifact (student.pt, teacher.pt, baseline.pt)"
+    assert expected in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         run_export(empty, "--format", "tflite", "--uri", store.uri)
     assert exc.value.code == 2

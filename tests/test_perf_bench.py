@@ -110,7 +110,8 @@ def test_crd_benchmark_times_both_scoring_paths_and_restores_nothing_global(monk
     monkeypatch.setattr(crd, "DENSE_FRACTION", crd.DENSE_FRACTION)  # the benchmark sets it; undone after the test
     calls = []
     real = crd.CRD._scores
-    monkeypatch.setattr(crd.CRD, "_scores", lambda self, m, idx, v: calls.append(crd.DENSE_FRACTION) or real(self, m, idx, v))
+    monkeypatch.setattr(crd.CRD, "_scores",
+                        lambda self, m, idx, v: calls.append(crd.DENSE_FRACTION) or real(self, m, idx, v))
     assert step_seconds(300, dense=False, batch=8, negatives=64, repeats=1) > 0
     assert step_seconds(300, dense=True, batch=8, negatives=64, repeats=1) > 0
     assert set(calls) == {0, 4}  # each path was the one timed
@@ -134,7 +135,7 @@ def test_optimizer_benchmark_times_the_fused_and_the_loop_optimizer():
     from benchmarks.optimizer_step import RECIPES, optimizer
 
     model = create_model("cnn_tiny", num_classes=10, in_channels=1)
-    for name, recipe in RECIPES.items():
+    for recipe in RECIPES.values():
         assert optimizer(model, recipe, fused=True).defaults["fused"] is True
         assert not optimizer(model, recipe, fused=False).defaults["fused"]
     assert kdexp.module.fused_kernels([torch.nn.Parameter(torch.zeros(1))])  # benchmarking changed no default

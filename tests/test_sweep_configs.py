@@ -12,8 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from kdexp.schema import register_configs
 from kdexp.matrix import apply_matrix_keys
+from kdexp.schema import register_configs
 from kdexp.sweep.search_space import param_overrides, parse_search_space
 from kdexp.validate import validate_config
 

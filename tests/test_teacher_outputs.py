@@ -9,17 +9,23 @@ import time
 import pytest
 import torch
 
+from kdexp.cache import fingerprint
 from kdexp.data import TensorBatchLoader, create_datamodule
 from kdexp.distill import IncompatiblePairError, create_method, list_methods
 from kdexp.models import create_model
 from kdexp.module import DistillModule
+from kdexp.teacher_outputs import (
+    TeacherCacheSettings,
+    TeacherOutputCache,
+    TeacherOutputs,
+    augmented_views,
+    cache_spec,
+    compute_outputs,
+    prepare_cached_teacher,
+    wanted_outputs,
+)
 from kdexp.training.context import Context
 from kdexp.training.trainer import fit
-from kdexp.teacher_outputs import (
-    TeacherCacheSettings, TeacherOutputCache, TeacherOutputs, augmented_views, cache_spec,
-    compute_outputs, prepare_cached_teacher, wanted_outputs,
-)
-from kdexp.cache import fingerprint
 from tests.conftest import exit_codes_of_concurrent
 
 
@@ -36,7 +42,8 @@ def dm():
 
 def models(seed=0):
     torch.manual_seed(seed)
-    return create_model("cnn_small", num_classes=10, in_channels=3), create_model("cnn_tiny", num_classes=10, in_channels=3)
+    teacher = create_model("cnn_small", num_classes=10, in_channels=3)
+    return teacher, create_model("cnn_tiny", num_classes=10, in_channels=3)
 
 
 def key_of(teacher, dm, outputs=("logits",), views=0, seed=0):
@@ -251,7 +258,8 @@ def test_evaluations_of_an_unchanged_model_are_reused(dm, tmp_path, monkeypatch)
 
 def test_impossible_mode_on_fails_when_the_experiment_is_set_up(tmp_path):
     aug = synthetic(augment=True)
-    conf = {"data": {"augment": True}, "teacher_cache": {"mode": "on"}, "trainer": {}, "paths": {"cache": str(tmp_path)}}
+    conf = {"data": {"augment": True}, "teacher_cache": {"mode": "on"}, "trainer": {},
+            "paths": {"cache": str(tmp_path)}}
     with pytest.raises(ValueError, match="teacher_cache.mode=on needs deterministic inputs"):
         Context(conf, aug, None, None, tmp_path)
     Context({**conf, "teacher_cache": {"mode": "on", "views": 2}}, aug, None, None, tmp_path)  # views make it possible

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from kdexp.config import parse_config
 from omegaconf import OmegaConf
 
 from kdexp import tuning
+from kdexp.config import parse_config
 from kdexp.matrix import apply_matrix_keys, cell_key
 from kdexp.sweep.search_space import param_overrides, parse_search_space
 from kdexp.validate import validate_config

@@ -9,14 +9,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdexp.cache import ModelCache
-from kdexp.training.context import Context
-from kdexp.validate import ConfigError
 from kdexp.config import parse_config
 from kdexp.experiments import experiment_kind
-from kdexp.training import distilled as links
 from kdexp.experiments.ensemble import check_logit_method, parse_members
-from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.experiments.mutual import MutualModule, mutual_loss
+from kdexp.models.ensemble import EnsembleTeacher
+from kdexp.training import distilled as links
+from kdexp.training.context import Context
+from kdexp.validate import ConfigError
 from tests.conftest import compose_train
 
 
@@ -136,7 +136,8 @@ def test_mutual_module_fits_and_reports_per_student_epochs():
 
     students = tiny_students(2)
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(24, 3, 2, 2, generator=g), torch.randint(0, 4, (24,), generator=g),
+    data = torch.utils.data.TensorDataset(torch.randn(24, 3, 2, 2, generator=g),
+                                          torch.randint(0, 4, (24,), generator=g),
                                           torch.arange(24))
     batches = torch.utils.data.DataLoader(data, batch_size=8)
     seen = []

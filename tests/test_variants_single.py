@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.evaluate import accuracy_metrics, size_on_disk
-from kdexp.models import create_model
-from kdexp.validate import ConfigError
 from kdexp.experiments.augmented import AugmentedDistillModule, BatchAugmenter, loss_weights, online_teacher
 from kdexp.experiments.quantized import int8_metrics
+from kdexp.models import create_model
 from kdexp.quantization import check_quantizable, convert_int8, float_view, prepare_qat_student
+from kdexp.validate import ConfigError
 
 
 def batch(n=8, c=1, size=8, seed=0):
@@ -213,7 +213,8 @@ def test_int8_accuracy_is_measured_on_the_test_split(converted):
         expected = accuracy_metrics(int8(x), y)["top1"]
     assert metrics["test_top1"] == pytest.approx(expected)
     assert ctx.test["student"].shape == (64, 10)  # kept for agreement with the teacher
-    assert metrics["size_bytes"] == size_on_disk(int8) and metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["size_bytes"] == size_on_disk(int8)
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())
     assert metrics["latency_b1_ms"] > 0 and metrics["latency_b8_ms"] > 0
 
 

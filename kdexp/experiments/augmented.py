@@ -173,7 +173,8 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     weights = loss_weights(conf)
     augmenter = augmenter_from(v, conf["seed"])  # bad settings fail before any training
     label = method_label(conf, v["policy"])
-    ctx = make_context(online_teacher(conf), run_dir, {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]}, cell=cell)
+    tags = {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]}
+    ctx = make_context(online_teacher(conf), run_dir, tags, cell=cell)
     L.seed_everything(conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")
     method = build_method(ctx, student, teacher)

@@ -4,9 +4,10 @@
 
 Generation 0 is the student architecture trained on labels alone: the cached vanilla baseline. Generation k
 is distilled from generation k-1 with the `distill` method (the paper uses soft targets only:
-distill.weights='{ce:0,kd:1}') and cached as a link keyed on generation k-1 (kdexp.training.distilled). The last generation
-is the reported student and generation 0 its teacher row; gen{k}/* holds each generation's test metrics and
-ensemble/* those of the ensemble of generations 1..N (the paper's BAN ensemble; `variant.ensemble_combine`).
+distill.weights='{ce:0,kd:1}') and cached as a link keyed on generation k-1 (kdexp.training.distilled). The
+last generation is the reported student and generation 0 its teacher row; gen{k}/* holds each generation's test
+metrics and ensemble/* those of the ensemble of generations 1..N (the paper's BAN ensemble;
+`variant.ensemble_combine`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
 from kdexp.training.evaluation import evaluate
 from kdexp.training.results import (
-    accuracy_table, lineage_tags, log_table, method_label, report_student, student_run,
+    accuracy_table,
+    lineage_tags,
+    log_table,
+    method_label,
+    report_student,
+    student_run,
 )
 from kdexp.validate import ConfigError
 

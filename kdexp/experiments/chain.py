@@ -23,7 +23,12 @@ from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
 from kdexp.training.evaluation import evaluate
 from kdexp.training.results import (
-    accuracy_table, lineage_tags, log_table, method_label, report_student, student_run,
+    accuracy_table,
+    lineage_tags,
+    log_table,
+    method_label,
+    report_student,
+    student_run,
 )
 from kdexp.validate import ConfigError
 

@@ -124,7 +124,8 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     ctx.run_tags["kdexp.member_run_ids"] = ",".join(m.get("run_id") or "" for m in metas)
     baseline_meta = vanilla_baseline(ctx)
     name = f"{conf['distill']['name']}:{label}->{conf['student']['arch']}"
-    with student_run(ctx, name, cell, method_label(conf, "ensemble"), lineage_tags(teacher_meta, baseline_meta)) as run_id:
+    lineage = lineage_tags(teacher_meta, baseline_meta)
+    with student_run(ctx, name, cell, method_label(conf, "ensemble"), lineage) as run_id:
         train_metrics = train_distilled(ctx, run_id, student, teacher, method, callbacks=trial_callbacks(conf))
         return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta,
                               labels={"teacher": label})

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdexp.data.loader import follow_trainer_epoch
 from kdexp.distill import kd_loss
 from kdexp.models import list_models
 from kdexp.models.ensemble import EnsembleTeacher
-from kdexp.data.loader import follow_trainer_epoch
 from kdexp.module import EpochSums, MetricSink, build_optimizer
 from kdexp.training.alone import vanilla_baseline
 from kdexp.training.context import make_context

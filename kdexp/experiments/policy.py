@@ -22,8 +22,8 @@ from kdexp.evaluate import cost_metrics, ratios
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
 from kdexp.policy.nets import ActorCritic, PolicyMLP
-from kdexp.redact import redact_config
 from kdexp.policy.ppo import PPOSettings, train_ppo
+from kdexp.redact import redact_config
 from kdexp.tracking import Tracker, flatten
 from kdexp.training.lifecycle import tracked_run
 from kdexp.validate import ConfigError
@@ -138,7 +138,8 @@ def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout
 def write_policy_results(conf: dict, run_dir: Path, tracker: Tracker, run_id: str, metrics: dict,
                          student: PolicyMLP) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(redact_config(thaw({"variant": conf["variant"], "seed": conf["seed"]})))))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(redact_config(thaw(
+        {"variant": conf["variant"], "seed": conf["seed"]})))))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     table = summary(metrics, conf)
     (run_dir / "summary.md").write_text(table + "\n")

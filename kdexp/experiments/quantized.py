@@ -19,7 +19,13 @@ from kdexp.evaluate import accuracy_metrics, cost_metrics, count_flops, cpu_late
 from kdexp.models.base import num_params
 from kdexp.module import DistillModule
 from kdexp.quantization import (
-    check_quantizable, convert_int8, float_view, int8_logits, observed, prepare_qat_student, quiet_quantization,
+    check_quantizable,
+    convert_int8,
+    float_view,
+    int8_logits,
+    observed,
+    prepare_qat_student,
+    quiet_quantization,
 )
 from kdexp.training.alone import resolve_teacher, vanilla_baseline
 from kdexp.training.context import Context, build_method, make_context

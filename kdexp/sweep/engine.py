@@ -27,7 +27,13 @@ from .outcomes import job_outcome
 from .report import best_summary, summary_text
 from .search_space import SearchSpace, format_value, grid_search_space, param_overrides, parse_search_space
 from .storage import (
-    STORAGE_ENV, HeartbeatKeeper, absolute_sqlite_url, display_url, rdb_storage, retries, study_lock,
+    STORAGE_ENV,
+    HeartbeatKeeper,
+    absolute_sqlite_url,
+    display_url,
+    rdb_storage,
+    retries,
+    study_lock,
 )
 from .tracking import ParentRun, tracking_target
 from .trial import PRUNER_ATTR

@@ -8,6 +8,7 @@ from typing import Mapping
 import lightning as L
 from torch import nn
 
+from kdexp import distributed
 from kdexp.cache import fingerprint, load_weights
 from kdexp.module import DistillModule
 from kdexp.tracking import flatten
@@ -15,7 +16,6 @@ from kdexp.training.context import Context, planned_processes
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
 from kdexp.training.records import record_model
-from kdexp import distributed
 from kdexp.training.trainer import drop_checkpoints, fit, resuming, save_weights
 
 log = logging.getLogger("kdexp")
@@ -45,7 +45,8 @@ def cached_model(ctx: Context, role: str, label: str, key: str, train) -> tuple[
     drop_checkpoints(ctx.checkpoints(key))  # the entry is what lasts now
     if fresh is not None:
         return fresh, {**entry.meta, "key": key, "cached": False}
-    log.info("reusing cached %s %s (cache key %s, run %s)", label, ctx.conf[role]["arch"], key, entry.meta.get("run_id"))
+    log.info("reusing cached %s %s (cache key %s, run %s)", label, ctx.conf[role]["arch"], key,
+             entry.meta.get("run_id"))
     model = load_weights(ctx.build(role), entry.weights, f"cached {label} {key}")
     return model, {**entry.meta, "key": key, "cached": True}
 

@@ -61,5 +61,6 @@ def agreement(ctx: Context, role: str = "student") -> dict[str, float]:
     """Top-1 agreement and KL of `role` (and of the vanilla baseline, if evaluated) with the teacher."""
     out = {f"{role}/{k}": v for k, v in agreement_metrics(ctx.test[role], ctx.test["teacher"]).items()}
     if "baseline" in ctx.test:
-        out.update({f"baseline/{k}": v for k, v in agreement_metrics(ctx.test["baseline"], ctx.test["teacher"]).items()})
+        baseline = agreement_metrics(ctx.test["baseline"], ctx.test["teacher"])
+        out.update({f"baseline/{k}": v for k, v in baseline.items()})
     return out

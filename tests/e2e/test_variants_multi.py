@@ -62,8 +62,10 @@ def test_chain_links_and_lineage(variant_runs):
     assert link2.data.tags["kdexp.teacher_fingerprint"] == link1.data.tags["kdexp.fingerprint"]
     tags, m = student.data.tags, student.data.metrics
     assert tags["kdexp.teacher_run_id"] == link1.info.run_id and tags["kdexp.link_run_id"] == link2.info.run_id
-    assert tags["kdexp.root_teacher_run_id"] == teacher.info.run_id and tags["kdexp.chain"] == "cnn_small->cnn_small->cnn_tiny"
-    assert (tags["distill"], tags["kdexp.method"], tags["teacher"], tags["student"]) == ("kd", "kd+chain", "cnn_small", "cnn_tiny")
+    assert tags["kdexp.root_teacher_run_id"] == teacher.info.run_id
+    assert tags["kdexp.chain"] == "cnn_small->cnn_small->cnn_tiny"
+    assert (tags["distill"], tags["kdexp.method"], tags["teacher"], tags["student"]) == (
+        "kd", "kd+chain", "cnn_small", "cnn_tiny")
     assert tags["kdexp.baseline_run_id"] == roles["baseline"][0].info.run_id
     for key in ("student/test_top1", "teacher/test_top1", "baseline/test_top1", "assistant1/test_top1",
                 "student/agreement", "student/pre_finetune/test_top1", "student/best_val/test_top1"):

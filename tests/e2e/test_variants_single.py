@@ -44,7 +44,8 @@ def test_augmented_run_metrics_lineage_and_finetuning(done):
     assert run.info.status == "FINISHED"
     assert tags["kdexp.augment"] == "mixup" and tags["kdexp.method"] == "kd+mixup"
     assert len(tags["kdexp.settings"]) == 20  # a table of variant runs can be checked for mixed settings too
-    teacher = next(r for r in all_runs if r.data.tags["kdexp.role"] == "teacher" and r.data.tags.get("arch") == "cnn_small")
+    teacher = next(r for r in all_runs
+                   if r.data.tags["kdexp.role"] == "teacher" and r.data.tags.get("arch") == "cnn_small")
     assert tags["kdexp.teacher_run_id"] == teacher.info.run_id and tags["kdexp.baseline_run_id"]
     assert params["variant.policy"] == "mixup" and params["distill.weights.ce"] == "0.0"  # KD only, as trained
     assert params["teacher_cache.mode"] == "off"  # the teacher ran online on the mixed inputs
@@ -87,7 +88,8 @@ def test_quantized_artifact_holds_int8_weights(done):
 
 def test_policy_runs_teacher_cache_lineage_and_returns(done):
     _, procs, client, all_runs = done
-    teachers = [r for r in all_runs if r.data.tags.get("kdexp.variant") == "policy" and r.data.tags["kdexp.role"] == "teacher"]
+    teachers = [r for r in all_runs
+                if r.data.tags.get("kdexp.variant") == "policy" and r.data.tags["kdexp.role"] == "teacher"]
     assert len(teachers) == 1  # the second student reused the cached teacher
     assert "reusing cached policy teacher" in procs["policy_again"].stderr + procs["policy_again"].stdout
     assert client.get_metric_history(teachers[0].info.run_id, "train/episode_return")
