@@ -17,7 +17,7 @@ from kdexp.schema import register_configs
 
 log = logging.getLogger("kdexp")
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's conf/ (editable install)
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (a link to conf/ in the repo)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
@@ -36,6 +36,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
 
 def train() -> None:
+    from kdexp.plugins import load_plugins, requested_imports
+
+    try:
+        load_plugins(requested_imports(sys.argv[1:]))  # before the zoo's names become config choices
+    except ValueError as exc:
+        print(f"kdexp-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     register_configs()
     _train()
 

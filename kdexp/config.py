@@ -66,7 +66,10 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
         return cfg
     conf = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else thaw(cfg)
     conf.pop("hydra", None)
-    for slot in ("variant", "tune"):  # the schema's empty slots: absent, as before the schema (cell keys)
+    from kdexp.plugins import load_plugins
+
+    load_plugins(conf.get("imports") or [])  # users' models / methods / data sets, before names are checked
+    for slot in ("variant", "tune", "imports"):  # the schema's empty slots: absent, as before it (cell keys)
         if slot in conf and not conf[slot]:
             del conf[slot]
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`

@@ -18,10 +18,11 @@ from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")
 PAIR_SEP = "->"
-MATRIX_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "matrix"  # the repo's (editable install)
+MATRIX_DIR = Path(__file__).resolve().parent / "sweeps" / "matrix"  # shipped in the package (link in the repo)
 # Keys that do not change what a cell trains: where things go, how it is measured or logged, how fast.
 # `tune`: how settings were chosen; the chosen ones are merged into `distill`, which the key includes.
-CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair", "tune")
+# `imports`: where code comes from; what it trains is in the other keys (a plug-in model's name, ...).
+CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair", "tune", "imports")
 CELL_IGNORED_SUBKEYS = {
     "data": ("root", "eval_batch_size", "device", "pin_memory"),
     "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last",

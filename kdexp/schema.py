@@ -130,6 +130,7 @@ class TrainSchema:
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     variant: Optional[Dict[str, Any]] = None
     tune: Dict[str, Any] = field(default_factory=dict)  # a matrix's tuning (kdexp/tuning.py); {}: none
+    imports: List[str] = field(default_factory=list)  # plug-in modules (kdexp/plugins.py)
     seed: int = MISSING
     baseline: bool = MISSING
     pair: Optional[str] = MISSING

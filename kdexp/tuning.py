@@ -24,7 +24,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 log = logging.getLogger("kdexp")
-SEARCH_DIR = Path(__file__).resolve().parent.parent / "conf" / "search"  # the repo's (editable install)
+SEARCH_DIR = Path(__file__).resolve().parent / "conf" / "search"  # shipped in the package (link in the repo)
 ALLOWED_METRICS = ("student/val_acc", "student/best_val_acc")  # validation only: tuning never sees test
 DEFAULTS: dict[str, Any] = {
     "enabled": False,

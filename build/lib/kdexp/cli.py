@@ -1,0 +1,65 @@
+"""Console entry points: `kdexp-train` (a Hydra app) and `kdexp-ui` (the MLflow UI on kdexp's store)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from kdexp.schema import register_configs
+
+log = logging.getLogger("kdexp")
+DEFAULT_URI = "sqlite:///outputs/mlflow.db"
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (a link to conf/ in the repo)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def _train(cfg: DictConfig) -> dict[str, float]:
+    from kdexp.experiments import run_experiment
+    from kdexp.validate import ConfigError
+
+    try:
+        return run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep records the trial as failed and goes on
+        log.error("%s", exc)
+        print(f"kdexp-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def train() -> None:
+    from kdexp.plugins import load_plugins, requested_imports
+
+    try:
+        load_plugins(requested_imports(sys.argv[1:]))  # before the zoo's names become config choices
+    except ValueError as exc:
+        print(f"kdexp-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    register_configs()
+    _train()
+
+
+def ui(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kdexp-ui", description="Open the MLflow UI on kdexp's tracking store.")
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI),
+                        help="tracking store (default: $MLFLOW_TRACKING_URI or %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    args = parser.parse_args(argv)
+    from kdexp.stores import normalize_uri  # postgresql:// -> the psycopg 3 driver MLflow can load
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", normalize_uri(args.uri), "--host",
+           args.host, "--port", str(args.port)]
+    if args.dry_run:
+        print(" ".join(cmd))
+        return
+    os.execv(sys.executable, cmd)

@@ -1,0 +1,92 @@
+"""The resolved config of one run: parsed once, then read-only.
+
+`parse_config` resolves the composed config, applies the benchmark-matrix keys, validates it and freezes
+it: every stage reads the same values, and a stage that needs another value for one role asks for it
+(`recipe_for(conf, "student")`) instead of rewriting the config. Frozen nodes are dict/list subclasses, so
+JSON fingerprints (cache and matrix cell keys), isinstance checks and `{**node, ...}` copies work as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kdexp.matrix import apply_matrix_keys, student_lr
+
+READ_ONLY = "the run's config is read-only: build a new node ({**node, key: value}) instead of changing it"
+
+
+class FrozenDict(dict):
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(READ_ONLY)
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _read_only
+
+    def __reduce__(self):  # copy.deepcopy and pickle rebuild it whole instead of item by item
+        return FrozenDict, (dict(self),)
+
+
+class FrozenList(list):
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(READ_ONLY)
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+    __iadd__ = __imul__ = _read_only
+
+    def __reduce__(self):
+        return FrozenList, (list(self),)
+
+
+def freeze(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in node.items()})
+    if isinstance(node, (list, tuple)):
+        return FrozenList(freeze(v) for v in node)
+    return node
+
+
+def thaw(node: Any) -> Any:
+    """Plain, mutable containers (for YAML dumps and for code that builds a derived config)."""
+    if isinstance(node, Mapping):
+        return {k: thaw(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [thaw(v) for v in node]
+    return node
+
+
+def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
+    """A composed DictConfig (or a plain dict) -> the run's frozen, validated config. `stores`: also reach the
+    tracking store (normalising its URI) and keep it apart from a sweep's Optuna study: one clear error
+    (kdexp.stores.StoreError) before any work, not a traceback halfway."""
+    from omegaconf import OmegaConf
+
+    from kdexp.validate import validate_config
+
+    if isinstance(cfg, FrozenDict):
+        return cfg
+    conf = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else thaw(cfg)
+    conf.pop("hydra", None)
+    from kdexp.plugins import load_plugins
+
+    load_plugins(conf.get("imports") or [])  # users' models / methods / data sets, before names are checked
+    for slot in ("variant", "tune", "imports"):  # the schema's empty slots: absent, as before it (cell keys)
+        if slot in conf and not conf[slot]:
+            del conf[slot]
+    apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
+    validate_config(conf)
+    if stores:
+        from kdexp.stores import check_stores
+
+        check_stores(conf)
+    return freeze(conf)
+
+
+def recipe_for(conf: Mapping, role: str, arch: str | None = None) -> dict:
+    """The recipe one role trains with. The teacher (and ensemble members) use `recipe`; a student of
+    architecture `arch` (default: `student.arch`) uses `student_lr[arch]` where a matrix sets one — the
+    papers' "lr 0.01 for MobileNetV2/ShuffleNet students" — for its vanilla baseline and every stage."""
+    recipe = dict(conf["recipe"])
+    if role == "teacher":
+        return recipe
+    lr = student_lr(conf, arch or conf["student"]["arch"])
+    return recipe if lr is None else {**recipe, "lr": lr}

@@ -1,0 +1,202 @@
+"""Deep mutual learning (DML, Zhang et al. 2018): K students trained together, no pre-trained teacher.
+
+    kdexp-train variant=mutual variant.students=[cnn_tiny,cnn_tiny]
+
+loss = sum_k [ w_ce CE(z_k, y) + w_kl mean_{j!=k} T^2 KL(p_j^T || p_k^T) ]   (peers' p_j detached)
+so each student's gradient comes from its own term alone: one optimiser over all students is K optimisers.
+(The paper alternates the students' updates; here all of them step on the same batch at once.)
+
+Reporting: there is no teacher row (teacher/* and agreement are absent: the peers are not a fixed teacher).
+Each peer is peer{k}/*, the peers' ensemble (mean of probabilities) ensemble/*, and student/* is the peer of
+architecture `student` with the best last-epoch validation accuracy (never chosen on test).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdexp.data.loader import follow_trainer_epoch
+from kdexp.distill import kd_loss
+from kdexp.models import list_models
+from kdexp.models.ensemble import EnsembleTeacher
+from kdexp.module import EpochSums, MetricSink, build_optimizer
+from kdexp.training.alone import vanilla_baseline
+from kdexp.training.context import make_context
+from kdexp.training.evaluation import evaluate
+from kdexp.training.lifecycle import trial_callbacks
+from kdexp.training.results import accuracy_table, lineage_tags, log_table, report_student, student_run
+from kdexp.training.trainer import fit, save_weights
+from kdexp.validate import ConfigError
+
+
+def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temperature: float
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+    """(total loss, unweighted terms ce_k and kl_k for each student k)."""
+    terms: dict[str, Tensor] = {}
+    total = logits[0].new_zeros(())
+    for k, z in enumerate(logits):
+        peers = [kd_loss(z, other.detach(), temperature) for j, other in enumerate(logits) if j != k]
+        terms[f"ce_{k}"] = F.cross_entropy(z, y)
+        terms[f"kl_{k}"] = torch.stack(peers).mean()
+        total = total + weights.get("ce", 0.0) * terms[f"ce_{k}"] + weights.get("kl", 0.0) * terms[f"kl_{k}"]
+    return total, terms
+
+
+class MutualModule(L.LightningModule):
+    def __init__(self, students: list[nn.Module], *, weights: dict[str, float] | None = None,
+                 temperature: float = 1.0, recipe: dict | None = None, lrs: list[float] | None = None,
+                 max_epochs: int = 1, metric_sink: MetricSink | None = None, track_best: bool = True):
+        super().__init__()
+        if len(students) < 2:
+            raise ValueError("mutual learning needs at least two students")
+        self.students = nn.ModuleList(students)
+        self.weights = {k: float(v) for k, v in (weights or {"ce": 1.0, "kl": 1.0}).items()}
+        self.temperature = float(temperature)
+        self.recipe = dict(recipe or {"optimizer": "adam", "lr": 1e-3})
+        self.lrs = lrs  # per student (student_lr by architecture); None: recipe.lr for all
+        self.max_epochs, self.metric_sink, self.track_best = max_epochs, metric_sink, track_best
+        self.uses_teacher = False  # training.trainer.fit: no teacher outputs to cache
+        k = len(students)
+        self.last_val_acc, self.best_val_acc = [math.nan] * k, [-math.inf] * k
+        self.best_epoch, self.best_state = [-1] * k, [None] * k
+        self._train, self._val, self._last_val = EpochSums(), EpochSums(), {}
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        logits = [s(x) for s in self.students]
+        loss, terms = mutual_loss(logits, y, self.weights, self.temperature)
+        correct = {f"correct_{k}": (z.argmax(1) == y).sum() for k, z in enumerate(logits)}
+        self._train.add(len(y), loss=loss, **correct, **terms)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        values = {}
+        for k, s in enumerate(self.students):
+            z = s(x)
+            values[f"correct_{k}"], values[f"loss_{k}"] = (z.argmax(1) == y).sum(), F.cross_entropy(z, y)
+        self._val.add(len(y), **values)
+
+    def on_validation_epoch_end(self):
+        metrics = self._val.reduce("val")
+        if not metrics or self.trainer.sanity_checking:
+            return
+        accs = [metrics[f"val/acc_{k}"] for k in range(len(self.students))]
+        metrics["val/acc"] = max(accs)  # the best peer: what a pruner or early stopping should watch
+        self.log_dict(metrics, prog_bar=True)
+        self._last_val, self.last_val_acc = metrics, accs
+        for k, acc in enumerate(accs):
+            if self.track_best and acc > self.best_val_acc[k]:
+                self.best_val_acc[k], self.best_epoch[k] = acc, self.current_epoch
+                self.best_state[k] = {n: v.detach().to("cpu", copy=True)
+                                      for n, v in self.students[k].state_dict().items()}
+
+    def on_train_epoch_end(self):
+        metrics = self._train.reduce("train")
+        metrics["lr"] = self.optimizers().param_groups[0]["lr"]
+        self.log_dict(metrics)
+        metrics.update(self._last_val)
+        self._last_val = {}
+        if self.metric_sink is not None and self.trainer.is_global_zero:  # metrics are reduced: one writer
+            self.metric_sink(metrics, self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        follow_trainer_epoch(self.trainer)  # the data order of this epoch, also under DDP
+
+    def configure_optimizers(self):
+        lrs = self.lrs or [float(self.recipe["lr"])] * len(self.students)
+        groups = [{"params": [p for p in s.parameters() if p.requires_grad], "lr": lr}
+                  for s, lr in zip(self.students, lrs)]
+        return build_optimizer(groups, self.recipe, self.max_epochs)
+
+    def best_student(self, k: int) -> nn.Module:
+        if self.best_state[k] is None:
+            return self.students[k]
+        model = copy.deepcopy(self.students[k])
+        model.load_state_dict(self.best_state[k])
+        return model
+
+
+def check(conf: dict) -> tuple[list[dict], list[int], dict, float]:
+    node, models = conf["variant"], list_models()
+    raw = node.get("students") or [conf["student"]["arch"]] * 2
+    nodes = []
+    for i, item in enumerate(raw):
+        n = {"arch": item} if isinstance(item, str) else dict(item)
+        if set(n) - {"arch", "kwargs"} or n.get("arch") not in models:
+            raise ConfigError(f"variant.students[{i}]={item!r} is invalid: an architecture name or {{arch, kwargs}} "
+                              f"with arch one of: {', '.join(models)}")
+        nodes.append({"arch": n["arch"], "kwargs": n.get("kwargs") or {}})
+    if len(nodes) < 2:
+        raise ConfigError(f"variant.students={raw!r} is invalid: mutual learning needs two or more students")
+    if conf["student"]["arch"] not in [n["arch"] for n in nodes]:
+        raise ConfigError(f"student={conf['student']['arch']} is not among variant.students={raw!r}: the reported "
+                          "student is the best peer of that architecture; set student=<one of them>")
+    seeds = node.get("seeds") or [conf["seed"] + k for k in range(len(nodes))]
+    if len(seeds) != len(nodes):
+        raise ConfigError(f"variant.seeds={seeds!r} is invalid: one seed per student ({len(nodes)})")
+    weights = dict(node.get("weights") or {"ce": 1.0, "kl": 1.0})
+    if set(weights) - {"ce", "kl"} or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                                          for v in weights.values()) or not any(v > 0 for v in weights.values()):
+        raise ConfigError(f"variant.weights={weights!r} is invalid: ce and kl, numbers >= 0, not all 0")
+    temperature = node.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"variant.temperature={temperature!r} is invalid: must be a number > 0")
+    return nodes, [int(s) for s in seeds], weights, float(temperature)
+
+
+def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
+    nodes, seeds, weights, temperature = check(conf)
+    archs = [n["arch"] for n in nodes]
+    label = (conf.get("variant") or {}).get("label") or "dml"
+    ctx = make_context(conf, run_dir, {"kdexp.variant": "mutual", "teacher": "none", "distill": "dml",
+                                       "kdexp.peers": "+".join(archs)}, cell=cell)
+    students = []
+    for node, seed in zip(nodes, seeds):
+        L.seed_everything(seed, verbose=False)
+        students.append(ctx.with_nodes(student=node).build("student"))
+    lrs = [ctx.recipe_for("student", a)["lr"] for a in archs]
+    baseline_meta = vanilla_baseline(ctx)
+    with student_run(ctx, f"{label}:{'+'.join(archs)}", cell, label, lineage_tags(None, baseline_meta)) as run_id:
+        epochs = conf["trainer"]["max_epochs"]
+        module = MutualModule(students, weights=weights, temperature=temperature, recipe=ctx.recipe_for("teacher"),
+                              lrs=lrs, max_epochs=epochs, metric_sink=ctx.tracker.sink(run_id))
+        fit(ctx, module, epochs, trial_callbacks(conf), stage=f"students {label}")
+        return report_peers(ctx, run_id, module, archs, conf["student"]["arch"], baseline_meta, label)
+
+
+def report_peers(ctx, run_id: str, module: MutualModule, archs: list[str], student_arch: str,
+                 baseline_meta: dict | None, label: str) -> dict[str, float]:
+    students, extra, rows = list(module.students), {}, []
+    for k, (s, arch) in enumerate(zip(students, archs)):
+        test = evaluate(ctx, s, f"peer{k}", costs=False)
+        extra.update({f"peer{k}/{key}": v for key, v in test.items()})
+        extra.update({f"peer{k}/val_acc": module.last_val_acc[k], f"peer{k}/best_val_acc": module.best_val_acc[k]})
+        rows.append((f"peer {k}", arch, test["test_top1"]))
+    ensemble = evaluate(ctx, EnsembleTeacher(students, combine="mean_probs"), "ensemble")
+    extra.update({f"ensemble/{key}": v for key, v in ensemble.items()})
+    rows.append(("ensemble of peers (mean_probs)", "+".join(archs), ensemble["test_top1"]))
+    chosen = max((k for k, a in enumerate(archs) if a == student_arch), key=lambda k: module.last_val_acc[k])
+    extra["student/peer_index"] = chosen
+    train_metrics = {"val_acc": module.last_val_acc[chosen], "best_val_acc": module.best_val_acc[chosen],
+                     "best_epoch": module.best_epoch[chosen], "adapter_params": 0}
+    if module.best_state[chosen] is not None:
+        best = evaluate(ctx, module.best_student(chosen), "student_best", costs=False)
+        train_metrics.update({f"best_val/{k}": v for k, v in best.items()})
+    metrics = report_student(ctx, run_id, students[chosen], train_metrics, None, baseline_meta, extra,
+                             {"distill": label, "teacher": "none (mutual learning)"},
+                             {"distill": {"weights": module.weights, "temperature": module.temperature}},
+                             copy_student=True)
+    if ctx.conf["tracking"].get("log_checkpoints", True):
+        for k, s in enumerate(students):
+            ctx.tracker.log_artifact(run_id, save_weights(ctx, s, f"peer{k}.pt"))
+    log_table(ctx, run_id, accuracy_table("mutual learning", rows))
+    return metrics

@@ -1,0 +1,167 @@
+"""`kdexp-train variant=policy`: PPO teacher (cached) -> policy distillation -> episode returns.
+
+Uses only the `variant` node (conf/variant/policy.yaml) plus `seed`, `eval`, `paths` and `tracking`;
+the image groups (data, teacher, student, distill, recipe, trainer, finetune, baseline) are still
+composed and validated with their defaults but ignored: they appear neither in the runs' params nor tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from omegaconf import OmegaConf
+
+from kdexp.cache import ModelCache, fingerprint, load_weights
+from kdexp.config import thaw
+from kdexp.evaluate import cost_metrics, ratios
+from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
+from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
+from kdexp.policy.nets import ActorCritic, PolicyMLP
+from kdexp.policy.ppo import PPOSettings, train_ppo
+from kdexp.redact import redact_config
+from kdexp.tracking import Tracker, flatten
+from kdexp.training.lifecycle import tracked_run
+from kdexp.validate import ConfigError
+
+log = logging.getLogger("kdexp")
+TEACHER_FORMAT = 1  # bump when PPO or the nets change what a cached teacher means
+COLLECT_SEED, HELDOUT_SEED = 500_000, 600_000  # episode seeds apart from PPO's, the checks' and eval_seed
+
+
+def settings(cls, node: dict | None, key: str):
+    node = dict(node or {})
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(node) - allowed)
+    if unknown:
+        raise ConfigError(f"{key}: unknown keys {unknown}; allowed: {', '.join(sorted(allowed))}")
+    return cls(**node)
+
+
+def check_variant(v: dict) -> None:
+    for key in ("states", "heldout_states", "eval_episodes", "eval_seed", "teacher_seed"):
+        if isinstance(v[key], bool) or not isinstance(v[key], int) or v[key] < (0 if "seed" in key else 1):
+            raise ConfigError(f"variant.{key}={v[key]!r} is invalid: must be a positive integer")
+    for key in ("teacher_hidden", "student_hidden"):
+        if not isinstance(v[key], list) or not all(isinstance(h, int) and h > 0 for h in v[key]):
+            raise ConfigError(f"variant.{key}={v[key]!r} is invalid: a list of layer widths, e.g. [64, 64]")
+    if v["collect"] not in ("sample", "greedy"):
+        raise ConfigError(f"variant.collect={v['collect']!r} is invalid: sample | greedy")
+    if not v["student"]["temperature"] > 0:
+        raise ConfigError(f"variant.student.temperature={v['student']['temperature']!r} is invalid: "
+                          "must be > 0")
+
+
+def arch_name(hidden: list[int]) -> str:
+    return "policy_mlp_" + "x".join(map(str, hidden))
+
+
+def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
+    v = conf["variant"]
+    check_variant(v)
+    ppo = settings(PPOSettings, v.get("ppo"), "variant.ppo")
+    student_settings = settings(StudentSettings, v.get("student"), "variant.student")
+    env_id, seed = v["env"], conf["seed"]
+    obs_dim, num_actions = env_dims(env_id)
+    tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"],
+                      artifact_root=conf["tracking"].get("artifact_root"))
+    cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
+    teacher, teacher_meta = policy_teacher(v, ppo, obs_dim, num_actions, tracker, cache, conf)
+
+    tags = {"kdexp.role": "student", "kdexp.variant": "policy", "kdexp.method": "policy", "kdexp.cell": cell,
+            "env": env_id, "data": env_id, "teacher": arch_name(v["teacher_hidden"]),
+            "student": arch_name(v["student_hidden"]),
+            "distill": "policy_kl", "seed": str(seed), "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
+            "kdexp.teacher_fingerprint": teacher_meta["key"]}
+    params = flatten({"variant": v, "seed": seed, "eval": conf["eval"]})
+    name = f"policy:{tags['teacher']}->{tags['student']}"
+    with tracked_run(tracker, name, tags, params, trial_conf=conf) as run_id:
+        torch.manual_seed(seed)
+        student = PolicyMLP(obs_dim, num_actions, v["student_hidden"])
+        sample = v["collect"] == "sample"
+        states = collect_states(teacher.actor, env_id, v["states"], COLLECT_SEED + 1000 * seed, sample)
+        heldout = collect_states(teacher.actor, env_id, v["heldout_states"], HELDOUT_SEED + 1000 * seed, sample)
+        states = distill_policy(student, teacher.actor, states, env_id, student_settings, seed, heldout,
+                                tracker.sink(run_id))
+        metrics = policy_metrics(conf, teacher, student, heldout)
+        metrics["student/train_states"] = len(states)
+        tracker.log_metrics(run_id, metrics)
+        write_policy_results(conf, run_dir, tracker, run_id, metrics, student)
+    return metrics
+
+
+def policy_teacher(v: dict, ppo: PPOSettings, obs_dim: int, num_actions: int, tracker: Tracker,
+                   cache: ModelCache, conf: dict) -> tuple[ActorCritic, dict]:
+    """The PPO teacher from the model cache, trained (as its own MLflow run) on a miss."""
+    spec = {"role": "policy-teacher", "format": TEACHER_FORMAT, "algorithm": "ppo", "env": v["env"],
+            "hidden": v["teacher_hidden"], "ppo": asdict(ppo), "seed": v["teacher_seed"]}
+    key = fingerprint(spec)
+
+    def train() -> tuple[ActorCritic, dict]:
+        tags = {"kdexp.role": "teacher", "kdexp.variant": "policy", "env": v["env"], "data": v["env"],
+                "arch": arch_name(v["teacher_hidden"]), "seed": str(v["teacher_seed"]), "kdexp.fingerprint": key}
+        with tracked_run(tracker, f"teacher:{tags['arch']}", tags, flatten(spec)) as run_id:
+            log.info("training policy teacher %s on %s (cache key %s)", tags["arch"], v["env"], key)
+            model, info = train_ppo(v["env"], v["teacher_hidden"], ppo, v["teacher_seed"], tracker.sink(run_id))
+            tracker.log_metrics(run_id, {f"teacher/{k}": float(x) for k, x in info.items()})
+        return model, {"run_id": run_id, "spec": spec, "train": info}
+
+    entry, fresh = cache.get_or_create(key, train)
+    if fresh is not None:
+        return fresh, {**entry.meta, "key": key, "cached": False}
+    log.info("reusing cached policy teacher (cache key %s, run %s)", key, entry.meta.get("run_id"))
+    model = ActorCritic(obs_dim, num_actions, v["teacher_hidden"])
+    load_weights(model, entry.weights, f"cached policy teacher {key}")
+    return model, {**entry.meta, "key": key, "cached": True}
+
+
+def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout: torch.Tensor) -> dict:
+    """Greedy returns of both on the same fresh seeded episodes, agreement/KL on held-out states, costs."""
+    v, ev = conf["variant"], conf["eval"]
+    out: dict[str, float] = {}
+    costs = {}
+    for role, actor in (("teacher", teacher.actor), ("student", student)):
+        mean, std = mean_std(episode_returns(actor, v["env"], v["eval_episodes"], v["eval_seed"]))
+        costs[role] = {"test_return_mean": mean,
+                       **cost_metrics(actor, tuple(heldout.shape[1:]), ev["latency_batch"], ev["latency_repeats"])}
+        out.update({f"{role}/{k}": float(x) for k, x in costs[role].items()})
+        out[f"{role}/test_return_std"] = std
+    out.update({f"student/{k}": x for k, x in agreement_metrics(student, teacher.actor, heldout).items()})
+    out.update({f"student/{k}": x for k, x in ratios(costs["student"], costs["teacher"]).items()})
+    return out
+
+
+def write_policy_results(conf: dict, run_dir: Path, tracker: Tracker, run_id: str, metrics: dict,
+                         student: PolicyMLP) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(redact_config(thaw(
+        {"variant": conf["variant"], "seed": conf["seed"]})))))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    table = summary(metrics, conf)
+    (run_dir / "summary.md").write_text(table + "\n")
+    for name in ("config.yaml", "metrics.json", "summary.md"):
+        tracker.log_artifact(run_id, run_dir / name)
+    if conf["tracking"].get("log_checkpoints", True):
+        torch.save(student.state_dict(), run_dir / "student.pt")
+        tracker.log_artifact(run_id, run_dir / "student.pt")
+    print(table, flush=True)
+
+
+def summary(m: dict, conf: dict) -> str:
+    v = conf["variant"]
+    lines = ["| policy | return (mean ± std) | agree w/ T | KL(T‖S) | params | lat b1 ms |",
+             "|---|---|---|---|---|---|"]
+    for role, hidden in (("teacher", v["teacher_hidden"]), ("student", v["student_hidden"])):
+        agree = f"{100 * m['student/agreement']:.2f}" if role == "student" else "–"
+        kl = f"{m['student/kl_teacher']:.4f}" if role == "student" else "–"
+        lines.append(f"| {role} {arch_name(hidden)} | {m[f'{role}/test_return_mean']:.1f} ± "
+                     f"{m[f'{role}/test_return_std']:.1f} | {agree} | {kl} | {m[f'{role}/params']:.0f} | "
+                     f"{m[f'{role}/latency_b1_ms']:.3f} |")
+    caption = (f"env={v['env']} seed={conf['seed']} T={v['student']['temperature']} "
+               f"dagger_rounds={v['student']['dagger_rounds']}; greedy returns on {v['eval_episodes']} episodes "
+               f"seeded from {v['eval_seed']}; agreement/KL on {v['heldout_states']} held-out teacher states")
+    return "\n".join([*lines, "", caption])

@@ -1,0 +1,153 @@
+"""kdexp-export RUN_ID --format onnx|pt2 [--uri URI] [--out PATH]: a past run's model as one file that runs
+without kdexp (ONNX Runtime, or `torch.export.load(path).module()`).
+
+Runs logged with an MLflow Model (kdexp.mlflow_models.log_model) are exported from its torch.export graph
+(an int8 student logged with log_onnx_model is copied as it is, ONNX only).
+Older runs are rebuilt from their weights artifact (student.pt, else teacher.pt / baseline.pt) and the
+architecture they record: config.yaml for student runs, the run's params for teacher/baseline runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdexp.export import FORMATS, ExportError
+
+WEIGHT_ARTIFACTS = ("student.pt", "teacher.pt", "baseline.pt")
+DEFAULT_URI = "sqlite:///outputs/mlflow.db"  # conf/train.yaml's tracking.uri for the default paths.root
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdexp-export", description="Export the model of a past kdexp run to ONNX or torch.export (.pt2).")
+    parser.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (the UI's run page, or kdexp-train's log)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx: ONNX Runtime; pt2: torch.export")
+    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
+                        help=f"tracking store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})")
+    parser.add_argument("--out", help="output file (default: <RUN_ID>.<format> in the current folder)")
+    return parser
+
+
+def open_run(uri: str, run_id: str):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from kdexp.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # MlflowClient would silently create an empty store
+        raise ExportError(f"no MLflow store at {db} (--uri {uri})")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        return client, client.get_run(run_id)
+    except MlflowException:
+        raise ExportError(f"no run {run_id!r} in {uri}") from None
+
+
+def logged_model_dir(client, run, tmp: Path) -> Path | None:
+    """The run's MLflow Model named "model", downloaded into `tmp`; None when the run has none."""
+    import mlflow.artifacts
+
+    from kdexp.mlflow_models import MODEL_NAME
+
+    for output in run.outputs.model_outputs if run.outputs else []:
+        model = client.get_logged_model(output.model_id)
+        if model.name == MODEL_NAME:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp)))
+    return None
+
+
+def architecture(client, run, tmp: Path) -> tuple[str, dict, int, tuple[int, ...]]:
+    """(arch, kwargs, num_classes, input_shape) of an older run, from config.yaml or the run's params."""
+    names = {f.path for f in client.list_artifacts(run.info.run_id)}
+    if "config.yaml" in names:
+        from omegaconf import OmegaConf
+
+        from kdexp.data import create_datamodule, datamodule_options
+
+        conf: Any = OmegaConf.to_container(OmegaConf.load(client.download_artifacts(
+            run.info.run_id, "config.yaml", str(tmp))))
+        if (conf.get("variant") or {}).get("name") == "quantized":
+            raise ExportError(f"run {run.info.run_id} is a variant=quantized run: its student.pt is an int8 eager "
+                              "state_dict, which cannot be exported; newer runs log student_int8.onnx")
+        if "student" not in conf or "data" not in conf:
+            raise ExportError(f"run {run.info.run_id}: config.yaml names no student architecture or data set")
+        data = {k: v for k, v in conf["data"].items() if k in datamodule_options(conf["data"]["name"])}
+        dm = create_datamodule(conf["data"]["name"], **data)  # reads no data: only its classes and input shape are used
+        return conf["student"]["arch"], conf["student"].get("kwargs") or {}, dm.num_classes, tuple(dm.input_shape)
+    params = run.data.params
+    try:  # a teacher or baseline run: its params are the cache key spec (kdexp.stages.model_spec)
+        return params["arch"], {}, int(params["num_classes"]), tuple(json.loads(params["data.input_shape"]))
+    except (KeyError, ValueError):
+        raise ExportError(f"run {run.info.run_id} records no architecture (no config.yaml, no arch param)") from None
+
+
+def rebuilt_program(client, run, tmp: Path):
+    """An older run's model from its weights artifact and recorded architecture."""
+    import torch
+
+    from kdexp.export import export_program
+    from kdexp.models import create_model
+
+    names = {f.path for f in client.list_artifacts(run.info.run_id)}
+    weights = next((n for n in WEIGHT_ARTIFACTS if n in names), None)
+    if weights is None:
+        raise ExportError(f"run {run.info.run_id} has no MLflow Model and no weights artifact "
+                          f"({', '.join(WEIGHT_ARTIFACTS)}); found: {', '.join(sorted(names)) or 'nothing'}")
+    arch, kwargs, num_classes, input_shape = architecture(client, run, tmp)
+    model = create_model(arch, num_classes=num_classes, in_channels=input_shape[0], **kwargs)
+    state = torch.load(client.download_artifacts(run.info.run_id, weights, str(tmp)), map_location="cpu")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ExportError(f"{weights} of run {run.info.run_id} does not fit {arch}: {exc}") from None
+    return export_program(model, torch.zeros(2, *input_shape))
+
+
+def export_run(run_id: str, fmt: str, uri: str, out: str | Path | None = None) -> Path:
+    from kdexp.export import export_onnx, export_pt2
+
+    if fmt not in FORMATS:
+        raise ExportError(f"format {fmt!r} is not supported: choose one of {', '.join(FORMATS)}")
+    client, run = open_run(uri, run_id)
+    target = Path(out) if out is not None else Path(f"{run_id}.{fmt}")
+    with tempfile.TemporaryDirectory(prefix="kdexp-export-") as tmp:
+        local = logged_model_dir(client, run, Path(tmp))
+        if local is None:
+            program = rebuilt_program(client, run, Path(tmp))
+        elif archive := next(iter(sorted(local.rglob("model.pt2"))), None):
+            import torch
+
+            program = torch.export.load(archive)
+        elif onnx_file := next(iter(sorted(local.rglob("*.onnx"))), None):  # variant=quantized: int8 ONNX
+            if fmt != "onnx":
+                raise ExportError(f"the model of run {run_id} is an ONNX model (the int8 student of "
+                                  "variant=quantized): only --format onnx is available")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(onnx_file, target)
+            return target
+        else:
+            raise ExportError(f"the MLflow Model of run {run_id} is neither a pt2 nor an ONNX model")
+        return (export_onnx if fmt == "onnx" else export_pt2)(program, None, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = export_run(args.run_id, args.format, args.uri, args.out)
+    except ExportError as exc:
+        print(f"kdexp-export: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Benchmark matrices: a `pair` axis, method labels and settings, per-student lr, idempotent re-runs.
+
+A matrix is a Hydra config in sweeps/matrix/ (the `matrix` group, through the conf/matrix symlink) whose
+basic-sweeper params sweep `pair`, `distill` and `seed`. kdexp.config.parse_config calls `apply_matrix_keys`
+before validation; the experiment dispatcher calls `finished_cell_metrics` before any work; `student_lr` is
+applied per role by kdexp.config.recipe_for.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdexp.cache import fingerprint
+from kdexp.validate import ConfigError
+
+log = logging.getLogger("kdexp")
+PAIR_SEP = "->"
+MATRIX_DIR = Path(__file__).resolve().parent / "sweeps" / "matrix"  # shipped in the package (link in the repo)
+# Keys that do not change what a cell trains: where things go, how it is measured or logged, how fast.
+# `tune`: how settings were chosen; the chosen ones are merged into `distill`, which the key includes.
+# `imports`: where code comes from; what it trains is in the other keys (a plug-in model's name, ...).
+CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair", "tune", "imports")
+CELL_IGNORED_SUBKEYS = {
+    "data": ("root", "eval_batch_size", "device", "pin_memory"),
+    "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last",
+                "logger"),
+    "teacher_cache": ("mode", "max_gb"),  # cached or online teacher outputs: the same numbers
+}
+FINAL_PREFIXES = ("student/", "teacher/", "baseline/")  # what run_experiment returns, not per-epoch curves
+
+
+def pair_name(teacher: str, student: str) -> str:
+    return f"{teacher}{PAIR_SEP}{student}"
+
+
+def parse_pair(pair: str) -> tuple[str, str]:
+    parts = [p.strip() for p in str(pair).split(PAIR_SEP)]
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"pair={pair!r} is invalid: write it as 'teacher->student', e.g. \"pair='cnn_medium->cnn_tiny'\" "
+            "(quoted: Hydra's override grammar does not accept '>' unquoted)"
+        )
+    return parts[0], parts[1]
+
+
+def apply_matrix_keys(conf: dict) -> None:
+    """`method` defaults to the distill config chosen (crd_kd, not its `name` crd); `pair: "T->S"` sets
+    teacher.arch and student.arch; `distill_overrides` ("*" for every pair, then the pair itself ->
+    method -> distill keys, e.g. DKD's per-pair beta) is merged into `distill`."""
+    conf["method"] = conf.get("method") or distill_choice() or conf["distill"]["name"]
+    if conf.get("pair"):
+        conf["teacher"]["arch"], conf["student"]["arch"] = parse_pair(conf["pair"])
+    overrides = conf.pop("distill_overrides", None) or {}  # merged below; '*', '->' are no MLflow param names
+    for pair in ("*", pair_name(conf["teacher"]["arch"], conf["student"]["arch"])):
+        extra = (overrides.get(pair) or {}).get(conf["method"])
+        if extra:
+            _merge(conf["distill"], extra)
+    for arch, lr in (conf.get("student_lr") or {}).items():
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"student_lr.{arch}={lr!r} is invalid: a learning rate must be a number > 0")
+
+
+def distill_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # run_experiment called outside the kdexp-train app (tests)
+        return None
+    return HydraConfig.get().runtime.choices.get("distill")
+
+
+def _merge(into: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def student_lr(conf: dict, arch: str) -> float | None:
+    """`student_lr[arch]`: the lr of a student of that architecture (kdexp.config.recipe_for applies it)."""
+    lr = (conf.get("student_lr") or {}).get(arch)
+    return None if lr is None else float(lr)
+
+
+def cell_key(conf: dict) -> str:
+    """Fingerprint of what one cell trains (after `apply_matrix_keys`): paths, tracking and eval-only keys
+    left out, `student_lr` reduced to this student's entry, so that a re-run of the same cell finds it."""
+    view = _view(conf, CELL_IGNORED_KEYS, CELL_IGNORED_SUBKEYS)
+    view["student_lr"] = student_lr(conf, conf["student"]["arch"])
+    return fingerprint({"what": "cell", **view})
+
+
+# What may differ between the cells of one table: the pair, the method (and its distill settings), the seed.
+SETTINGS_IGNORED_KEYS = (*CELL_IGNORED_KEYS, "seed", "method", "distill", "optuna_trial")
+SETTINGS_IGNORED_SUBKEYS = {**CELL_IGNORED_SUBKEYS, "teacher": ("arch", "kwargs"), "student": ("arch", "kwargs")}
+
+
+def _view(conf: dict, keys: tuple[str, ...], subkeys: dict[str, tuple[str, ...]]) -> dict:
+    """conf without `keys`, and without `subkeys[node]` inside each node."""
+    view = {k: v for k, v in conf.items() if k not in keys}
+    for node, drop in subkeys.items():
+        if isinstance(view.get(node), dict):
+            view[node] = {k: v for k, v in view[node].items() if k not in drop}
+    return view
+
+
+def settings_key(conf: dict) -> str:
+    """Fingerprint of what every cell of a benchmark table must share (data, recipe, trainer, how the teacher
+    is trained, ...), after `apply_matrix_keys`; `recipe` is the teacher's. Tagged `kdexp.settings` on
+    student runs, so that kdexp-report can tell when a table mixes runs of different settings."""
+    return fingerprint({"what": "matrix-settings", **_view(conf, SETTINGS_IGNORED_KEYS, SETTINGS_IGNORED_SUBKEYS)})
+
+
+def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:
+    """With `skip_finished`, the final metrics of a FINISHED student run of this cell, else None.
+    FAILED or killed (still RUNNING) runs do not count: their cells are trained again."""
+    if not conf.get("skip_finished"):
+        return None
+    run = find_finished_run(conf["tracking"]["uri"], conf["tracking"]["experiment"], cell)
+    if run is None:
+        return None
+    log.info("skipping finished cell %s (%s, seed %s): run %s", cell, run.info.run_name,
+             run.data.tags.get("seed"), run.info.run_id)
+    return {k: v for k, v in run.data.metrics.items() if k.startswith(FINAL_PREFIXES)}
+
+
+def find_finished_run(uri: str, experiment: str, cell: str):
+    from mlflow.tracking import MlflowClient
+
+    from kdexp.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # nothing tracked yet: do not create an empty store here
+        return None
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id], max_results=1, order_by=["attributes.end_time DESC"],
+        filter_string=f"tags.`kdexp.cell` = '{cell}' AND tags.`kdexp.role` = 'student' "
+                      "AND attributes.status = 'FINISHED'",
+    )
+    return runs[0] if runs else None
+
+
+@dataclass
+class MatrixSpec:
+    """What a matrix file declares, for the report: axes in their declared order and its MLflow experiment."""
+
+    name: str
+    pairs: list[str]
+    methods: list[str]
+    seeds: list[int]
+    experiment: str | None
+
+
+def matrix_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = MATRIX_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in MATRIX_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"matrix {name_or_path!r}: no such file {path} (matrices: {known})")
+    return path
+
+
+def load_matrix(name_or_path: str) -> MatrixSpec:
+    """Read a matrix file's sweeper params (Hydra's override grammar: 'a->b','c->d' / kd,dkd / range(0,3))."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    path = matrix_path(name_or_path)
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    params = ((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    parser = OverridesParser.create()
+
+    def axis(key: str) -> list[str]:
+        if key not in params:
+            raise ValueError(f"{path}: hydra.sweeper.params has no {key!r} axis")
+        override = parser.parse_overrides([f"{key}={params[key]}"])[0]
+        values = override.sweep_string_iterator() if override.is_sweep_override() else [str(override.value())]
+        return [str(v).strip("'\"") for v in values]
+
+    for pair in axis("pair"):
+        parse_pair(pair)
+    return MatrixSpec(
+        name=path.stem, pairs=axis("pair"), methods=axis("distill"), seeds=[int(s) for s in axis("seed")],
+        experiment=(raw.get("tracking") or {}).get("experiment"),
+    )

@@ -1,0 +1,171 @@
+"""`kdexp-report`: the benchmark table of a matrix (or of any student runs) from MLflow.
+
+    kdexp-report --matrix fashion_cpu                       # the experiment, pairs, methods, seeds of the file
+    kdexp-report --experiment kdexp --select best-val --filter "tags.data = 'digits'"
+
+Writes table.md, table.tex, results.csv and figures to outputs/reports/<name>/, and logs them as the
+artifacts of a run tagged kdexp.role=report in the same MLflow experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kdexp.report.collect import SELECT_METRICS, records_from_runs, search_runs
+from kdexp.report.table import Table, build_table
+
+DEFAULT_URI = "sqlite:///outputs/mlflow.db"
+DEFAULT_EXPERIMENT = "kdexp"  # tracking.experiment of conf/train.yaml
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kdexp-report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI),
+                   help="tracking store (default: $MLFLOW_TRACKING_URI or %(default)s)")
+    p.add_argument("--matrix", help="a matrix name (sweeps/matrix/<name>.yaml) or file: its experiment, and its "
+                                    "pairs, methods and seeds as the expected cells, in the file's order")
+    p.add_argument("--experiment", action="append",
+                   help=f"MLflow experiment name (repeatable; default: the matrix's, else {DEFAULT_EXPERIMENT!r})")
+    p.add_argument("--filter", help="an extra MLflow filter on student runs, e.g. \"params.`recipe.lr` = '0.05'\"")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="only student runs with this tag, e.g. --tag data=cifar100 (repeatable)")
+    p.add_argument("--select", choices=list(SELECT_METRICS), default="last",
+                   help="which test accuracy: last epoch (default) or the epoch of best validation accuracy")
+    p.add_argument("--seeds", type=int, help="seeds expected per cell; fewer are marked (default: the matrix's "
+                                             "seed count, else the largest n found)")
+    p.add_argument("--paper-vs-tuned", action="store_true",
+                   help="rows of paper settings and of tuned settings (tag kdexp.tuned) side by side, with Δ and "
+                        "Welch's p between them; with --matrix, both kinds of runs of its methods")
+    p.add_argument("--reference", help="published numbers to compare against (CSV pair,method,top1 or Markdown)")
+    p.add_argument("--name", help="report name (default: the matrix's or the experiment's)")
+    p.add_argument("--out", default="outputs/reports", help="reports go to OUT/<name>/ (default: %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        table, out_dir, files, experiment_id = make_report(args)
+    except (ValueError, FileNotFoundError, LookupError) as exc:
+        print(f"kdexp-report: error: {exc}", file=sys.stderr)
+        return 2
+    print((out_dir / "table.md").read_text())
+    if not args.no_mlflow:
+        run_id = log_report(args, table, out_dir, experiment_id)
+        print(f"logged as MLflow run {run_id} (kdexp.role=report)")
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]:
+    from mlflow.tracking import MlflowClient
+
+    from kdexp.matrix import load_matrix
+    from kdexp.report import render
+    from kdexp.tracking import sqlite_path
+
+    matrix = load_matrix(args.matrix) if args.matrix else None
+    names = args.experiment or [(matrix.experiment if matrix else None) or DEFAULT_EXPERIMENT]
+    db = sqlite_path(args.uri)
+    if db is not None and not db.is_file():
+        raise FileNotFoundError(f"no tracking store at {db} (run kdexp-train first, or pass --uri)")
+    client = MlflowClient(tracking_uri=args.uri)
+    experiments = [client.get_experiment_by_name(n) for n in names]
+    if None in experiments:
+        known = ", ".join(sorted(e.name for e in client.search_experiments()))
+        raise LookupError(f"no experiment {names[experiments.index(None)]!r} in {args.uri} (experiments: {known})")
+    query = run_filter(args.filter, args.tag)
+    runs = search_runs(client, [e.experiment_id for e in experiments], query)
+    if not runs:
+        raise LookupError(f"no FINISHED student runs in experiment(s) {', '.join(names)}"
+                          + (f" matching {query!r}" if query else ""))
+    if matrix is not None:  # rows of a tuned matrix are its methods' tuned runs (the vanilla student has none)
+        matrix.methods = matrix_rows(args.matrix, matrix.methods, args.paper_vs_tuned)
+    records, notes = records_from_runs(runs, args.select, matrix)
+    table = build_table(records, args.select, notes, pairs=matrix.pairs if matrix else None,
+                        methods=matrix.methods if matrix else None,
+                        expected_seeds=args.seeds or (len(matrix.seeds) if matrix else None))
+
+    name = args.name or (matrix.name if matrix else "-".join(names))
+    out_dir = Path(args.out) / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = render.csv_rows(table)
+    markdown = render.to_markdown(table, f"kdexp report: {name}")
+    from kdexp.report.compare import paper_vs_tuned_markdown, settings_markdown
+
+    for section in (paper_vs_tuned_markdown(table), settings_markdown(table)):
+        markdown += "\n" + section if section else ""
+    if args.reference:
+        from kdexp.report.reference import add_reference_columns, load_reference, reference_markdown
+
+        reference = load_reference(args.reference)
+        add_reference_columns(table, rows, reference)
+        markdown += "\n" + reference_markdown(table, reference)
+    files = [out_dir / "table.md", out_dir / "table.tex", out_dir / "results.csv"]
+    files[0].write_text(markdown, encoding="utf-8")
+    files[1].write_text(render.to_latex(table, f"kdexp-{name}"), encoding="utf-8")
+    files[2].write_text(render.to_csv(rows), encoding="utf-8")
+    if not args.no_plots:
+        from kdexp.report.plots import write_plots
+
+        figures, skipped = write_plots(table, out_dir)
+        files += figures
+        if skipped:
+            print(f"kdexp-report: {skipped}", file=sys.stderr)
+    return table, out_dir, files, experiments[0].experiment_id
+
+
+def matrix_rows(name_or_path: str, methods: list[str], both: bool) -> list[str]:
+    """A matrix's row labels: its methods, tuned ones as <method>+tuned when the file sets tune.enabled
+    (a method without a search space, e.g. the vanilla student, is never tuned); both kinds with `both`."""
+    from omegaconf import OmegaConf
+
+    from kdexp.matrix import matrix_path
+    from kdexp.report.compare import TUNED_SUFFIX, searched_keys
+
+    raw = OmegaConf.to_container(OmegaConf.load(matrix_path(name_or_path)))
+    tuned = bool((raw.get("tune") or {}).get("enabled")) or both
+    rows = []
+    for method in methods:
+        if not tuned or not searched_keys(method):
+            rows.append(method)
+            continue
+        rows += [method, method + TUNED_SUFFIX] if both else [method + TUNED_SUFFIX]
+    return rows
+
+
+def run_filter(extra: str | None, tags: list[str]) -> str | None:
+    """--filter and every --tag KEY=VALUE, joined with AND (MLflow's filter syntax)."""
+    parts = [extra] if extra else []
+    for item in tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag {item!r}: write it as KEY=VALUE, e.g. --tag data=cifar100")
+        parts.append(f"tags.`{key}` = '{value}'")
+    return " AND ".join(parts) or None
+
+
+def log_report(args: argparse.Namespace, table: Table, out_dir: Path, experiment_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    import kdexp
+
+    client = MlflowClient(tracking_uri=args.uri)
+    tags = {"kdexp.role": "report", "kdexp.version": kdexp.__version__, "kdexp.select": table.select,
+            "kdexp.report": out_dir.name}
+    run = client.create_run(experiment_id, run_name=f"report:{out_dir.name}", tags=tags)
+    run_id = run.info.run_id
+    params = {"select": table.select, "metric": SELECT_METRICS[table.select], "seeds": table.expected_seeds,
+              "matrix": args.matrix or "", "filter": run_filter(args.filter, args.tag) or "",
+              "pairs": len(table.pairs),
+              "methods": len(table.rows) - 2}
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value))
+    client.log_artifacts(run_id, str(out_dir), artifact_path="report")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,109 @@
+"""Significance against the vanilla student, the settings each row ran with, and paper vs tuned settings.
+
+Significance: Welch's t-test (two-sided, unequal variances; scipy.stats.ttest_ind) of a row's per-seed
+accuracies against the vanilla student's of the same pair, p < ALPHA; undefined with fewer than two seeds
+on either side or no variance on both. Tuned rows are the same method with tag kdexp.tuned=true (label
+"<method>+tuned"); their settings are what the study chose (run params distill.*).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+ALPHA = 0.05
+MARK = "*"
+TUNED_SUFFIX = "+tuned"
+SIGNIFICANCE_NOTE = (f"{MARK}: differs from the vanilla student of the pair beyond seed noise (Welch's t-test, "
+                     f"two-sided, p < {ALPHA}; needs ≥ 2 seeds on both sides).")
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (as scipy.stats.ttest_ind(equal_var=False), written out so that
+    a group without variance, e.g. three equal accuracies, gives the exact answer), or None if undefined."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import t as student_t
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return None
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(2 * student_t.sf(abs(t), df))
+
+
+def base_method(row: str) -> str:
+    return row.removesuffix(TUNED_SUFFIX)
+
+
+def searched_keys(row: str) -> list[str]:
+    """The run params a row's method tunes (conf/search/<method>.yaml); [] for unknown methods."""
+    from kdexp.tuning import search_space
+
+    try:
+        return list(search_space(base_method(row)))
+    except ValueError:
+        return []
+
+
+def settings_text(settings: dict[str, str] | None) -> str:
+    if not settings:
+        return "–"
+    return ", ".join(f"{k.removeprefix('distill.')}={_short(v)}" for k, v in settings.items())
+
+
+def _short(value: str) -> str:
+    try:
+        return f"{float(value):.3g}"
+    except ValueError:
+        return value
+
+
+def settings_markdown(table) -> str:
+    """One line per method row: the searched settings each pair's runs used (paper or tuned)."""
+    rows = [r for r in table.rows if any(table.settings.get((r, p)) for p in table.pairs)]
+    if not rows:
+        return ""
+    from kdexp.report.table import row_label
+
+    intro = ("What each row ran with: the keys its method searches (conf/search/), from the runs' params; "
+             "tuned rows show the study's choice.")
+    lines = ["## Settings", "", intro, "",
+             "| Method | " + " | ".join(table.pairs) + " |", "|---|" + "---|" * len(table.pairs)]
+    for row in rows:
+        cells = [settings_text(table.settings.get((row, p))) for p in table.pairs]
+        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_vs_tuned_markdown(table) -> str:
+    """Paper settings and tuned side by side per method and pair: both means, Δ (tuned − paper) and
+    Welch's p between them; then the settings that changed."""
+    from kdexp.report.render import fmt
+    from kdexp.report.table import row_label
+
+    methods = [r for r in table.rows if not r.endswith(TUNED_SUFFIX) and r + TUNED_SUFFIX in table.rows]
+    if not methods:
+        return ""
+    intro = ("Per pair: paper → tuned (mean over seeds, %), Δ = tuned − paper, and Welch's p between the two; "
+             f"{MARK} marks p < {ALPHA}. Below each, the settings: paper → tuned.")
+    lines = ["## Paper settings vs tuned", "", intro, "",
+             "| Method | " + " | ".join(table.pairs) + " |", "|---|" + "---|" * len(table.pairs)]
+    for method in methods:
+        cells, settings = [], []
+        for pair in table.pairs:
+            paper, tuned = table.cell(method, pair), table.cell(method + TUNED_SUFFIX, pair)
+            if paper is None or tuned is None:
+                cells.append("–")
+            else:
+                p = welch_p(tuned.values, paper.values)
+                mark = MARK if p is not None and p < ALPHA else ""
+                p_text = "" if p is None else f", p={p:.3f}"
+                cells.append(f"{fmt(paper.mean)} → {fmt(tuned.mean)} ({fmt(tuned.mean - paper.mean, True)}"
+                             f"{p_text}){mark}")
+            settings.append(f"{settings_text(table.settings.get((method, pair)))} → "
+                            f"{settings_text(table.settings.get((method + TUNED_SUFFIX, pair)))}")
+        lines.append(f"| {row_label(method)} | " + " | ".join(cells) + " |")
+        lines.append("| ↳ settings | " + " | ".join(settings) + " |")
+    return "\n".join(lines) + "\n"

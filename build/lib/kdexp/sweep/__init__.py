@@ -1,0 +1,28 @@
+"""Hyper-parameter sweeps: kdexp's own Optuna sweeper for Hydra 1.3 (``hydra/sweeper=kdexp_optuna``).
+
+Command line (search space as sweep overrides; other overrides stay fixed for every trial)::
+
+    kdexp-train -m hydra/sweeper=kdexp_optuna hydra.sweeper.n_trials=30 hydra.sweeper.n_jobs=2 \\
+        'distill.temperature=interval(1,20)' 'recipe.lr=tag(log, interval(1e-4, 1e-1))' \\
+        'recipe.batch_size=choice(64,128,256)' 'trainer.max_epochs=range(10,30,10)'
+
+YAML (e.g. a ``conf/experiment/*.yaml`` or a sweep file)::
+
+    defaults:
+      - override /hydra/sweeper: kdexp_optuna
+    hydra:
+      sweeper:
+        study_name: kd-temperature
+        n_trials: 30
+        sampler: {name: tpe, seed: 0}
+        pruner: {name: median, n_startup_trials: 5, n_warmup_steps: 2}
+        objectives: [{metric: student/val_acc, direction: maximize}]
+        params:
+          distill.temperature: interval(1, 20)
+          distill.alpha: range(0.1, 0.9, step=0.1)
+
+Modules: ``engine`` (ask-and-tell loop), ``search_space`` (grammar), ``factories`` (samplers and
+pruners), ``storage`` (URLs, study lock, heartbeats), ``outcomes`` (job result -> trial state),
+``tracking``/``report`` (MLflow parent run, summary) and ``trial`` (the job-side API).
+Nothing is imported here, so that Hydra's plugin scan stays fast.
+"""

@@ -1,0 +1,107 @@
+"""Models trained on hard labels only — teachers and vanilla baselines — reused from the model cache."""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import lightning as L
+from torch import nn
+
+from kdexp import distributed
+from kdexp.cache import fingerprint, load_weights
+from kdexp.module import DistillModule
+from kdexp.tracking import flatten
+from kdexp.training.context import Context, planned_processes
+from kdexp.training.evaluation import evaluate
+from kdexp.training.lifecycle import tracked_run
+from kdexp.training.records import record_model
+from kdexp.training.trainer import drop_checkpoints, fit, resuming, save_weights
+
+log = logging.getLogger("kdexp")
+
+
+def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, seed: int) -> dict:
+    """Everything that defines a model trained with `recipe`: its cache key (a distilled link adds its
+    teacher and method to it)."""
+    c = ctx.conf
+    return {
+        "role": "trained-alone", "arch": node["arch"], "kwargs": node.get("kwargs") or {},
+        "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels, "data": ctx.dm.fingerprint(),
+        "batch_size": c["data"]["batch_size"], "recipe": recipe, "max_epochs": max_epochs, "seed": seed,
+        "precision": c["trainer"].get("precision"), "fast_dev_run": c["trainer"].get("fast_dev_run", False),
+        # callbacks from config (early stopping) and several DDP processes (a larger global batch) change
+        # what is trained; absent, keys stay as they were
+        **({"callbacks": c["trainer"]["callbacks"]} if c["trainer"].get("callbacks") else {}),
+        **({"processes": processes} if (processes := planned_processes(c["trainer"])) > 1 else {}),
+    }
+
+
+def cached_model(ctx: Context, role: str, label: str, key: str, train) -> tuple[nn.Module, dict]:
+    """The cache entry `key` (a model of the `role` node) or, on a miss, train() -> (model, meta), stored.
+    Under DDP every rank trains and rank 0 publishes (no lock is held across the training's collectives).
+    Returns (model, meta + key + cached)."""
+    entry, fresh = ctx.cache.get_or_create_distributed(key, train)
+    drop_checkpoints(ctx.checkpoints(key))  # the entry is what lasts now
+    if fresh is not None:
+        return fresh, {**entry.meta, "key": key, "cached": False}
+    log.info("reusing cached %s %s (cache key %s, run %s)", label, ctx.conf[role]["arch"], key,
+             entry.meta.get("run_id"))
+    model = load_weights(ctx.build(role), entry.weights, f"cached {label} {key}")
+    return model, {**entry.meta, "key": key, "cached": True}
+
+
+def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[nn.Module, dict]:
+    """The teacher (label "teacher") or the vanilla `baseline` of the student architecture, trained on hard
+    labels with its role's recipe, from the cache if possible. Returns (model, meta): meta has the MLflow
+    run id that trained it, its cache key and `cached`."""
+    role = "teacher" if label == "teacher" else "student"  # the config node naming the architecture
+    spec = model_spec(ctx, ctx.conf[role], ctx.recipe_for(role), max_epochs, seed)
+    key = fingerprint(spec)
+
+    def train() -> tuple[nn.Module, dict]:
+        L.seed_everything(seed, verbose=False)
+        model = ctx.build(role)
+        tags = {**ctx.alone_tags(label, spec["arch"], seed), "kdexp.fingerprint": key}
+        ckpt = ctx.checkpoints(key)
+        resume = {"kdexp.fingerprint": key} if resuming(ckpt) else None
+        with tracked_run(ctx.tracker, f"{label}:{spec['arch']}", tags, flatten(spec), position=ctx.position,
+                         resume=resume) as run_id:
+            module = DistillModule(model, recipe=spec["recipe"], max_epochs=max_epochs,
+                                   metric_sink=ctx.tracker.sink(run_id), track_best=False)
+            log.info("training %s %s for %d epochs (cache key %s)", label, spec["arch"], max_epochs, key)
+            ctx.dm.seed = seed  # the loader's shuffle order is part of what the cache key promises
+            try:
+                fit(ctx, module, max_epochs, stage=f"{label} {spec['arch']}", ckpt_dir=ckpt)
+            finally:
+                ctx.dm.seed = ctx.conf["seed"]
+            metrics = evaluate(ctx, model, label, costs=False)
+            ctx.tracker.log_metrics(run_id, metrics)
+            record_model(ctx, run_id, model, label)
+            if ctx.conf["tracking"].get("log_checkpoints", True) and distributed.is_rank_zero():
+                ctx.tracker.log_artifact(run_id, save_weights(ctx, model, f"{label}.pt"))
+        return model, {"run_id": run_id, "spec": spec, "test_metrics": metrics}
+
+    return cached_model(ctx, role, label, key, train)
+
+
+def resolve_teacher(ctx: Context, teacher: nn.Module) -> dict:
+    """Fill `teacher` with its weights (teacher.ckpt, the cache, or a training run); meta + test metrics."""
+    node = ctx.conf["teacher"]
+    if node.get("ckpt"):
+        load_weights(teacher, node["ckpt"], f"teacher.ckpt ({node['arch']}, {ctx.dm.num_classes} classes)")
+        meta = {"run_id": None, "ckpt": str(node["ckpt"]), "cached": False}
+    else:
+        trained, meta = train_alone(ctx, "teacher", node["max_epochs"], node["seed"])
+        teacher.load_state_dict(trained.state_dict())
+    meta["metrics"] = evaluate(ctx, teacher, "teacher")
+    return meta
+
+
+def vanilla_baseline(ctx: Context) -> dict | None:
+    """`baseline=true`: the student architecture trained alone (cached), evaluated; None otherwise."""
+    if not ctx.conf["baseline"]:
+        return None
+    baseline, meta = train_alone(ctx, "baseline", ctx.conf["trainer"]["max_epochs"], ctx.conf["seed"])
+    meta["metrics"] = evaluate(ctx, baseline, "baseline")
+    return meta

@@ -1,0 +1,98 @@
+"""One MLflow run's life, in one place: started with its tags and params, FINISHED when the block ends,
+FAILED with the error (tag + traceback artifact) when it raises, KILLED + kdexp.trial_state=PRUNED when an
+Optuna trial is pruned. A sweep trial's run nests under the sweep's parent run."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+from kdexp.progress import print_run_start
+from kdexp.tracking import Tracker
+
+
+def in_trial(conf: Mapping) -> bool:
+    """Whether this run is a trial of kdexp's Optuna sweeper (its `optuna_trial` node is set)."""
+    return bool((conf.get("optuna_trial") or {}).get("study_name"))
+
+
+def active_trial(conf: Mapping):
+    """The running optuna.Trial of a sweep job, or None."""
+    if not in_trial(conf):
+        return None
+    from kdexp.sweep.trial import trial_from_cfg
+
+    return trial_from_cfg(conf)
+
+
+def trial_callbacks(conf: Mapping) -> list:
+    """Lightning callbacks of a sweep trial: report val/acc each epoch, stop when the pruner says so."""
+    trial = active_trial(conf)
+    if trial is None:
+        return []
+    from kdexp.sweep.trial import PruningCallback
+
+    return [PruningCallback(trial, monitor="val/acc")]
+
+
+class NullTracker:
+    """The tracker of DDP ranks > 0: they train with rank 0 but record nothing (rank 0 writes every run)."""
+
+    client, uri, experiment_id = None, "", ""
+
+    def start(self, name: str, tags: Mapping, params: Mapping | None = None) -> str:
+        return "not-recorded-on-this-rank"
+
+    def sink(self, run_id: str, prefix: str = ""):
+        return lambda metrics, epoch: None
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    log_params = log_metrics = log_artifact = set_tags = finish = fail = _nothing
+
+
+def running_run(tracker, tags: Mapping[str, str]) -> str | None:
+    """The newest RUNNING run with these tags: a run killed mid-training (kill -9 leaves it RUNNING)."""
+    if tracker.client is None:
+        return None
+    match = " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = tracker.client.search_runs([tracker.experiment_id], f"{match} AND attributes.status = 'RUNNING'",
+                                      max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+@contextmanager
+def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Mapping[str, str] | None = None,
+                trial_conf: Mapping | None = None, position: str | None = None,
+                resume: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Yields the run id, after printing it with its UI link. `trial_conf`: the run's config when it is the
+    run a sweep trial reports (nested under the sweep's parent run; pruning ends it KILLED + PRUNED instead of
+    FAILED). `position`: "cell i/N" / "trial i/N" of a multirun. `resume`: tags of the same training's
+    run, given when a checkpoint of it exists: a RUNNING run with them (its process was killed) is continued
+    under its own id, so each trained model has one run, its epochs logged once."""
+    nested = trial_conf is not None and in_trial(trial_conf)
+    tags = dict(tags)
+    if nested:
+        from kdexp.sweep.trial import child_run_tags
+
+        tags.update(child_run_tags(trial_conf))
+    run_id = running_run(tracker, resume) if resume else None
+    if run_id is not None:
+        tracker.set_tags(run_id, {**tags, "kdexp.resumed": "true"})  # a retried sweep trial's number, ...
+        name = f"{name} (resumed)"
+    else:
+        run_id = tracker.start(name, tags, dict(params) if params else None)
+    if tracker.client is not None:  # rank 0
+        print_run_start(run_id, tracker.experiment_id, tracker.uri, name, position=position)
+    try:
+        yield run_id
+    except BaseException as exc:
+        from kdexp.sweep.trial import end_pruned_run, is_pruned_error
+
+        if nested and is_pruned_error(exc) and tracker.client is not None:
+            end_pruned_run(run_id, tracker.client)
+        else:
+            tracker.fail(run_id, exc)
+        raise
+    tracker.finish(run_id)

@@ -1,0 +1,57 @@
+"""What a trained model leaves in its MLflow run beyond metrics: its data set (the UI's Dataset column), the
+model itself as an MLflow Model (loadable without kdexp), and for a student the deployable exports (ONNX,
+checked with ONNX Runtime and timed beside torch; torch.export .pt2) and, with `tracking.register=NAME`,
+a version in MLflow's Model Registry. Rank 0 only."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from kdexp import distributed
+from kdexp.training.context import Context
+
+log = logging.getLogger("kdexp")
+
+
+def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
+    """Dataset input + MLflow Model of one trained model; returns the logged model's id (None if off)."""
+    if not distributed.is_rank_zero():
+        return None
+    from kdexp.mlflow_models import log_dataset_input, log_model
+
+    tracking = ctx.conf["tracking"]
+    log_dataset_input(ctx.tracker, run_id, ctx.dm, context="training")
+    if not tracking.get("log_model", True):
+        return None
+    x, _ = ctx.dm.split_tensors("test")
+    model_id = log_model(ctx.tracker, run_id, model, x[:8], tags={"kdexp.role": role})
+    if role == "student" and tracking.get("register"):
+        register(ctx, model_id, tracking["register"])
+    return model_id
+
+
+def register(ctx: Context, model_id: str, name: str) -> None:
+    import mlflow
+
+    from kdexp.mlflow_models import tracking_uri
+
+    with tracking_uri(ctx.tracker.uri):
+        version = mlflow.register_model(f"models:/{model_id}", name)
+    log.info("registered the student as %s version %s", name, version.version)
+
+
+def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
+    """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student, as student/* metrics."""
+    if not distributed.is_rank_zero() or not ctx.conf["tracking"].get("export_student", True):
+        return {}
+    from kdexp.mlflow_models import log_student_exports
+
+    ev, x = ctx.conf["eval"], ctx.dm.split_tensors("test")[0]
+    batch = ev["latency_batch"]
+    torch_latency = {k: metrics[f"student/{k}"] for k in ("latency_b1_ms", f"latency_b{batch}_ms")
+                     if f"student/{k}" in metrics}
+    out = log_student_exports(ctx.tracker, run_id, student, x[:256], ctx.run_dir / "exports", batch=batch,
+                              repeats=ev["latency_repeats"], torch_latency=torch_latency)
+    return {f"student/{k}": float(v) for k, v in out.items()}

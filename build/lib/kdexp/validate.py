@@ -1,0 +1,77 @@
+"""Reject bad configuration before any data is read or any model is trained."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kdexp.errors import ConfigError  # noqa: F401  (raised here; re-exported where it always lived)
+
+
+def _bad(key: str, value, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _positive_int(conf: dict, key: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(key, value, f"must be an integer >= {minimum}")
+
+
+def validate_config(conf: dict) -> None:
+    from kdexp.data import list_datasets
+    from kdexp.distill import list_methods, method_terms
+    from kdexp.models import list_models
+    from kdexp.trainer_extras import check_trainer_node
+
+    models = list_models()
+    for role in ("teacher", "student"):
+        arch = conf[role]["arch"]
+        if arch not in models:
+            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {', '.join(models)}")
+    if conf["data"]["name"] not in list_datasets():
+        raise _bad("data.name", conf["data"]["name"], f"unknown data set; choose one of: {', '.join(list_datasets())}")
+
+    distill = conf["distill"]
+    if distill["name"] not in list_methods():
+        raise _bad("distill.name", distill["name"], f"unknown method; choose one of: {', '.join(list_methods())}")
+    if not distill["temperature"] > 0:
+        raise _bad("distill.temperature", distill["temperature"], "must be a number > 0")
+    validate_method_keys(distill)
+    validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
+
+    check_trainer_node(conf["trainer"])  # callbacks / loggers from config, reserved keys: before Lightning loads
+    _positive_int(conf, "trainer.max_epochs", conf["trainer"]["max_epochs"])
+    _positive_int(conf, "teacher.max_epochs", conf["teacher"]["max_epochs"])
+    _positive_int(conf, "finetune.epochs", conf["finetune"]["epochs"], minimum=0)
+    _positive_int(conf, "seed", conf["seed"], minimum=0)
+    if not float(conf["recipe"]["lr"]) > 0:
+        raise _bad("recipe.lr", conf["recipe"]["lr"], "must be > 0")
+    ckpt = conf["teacher"].get("ckpt")
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise _bad("teacher.ckpt", ckpt, "no such file")
+
+
+def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:
+    for name, value in weights.items():
+        if name not in terms:
+            raise _bad(f"{key}.{name}", value, f"unknown loss term; this method has: {', '.join(terms)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise _bad(f"{key}.{name}", value, "a loss weight must be a finite number >= 0")
+    if not any(float(v) > 0 for v in weights.values()):
+        raise _bad(key, weights, f"at least one weight must be > 0 (terms: {', '.join(terms)})")
+
+
+def validate_method_keys(distill: dict) -> None:
+    """`distill` is open for a method's own settings (kdexp/schema.py): a key the method does not take is
+    a typo, rejected here rather than as a TypeError when the method is built."""
+    import inspect
+
+    from kdexp.distill import CONFIG_KEYS, METHODS
+
+    params = inspect.signature(METHODS.get(distill["name"]).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = sorted({*CONFIG_KEYS, "temperature", *(k for k in params if k != "self")})
+    for key in distill:
+        if key not in allowed:
+            raise _bad(f"distill.{key}", distill[key], f"distill={distill['name']} takes: {', '.join(allowed)}")
