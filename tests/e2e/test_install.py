@@ -32,7 +32,8 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_from_anywhere(tmp_path):
     site = Path(subprocess.run([fresh / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()"
                                 "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
     (site / "kdexp_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    sh(fresh / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel, cwd=tmp_path)
+    sh(fresh / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel,
+       cwd=tmp_path)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
