@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdexp.module import DistillModule
-from kdexp.training.alone import resolve_teacher, vanilla_baseline
-from kdexp.training.context import build_method, make_context
-from kdexp.training.distilled import train_distilled
+from kdexp.training.context import make_context
+from kdexp.training.distilled import distillation_pair, train_distilled
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import lineage_tags, method_label, report_student, student_run
 from kdexp.validate import ConfigError
@@ -175,15 +173,11 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     label = method_label(conf, v["policy"])
     tags = {"kdexp.variant": "augmented", "kdexp.augment": v["policy"]}
     ctx = make_context(online_teacher(conf), run_dir, tags, cell=cell)
-    L.seed_everything(conf["seed"], verbose=False)
-    teacher, student = ctx.build("teacher"), ctx.build("student")
-    method = build_method(ctx, student, teacher)
-    teacher_meta = resolve_teacher(ctx, teacher)
-    baseline_meta = vanilla_baseline(ctx)
+    p = distillation_pair(ctx)
     name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
-    with student_run(ctx, name, cell, label, lineage_tags(teacher_meta, baseline_meta)) as run_id:
-        train_metrics = train_distilled(ctx, run_id, student, teacher, method, weights=weights,
+    with student_run(ctx, name, cell, label, lineage_tags(p.teacher_meta, p.baseline_meta)) as run_id:
+        train_metrics = train_distilled(ctx, run_id, p.student, p.teacher, p.method, weights=weights,
                                         module_cls=AugmentedDistillModule, module_kwargs={"augmenter": augmenter},
                                         callbacks=trial_callbacks(conf))
-        return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta,
+        return report_student(ctx, run_id, p.student, train_metrics, p.teacher_meta, p.baseline_meta,
                               labels={"distill": label}, shown={"distill": {"weights": weights}})

@@ -4,6 +4,7 @@ hard labels; and distilled *links* (a student cached like a teacher, for chains 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -13,7 +14,7 @@ from torch import nn
 from kdexp.cache import fingerprint
 from kdexp.module import DistillModule
 from kdexp.tracking import flatten
-from kdexp.training.alone import cached_model, model_spec
+from kdexp.training.alone import cached_model, model_spec, resolve_teacher, vanilla_baseline
 from kdexp.training.context import Context, build_method
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
@@ -21,6 +22,27 @@ from kdexp.training.records import record_model
 from kdexp.training.trainer import fit, resuming
 
 log = logging.getLogger("kdexp")
+
+
+@dataclass
+class DistillationPair:
+    teacher: nn.Module
+    student: nn.Module
+    method: object  # a kdexp.distill.Distiller built for this pair
+    teacher_meta: dict
+    baseline_meta: dict | None
+
+
+def distillation_pair(ctx: Context, check: Callable | None = None) -> DistillationPair:
+    """The seeded teacher and student, the method built for them — an incompatible pair, or a method that
+    `check(method)` refuses, fails here, before anything is trained — then the teacher's weights (loaded,
+    cached or trained) and the vanilla baseline."""
+    L.seed_everything(ctx.conf["seed"], verbose=False)
+    teacher, student = ctx.build("teacher"), ctx.build("student")
+    method = build_method(ctx, student, teacher)
+    if check is not None:
+        check(method)
+    return DistillationPair(teacher, student, method, resolve_teacher(ctx, teacher), vanilla_baseline(ctx))
 
 
 def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module | None, method, *,

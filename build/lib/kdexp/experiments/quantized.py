@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-import lightning as L
 from torch import nn
 from torch.ao import quantization as tq
 
@@ -27,9 +26,8 @@ from kdexp.quantization import (
     prepare_qat_student,
     quiet_quantization,
 )
-from kdexp.training.alone import resolve_teacher, vanilla_baseline
-from kdexp.training.context import Context, build_method, make_context
-from kdexp.training.distilled import finetune, train_distilled
+from kdexp.training.context import Context, make_context
+from kdexp.training.distilled import distillation_pair, finetune, train_distilled
 from kdexp.training.evaluation import agreement, evaluate
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import lineage_tags, method_label, student_run, teacher_metrics, write_results
@@ -110,20 +108,21 @@ def ship_int8(ctx: Context, run_id: str, qat: nn.Module, int8: nn.Module) -> dic
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     v = conf["variant"]
     label = method_label(conf, "qat_int8")
-    ctx = make_context(conf, run_dir, {"kdexp.variant": "quantized", "kdexp.quant_backend": v["backend"]}, cell=cell)
+    tags = {"kdexp.variant": "quantized", "kdexp.quant_backend": v["backend"]}
+    ctx = make_context(conf, run_dir, tags, cell=cell)
     check_quantizable(ctx.build("student"), ctx.input_shape, v["backend"], conf["student"]["arch"])
-    L.seed_everything(conf["seed"], verbose=False)
-    teacher, student = ctx.build("teacher"), ctx.build("student")
-    method = build_method(ctx, student, teacher)
-    if method.needs - {"logits", "index"}:
-        raise ConfigError(f"variant=quantized: distill={conf['distill']['name']} needs features "
-                          f"({sorted(method.needs)}); use a logit-based method (kd, dkd, dist, kd_std, none)")
-    teacher_meta = resolve_teacher(ctx, teacher)
-    baseline_meta = vanilla_baseline(ctx)
-    qat = prepare_qat_student(student, v["backend"])
+    def logit_method(method) -> None:
+        if method.needs - {"logits", "index"}:
+            raise ConfigError(f"variant=quantized: distill={conf['distill']['name']} needs features "
+                              f"({sorted(method.needs)}); use a logit-based method (kd, dkd, dist, kd_std, none)")
+
+    p = distillation_pair(ctx, check=logit_method)
+    teacher_meta, baseline_meta = p.teacher_meta, p.baseline_meta
+    qat = prepare_qat_student(p.student, v["backend"])
     name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
-    with student_run(ctx, name, cell, label, lineage_tags(teacher_meta, baseline_meta)) as run_id, quiet_quantization():
-        train_metrics = train_distilled(ctx, run_id, qat, teacher, method, module_cls=QATDistillModule,
+    lineage = lineage_tags(teacher_meta, baseline_meta)
+    with student_run(ctx, name, cell, label, lineage) as run_id, quiet_quantization():
+        train_metrics = train_distilled(ctx, run_id, qat, p.teacher, p.method, module_cls=QATDistillModule,
                                         callbacks=trial_callbacks(conf),
                                         best_metrics=lambda best: int8_test_metrics(ctx, best))
         metrics = {f"student/{k}": x for k, x in train_metrics.items()}

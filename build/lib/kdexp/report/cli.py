@@ -96,7 +96,7 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = render.csv_rows(table)
     markdown = render.to_markdown(table, f"kdexp report: {name}")
-    from kdexp.report.compare import paper_vs_tuned_markdown, settings_markdown
+    from kdexp.report.tuned import paper_vs_tuned_markdown, settings_markdown
 
     for section in (paper_vs_tuned_markdown(table), settings_markdown(table)):
         markdown += "\n" + section if section else ""
