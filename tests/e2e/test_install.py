@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,11 @@ def sh(*cmd, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_the_wheel_installed_in_a_fresh_venv_runs_from_anywhere(tmp_path):
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "multirun", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
     sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
-       REPO, cwd=tmp_path)
+       source, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("kdexp-*.whl")
     fresh = tmp_path / "fresh"
     sh(sys.executable, "-m", "venv", "--without-pip", fresh, cwd=tmp_path)
