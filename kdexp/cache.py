@@ -8,7 +8,6 @@ share it. Under DDP the lock is never held while training (see `get_or_create_di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,21 +21,7 @@ from filelock import FileLock
 from torch import nn
 
 from kdexp import distributed
-
-
-def remember(memo: dict, key, value, kept: int):
-    """memo[key] = value, dropping the oldest entries beyond `kept` (in-process memos of a sweep's trials)."""
-    memo[key] = value
-    while len(memo) > kept:
-        memo.pop(next(iter(memo)))
-    return value
-
-CACHE_FORMAT = 1  # bump when what a fingerprint means changes
-
-
-def fingerprint(spec: dict) -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, **spec}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+from kdexp.fingerprint import CACHE_FORMAT, fingerprint, remember  # noqa: F401  (the cache's keys)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdexp.cache import fingerprint
+from kdexp.fingerprint import fingerprint
 from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")

@@ -165,10 +165,10 @@ def student_node(arch: str) -> dict:
 
 
 def register_configs(models: list[str] | None = None) -> None:
-    if models is None:
-        from kdexp.models import list_models
+    if models is None:  # without importing the zoo (torch): a bad value is rejected in a second or two
+        from kdexp.registry import known_names
 
-        models = list_models()
+        models = known_names("kdexp.models", "register_model", "kdexp.models", "MODELS")
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=train_schema())
     for arch in models:

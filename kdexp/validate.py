@@ -18,27 +18,17 @@ def _positive_int(conf: dict, key: str, value, minimum: int = 1) -> None:
 
 
 def validate_config(conf: dict) -> None:
-    from kdexp.data import list_datasets
-    from kdexp.distill import list_methods, method_terms
-    from kdexp.models import list_models
+    """Values first, then names (read from the source, kdexp.registry.known_names), then what needs the
+    method classes: a bad value is rejected before torch or Lightning is imported (benchmarks/fail_fast.py)."""
+    from kdexp.registry import known_names
     from kdexp.trainer_extras import check_trainer_node
 
-    models = list_models()
-    for role in ("teacher", "student"):
-        arch = conf[role]["arch"]
-        if arch not in models:
-            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {', '.join(models)}")
-    if conf["data"]["name"] not in list_datasets():
-        raise _bad("data.name", conf["data"]["name"], f"unknown data set; choose one of: {', '.join(list_datasets())}")
-
     distill = conf["distill"]
-    if distill["name"] not in list_methods():
-        raise _bad("distill.name", distill["name"], f"unknown method; choose one of: {', '.join(list_methods())}")
     if not distill["temperature"] > 0:
         raise _bad("distill.temperature", distill["temperature"], "must be a number > 0")
-    validate_method_keys(distill)
-    validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
-
+    for name, value in (distill.get("weights") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise _bad(f"distill.weights.{name}", value, "a loss weight must be a finite number >= 0")
     check_trainer_node(conf["trainer"])  # callbacks / loggers from config, reserved keys: before Lightning loads
     _positive_int(conf, "trainer.max_epochs", conf["trainer"]["max_epochs"])
     _positive_int(conf, "teacher.max_epochs", conf["teacher"]["max_epochs"])
@@ -49,6 +39,23 @@ def validate_config(conf: dict) -> None:
     ckpt = conf["teacher"].get("ckpt")
     if ckpt is not None and not Path(ckpt).is_file():
         raise _bad("teacher.ckpt", ckpt, "no such file")
+
+    models = known_names("kdexp.models", "register_model", "kdexp.models", "MODELS")
+    for role in ("teacher", "student"):
+        arch = conf[role]["arch"]
+        if arch not in models:
+            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {', '.join(models)}")
+    datasets = known_names("kdexp.data", "DATASETS.register", "kdexp.data", "DATASETS")
+    if conf["data"]["name"] not in datasets:
+        raise _bad("data.name", conf["data"]["name"], f"unknown data set; choose one of: {', '.join(datasets)}")
+    methods = known_names("kdexp.distill", "register_method", "kdexp.distill", "METHODS")
+    if distill["name"] not in methods:
+        raise _bad("distill.name", distill["name"], f"unknown method; choose one of: {', '.join(methods)}")
+
+    from kdexp.distill import method_terms  # the method classes: their settings and loss terms
+
+    validate_method_keys(distill)
+    validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
 
 
 def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:

@@ -56,16 +56,52 @@ class CifarResNet(StagedModel):
         super().__init__(stem, stages, widths[3], num_classes, in_channels)
 
 
-def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
-    def build(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
-        return CifarResNet(depth, widths, num_classes, in_channels)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"CIFAR ResNet-{depth}, stage widths {widths}."
-    register_model(name)(build)
+def _resnet(depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int) -> CifarResNet:
+    return CifarResNet(depth, widths, num_classes, in_channels)
 
 
-for _depth in (8, 14, 20, 32, 44, 56, 110):
-    _register(f"resnet{_depth}", _depth, BASE_WIDTHS)
-_register("resnet8x4", 8, X4_WIDTHS)
-_register("resnet32x4", 32, X4_WIDTHS)
+# One decorated constructor per variant (as timm does): the names are also readable from the source alone,
+# which config validation does without importing torch (kdexp.registry.declared_names).
+@register_model()
+def resnet8(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(8, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet14(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(14, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(20, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet32(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(32, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet44(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(44, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet56(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(56, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet110(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(110, BASE_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet8x4(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(8, X4_WIDTHS, num_classes, in_channels)
+
+
+@register_model()
+def resnet32x4(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    return _resnet(32, X4_WIDTHS, num_classes, in_channels)

@@ -42,14 +42,27 @@ class VGG(StagedModel):
         super().__init__(blocks[0], blocks[1:], in_ch, num_classes, in_channels)
 
 
-def _register(name: str) -> None:
-    def build(num_classes: int = 10, in_channels: int = 3) -> VGG:
-        return VGG(CONFIGS[name], num_classes, in_channels)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"CIFAR {name.upper()} with BatchNorm, blocks {CONFIGS[name]}."
-    register_model(name)(build)
+# One decorated constructor per variant: names readable from the source (kdexp.registry.declared_names).
+@register_model()
+def vgg8(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(CONFIGS["vgg8"], num_classes, in_channels)
 
 
-for _name in CONFIGS:
-    _register(_name)
+@register_model()
+def vgg11(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(CONFIGS["vgg11"], num_classes, in_channels)
+
+
+@register_model()
+def vgg13(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(CONFIGS["vgg13"], num_classes, in_channels)
+
+
+@register_model()
+def vgg16(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(CONFIGS["vgg16"], num_classes, in_channels)
+
+
+@register_model()
+def vgg19(num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(CONFIGS["vgg19"], num_classes, in_channels)
