@@ -77,7 +77,7 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
     if stores:
         from kdexp.stores import check_stores
 
-        check_stores(conf)
+        check_stores({**conf, "tracking": dict(conf["tracking"])})  # the URI as the user gave it stays
     return freeze(conf)
 
 

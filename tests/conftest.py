@@ -13,6 +13,27 @@ from kdexp.schema import register_configs
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+DISTRIBUTED_ENV = ("WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_globals():
+    """What one test's in-process Lightning fit may leave behind (deterministic kernels, the DDP launcher's
+    environment) must not change the next test."""
+    import os
+
+    import torch
+
+    deterministic, env = torch.are_deterministic_algorithms_enabled(), {k: os.environ.get(k) for k in DISTRIBUTED_ENV}
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never touch the network and never see the user's tracking server."""

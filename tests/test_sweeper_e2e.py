@@ -293,11 +293,14 @@ def test_killed_sweep_resumes_to_exactly_n_trials():
     assert sweep.between == [C, C, R]
     assert second.wait(timeout=300) == 0, (sweep.work / "out1.txt").read_text()[-6000:]
     work = sweep.work
-    assert states(work) == [C, C, F, C]  # the killed trial failed once its heartbeat went stale
+    # the killed trial failed once its heartbeat went stale and was asked again with its params (trial 3);
+    # with the killed one and its retry counted once, the study holds n_trials=4
+    assert states(work) == [C, C, F, C, C]
+    assert trials(work)[3].params == trials(work)[2].params
     _, parents, children = mlflow_runs(work)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the resumed run reused the parent
     assert parents[0].data.metrics["trials_failed"] == 1
-    assert len(children) == 3  # trial 2 died before opening its run
+    assert len(children) == 4  # trial 2 died before opening its run
     assert (work / "mlartifacts").is_dir()  # a new experiment keeps artifacts beside the SQLite store
 
 

@@ -175,7 +175,8 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     ctx = make_context(online_teacher(conf), run_dir, tags, cell=cell)
     p = distillation_pair(ctx)
     name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
-    with student_run(ctx, name, cell, label, lineage_tags(p.teacher_meta, p.baseline_meta)) as run_id:
+    trained = {"distill": {**conf["distill"], "weights": weights}}
+    with student_run(ctx, name, cell, label, lineage_tags(p.teacher_meta, p.baseline_meta), trained) as run_id:
         train_metrics = train_distilled(ctx, run_id, p.student, p.teacher, p.method, weights=weights,
                                         module_cls=AugmentedDistillModule, module_kwargs={"augmenter": augmenter},
                                         callbacks=trial_callbacks(conf))

@@ -17,7 +17,7 @@ log = logging.getLogger("kdexp")
 
 def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
     """Dataset input + MLflow Model of one trained model; returns the logged model's id (None if off)."""
-    if not distributed.is_rank_zero():
+    if not distributed.is_rank_zero() or ctx.tracker.client is None:  # no store to record to
         return None
     from kdexp.mlflow_models import log_dataset_input, log_model
 
@@ -44,7 +44,8 @@ def register(ctx: Context, model_id: str, name: str) -> None:
 
 def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
     """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student, as student/* metrics."""
-    if not distributed.is_rank_zero() or not ctx.conf["tracking"].get("export_student", True):
+    wanted = ctx.conf["tracking"].get("export_student", True)
+    if not wanted or not distributed.is_rank_zero() or ctx.tracker.client is None:
         return {}
     from kdexp.mlflow_models import log_student_exports
 

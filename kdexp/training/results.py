@@ -29,14 +29,16 @@ from kdexp.training.trainer import drop_checkpoints, resuming, save_weights
 
 
 @contextmanager
-def student_run(ctx: Context, name: str, cell: str, label: str, tags: Mapping[str, str]) -> Iterator[str]:
+def student_run(ctx: Context, name: str, cell: str, label: str, tags: Mapping[str, str],
+                trained: Mapping | None = None) -> Iterator[str]:
     """The student run (standard tags + the kind's + `tags`), with config.yaml as its first artifact. Its
-    params are the config with the student's recipe (`student_lr` applied: recipe.lr is what it trained with)."""
+    params are the config with the student's recipe (`student_lr` applied: recipe.lr is what it trained with)
+    and the nodes a kind trains with instead of the config's (`trained`, e.g. augmented's loss weights)."""
     all_tags = {**ctx.tags("student"), "kdexp.cell": cell, "kdexp.method": label, "kdexp.settings": ctx.settings,
                 "kdexp.resume_key": ctx.resume_key, **tags}
     resume = ({"kdexp.resume_key": ctx.resume_key, "kdexp.role": "student"}
               if resuming(ctx.student_checkpoints) else None)
-    params = flatten({**ctx.conf, "recipe": ctx.recipe_for("student")})  # the recipe it trains with
+    params = flatten({**ctx.conf, "recipe": ctx.recipe_for("student"), **(trained or {})})  # as it trains
     with tracked_run(ctx.tracker, name, all_tags, params, trial_conf=ctx.conf, position=ctx.position,
                      resume=resume) as run_id:
         if distributed.is_rank_zero():
