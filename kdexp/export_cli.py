@@ -39,7 +39,7 @@ def open_run(uri: str, run_id: str):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from kdexp.tracking import sqlite_path
+    from kdexp.stores import sqlite_file as sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.is_file():  # MlflowClient would silently create an empty store

@@ -130,7 +130,7 @@ def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:
 def find_finished_run(uri: str, experiment: str, cell: str):
     from mlflow.tracking import MlflowClient
 
-    from kdexp.tracking import sqlite_path
+    from kdexp.stores import sqlite_file as sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.is_file():  # nothing tracked yet: do not create an empty store here

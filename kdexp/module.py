@@ -85,7 +85,7 @@ class DistillModule(L.LightningModule):
 
     def _outputs(self, model: nn.Module, x: Tensor) -> FeatureOutput:
         if self.needs_features:
-            return model.forward_features(x)
+            return model.forward_intermediates(x)
         return FeatureOutput(model(x), [], [], None)
 
     def use_teacher_outputs(self, outputs: TeacherOutputs | None) -> None:

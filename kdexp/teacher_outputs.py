@@ -135,7 +135,8 @@ def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num
     try:
         for i in range(0, len(x), FILL_BATCH):
             xb = x[i : i + FILL_BATCH].to(device)
-            out = teacher.forward_features(xb) if keep & set(FEATURES) else FeatureOutput(teacher(xb), [], [], None)
+            features = keep & set(FEATURES)
+            out = teacher.forward_intermediates(xb) if features else FeatureOutput(teacher(xb), [], [], None)
             parts["logits"].append(out.logits.float().cpu())
             for name in ("stages", "preact"):
                 if name in keep:

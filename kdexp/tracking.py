@@ -37,10 +37,6 @@ def git_commit() -> str | None:
         return None
 
 
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 class Tracker:
     """Creates runs in one experiment of one store; everything else goes through run ids.
 

@@ -26,7 +26,7 @@ class TinyNet(ZooModel):
         )
         self.classifier = nn.Linear(widths[-1], num_classes)
 
-    def forward_features(self, x):
+    def forward_intermediates(self, x):
         stages, preact = [], []
         for block in self.blocks:
             pre = block(x)

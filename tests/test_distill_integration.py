@@ -41,10 +41,10 @@ def step(method, teacher, student, x, y, index, weights, temperature=4.0, no_gra
     """What DistillModule.training_step does (the teacher may run with grad to catch leaks)."""
     if no_grad_teacher:
         with torch.no_grad():
-            t = teacher.forward_features(x)
+            t = teacher.forward_intermediates(x)
     else:
-        t = teacher.forward_features(x)
-    s = student.forward_features(x)
+        t = teacher.forward_intermediates(x)
+    s = student.forward_intermediates(x)
     terms = {"ce": F.cross_entropy(s.logits, y), "kd": kd_loss(s.logits, t.logits.detach(), temperature)}
     method_terms_ = method(s, t, y, index, 3)
     assert set(method_terms_) == set(method.terms)
@@ -101,9 +101,9 @@ def test_init_stage_terms_train_the_documented_parameters(name):
     method.build(student.feature_shapes((3, 8, 8)), teacher.feature_shapes((3, 8, 8)), 5, NUM_TRAIN)
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
-        t = teacher.forward_features(x)
+        t = teacher.forward_intermediates(x)
     terms = method.init_terms(
-        student.forward_features(x), t, torch.zeros(4, dtype=torch.long), torch.arange(4)
+        student.forward_intermediates(x), t, torch.zeros(4, dtype=torch.long), torch.arange(4)
     )
     sum(terms.values()).backward()  # the init loss: unweighted sum
     got_student = any(
@@ -206,8 +206,8 @@ def test_zoo_pairs_one_step_per_method(zoo, teacher_name, student_name, c, size)
     x, y, index = torch.randn(2, c, size, size), torch.randint(0, 10, (2,)), torch.arange(2)
     s_shapes, t_shapes = student.feature_shapes((c, size, size)), teacher.feature_shapes((c, size, size))
     with torch.no_grad():
-        t = teacher.forward_features(x)
-    s = student.forward_features(x)  # one student graph, reused by every method (retain_graph)
+        t = teacher.forward_intermediates(x)
+    s = student.forward_intermediates(x)  # one student graph, reused by every method (retain_graph)
     for name in ZOO_METHODS:
         cfg = DEFAULTS[name]
         method = method_from(cfg)
@@ -241,10 +241,10 @@ def test_terms_are_float32_under_bf16_autocast(name):
     x, y, index = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,)), torch.randperm(NUM_TRAIN)[:6]
     with torch.no_grad():
         torch.manual_seed(0)  # same CRD negatives in both runs
-        exact = method.eval()(student.forward_features(x), teacher.forward_features(x), y, index, 3)
+        exact = method.eval()(student.forward_intermediates(x), teacher.forward_intermediates(x), y, index, 3)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             torch.manual_seed(0)
-            mixed = method(student.forward_features(x), teacher.forward_features(x), y, index, 3)
+            mixed = method(student.forward_intermediates(x), teacher.forward_intermediates(x), y, index, 3)
     for term, v in mixed.items():
         assert v.dtype == torch.float32 and torch.isfinite(v), term
         assert v.item() == pytest.approx(exact[term].item(), rel=0.1, abs=1e-7), term

@@ -46,10 +46,10 @@ FORWARD_CASES = [(name, c, s) for name in MODELS for c in CHANNELS for s in SIZE
 
 @pytest.mark.parametrize(("name", "in_channels", "size"), FORWARD_CASES, ids=lambda v: str(v))
 @torch.no_grad()
-def test_forward_features_contract(name, in_channels, size):
+def test_forward_intermediates_contract(name, in_channels, size):
     model = built(name, in_channels)
     x = torch.randn(2, in_channels, size, size)
-    out = model.forward_features(x)
+    out = model.forward_intermediates(x)
 
     assert isinstance(out, FeatureOutput)
     assert out.logits.shape == (2, NUM_CLASSES)
@@ -89,7 +89,7 @@ def test_gradient_reaches_first_layer_and_every_parameter(name):
 @torch.no_grad()
 def test_preact_features_keep_the_negative_part(name):
     torch.manual_seed(0)
-    out = create_model(name).eval().forward_features(torch.randn(4, 3, 32, 32))
+    out = create_model(name).eval().forward_intermediates(torch.randn(4, 3, 32, 32))
     assert all((s >= 0).all() for s in out.stages)
     # Every post-stem point comes from a ReLU, so its preact has real negative values.
     assert all((p < 0).any() for p in out.preact[1:])
@@ -180,7 +180,7 @@ def test_small_models_fit_their_documented_budgets():
 
 @torch.no_grad()
 def test_wrn_feature_path_equals_plain_block_composition():
-    """WRN's forward_features hands each stage's first block the activation it computed for the
+    """WRN's forward_intermediates hands each stage's first block the activation it computed for the
     features; that shortcut must give the same logits as running the blocks as written."""
     torch.manual_seed(0)
     for name in ("wrn_16_1", "wrn_16_2"):  # identity and projection shortcut in the first stage

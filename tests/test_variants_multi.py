@@ -53,7 +53,7 @@ def test_ensemble_mean_probs_softmax_recovers_the_weighted_mean_of_probabilities
     out = ens(torch.zeros(5, 1))
     torch.testing.assert_close(out, probs.log(), rtol=0, atol=1e-6)
     torch.testing.assert_close(out.softmax(1), probs, rtol=0, atol=1e-6)
-    assert ens.forward_features(torch.zeros(5, 1)).stages == []
+    assert ens.forward_intermediates(torch.zeros(5, 1)).stages == []
 
 
 def test_ensemble_weights_and_mode_key_cached_teacher_outputs(member_logits):

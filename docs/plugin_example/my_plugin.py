@@ -14,7 +14,7 @@ from kdexp.models.base import FeatureOutput, ZooModel
 
 
 class TwoLayerNet(ZooModel):
-    """Any nn.Module works as a zoo model once it returns FeatureOutput from forward_features."""
+    """Any nn.Module works as a zoo model once it returns FeatureOutput from forward_intermediates."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32):
         super().__init__()
@@ -22,7 +22,7 @@ class TwoLayerNet(ZooModel):
                                   nn.Flatten())
         self.head = nn.Linear(width, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> FeatureOutput:
+    def forward_intermediates(self, x: torch.Tensor) -> FeatureOutput:
         embedding = self.body(x)
         return FeatureOutput(self.head(embedding), [], [], embedding)
 

@@ -24,16 +24,17 @@ class FeatureOutput:
 
 
 class ZooModel(nn.Module):
-    """Base class: subclasses implement `forward_features`; `forward` returns logits only."""
+    """Base class: subclasses implement `forward_intermediates` (logits and the intermediate features, as timm's
+    method of that name returns the final output and the intermediates); `forward` returns logits only."""
 
     num_classes: int
     in_channels: int
 
-    def forward_features(self, x: Tensor) -> FeatureOutput:  # pragma: no cover - abstract
+    def forward_intermediates(self, x: Tensor) -> FeatureOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x).logits
+        return self.forward_intermediates(x).logits
 
     @torch.no_grad()
     def feature_shapes(self, input_shape: tuple[int, ...]) -> FeatureOutput:
@@ -41,7 +42,7 @@ class ZooModel(nn.Module):
         was_training = self.training
         self.eval()
         probe = torch.zeros(2, *input_shape, device=next(self.parameters()).device)
-        out = self.forward_features(probe)
+        out = self.forward_intermediates(probe)
         self.train(was_training)
         return out
 

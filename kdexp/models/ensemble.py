@@ -36,5 +36,5 @@ class EnsembleTeacher(ZooModel):
             return (w * logits).sum(0)
         return torch.logsumexp(torch.log_softmax(logits, dim=-1) + w.log(), dim=0)  # log sum_i w_i p_i
 
-    def forward_features(self, x: Tensor) -> FeatureOutput:
+    def forward_intermediates(self, x: Tensor) -> FeatureOutput:
         return FeatureOutput(self(x), [], [], None)

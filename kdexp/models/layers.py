@@ -87,7 +87,7 @@ class StagedModel(ZooModel):
         self.classifier = nn.Linear(embedding_dim, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: Tensor) -> FeatureOutput:
+    def forward_intermediates(self, x: Tensor) -> FeatureOutput:
         x, pre = self.stem(x)
         stages, preact = [x], [pre]
         for stage in self.stages:

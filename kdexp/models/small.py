@@ -53,7 +53,7 @@ class MLP(ZooModel):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 
-    def forward_features(self, x: Tensor) -> FeatureOutput:
+    def forward_intermediates(self, x: Tensor) -> FeatureOutput:
         x = self.pool(x).flatten(1)
         stages, preact = [], []
         for layer in self.hidden:

@@ -70,7 +70,7 @@ class WideResNet(ZooModel):
         init_weights(self)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward_features(self, x: Tensor) -> FeatureOutput:
+    def forward_intermediates(self, x: Tensor) -> FeatureOutput:
         raw = self.stem(x)
         stages, preact = [], []
         for stage in self.stages:

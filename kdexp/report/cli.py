@@ -67,7 +67,7 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
 
     from kdexp.matrix import load_matrix
     from kdexp.report import render
-    from kdexp.tracking import sqlite_path
+    from kdexp.stores import sqlite_file as sqlite_path
 
     matrix = load_matrix(args.matrix) if args.matrix else None
     names = args.experiment or [(matrix.experiment if matrix else None) or DEFAULT_EXPERIMENT]

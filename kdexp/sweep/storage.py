@@ -15,6 +15,7 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from kdexp.stores import StoreError, normalize_uri, store_lock
+from kdexp.stores import sqlite_file as sqlite_path  # one parser of SQLite URLs
 
 log = logging.getLogger(__name__)
 # The sweeper hands its jobs the storage URL with the password masked, and the whole URL in this variable
@@ -23,14 +24,6 @@ STORAGE_ENV = "KDEXP_TRIAL_STORAGE"
 
 # SQLite's default 5 s busy timeout is too short once a few sweepers and jobs write at once.
 _SQLITE_TIMEOUT_S = 60
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a file-backed SQLite URL, else None."""
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
 
 
 def absolute_sqlite_url(url: str, base: str | os.PathLike | None = None) -> str:

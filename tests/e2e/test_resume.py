@@ -163,3 +163,31 @@ def test_a_trial_killed_with_its_sweep_is_asked_again_and_resumes(tmp_path):
     assert resumed.data.tags["optuna.trial_number"] == str(retry.number)
     steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss"))
     assert steps == [0, 1, 2, 3]
+
+
+def test_a_matrix_killed_mid_cell_resumes_that_cell_and_skips_the_finished_ones(tmp_path):
+    root = tmp_path / "outputs"
+    matrix = ["-m", "matrix=smoke", "trainer.max_epochs=4"]
+    cmd, env = command(root, *matrix)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marker, lines = "student kd | epoch 2/4", []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert any(marker in line for line in lines), "".join(lines)[-3000:]
+
+    log = run_to_end(root, *matrix)
+    assert "skipping finished cell" in log
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    found = client.search_runs([client.get_experiment_by_name("matrix-smoke").experiment_id])
+    assert {r.info.status for r in found} == {"FINISHED"}
+    students = [r for r in found if r.data.tags["kdexp.role"] == "student"]
+    assert len(students) == 4 and len({r.data.tags["kdexp.cell"] for r in students}) == 4  # one run per cell
+    (resumed,) = [r for r in students if r.data.tags.get("kdexp.resumed") == "true"]
+    assert resumed.data.tags["kdexp.method"] == "kd"
+    assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss")) == [0, 1, 2, 3]
