@@ -138,6 +138,7 @@ EXACT = {
     "mobilenetv2": (697_546, 812_836), "shufflenetv1": (862_768, 949_258),
     "shufflenetv2": (1_263_854, 1_356_104),
     "cnn_tiny": (6_418, 9_388), "cnn_small": (70_618, 76_468), "cnn_medium": (328_682, 346_052),
+    "cnn_lean": (58_802, 64_652),
     "mlp_small": (33_610, 39_460), "mlp_medium": (435_466, 458_596),
 }  # fmt: skip
 
@@ -171,10 +172,11 @@ def test_param_count_is_pinned(name):
 
 def test_small_models_fit_their_documented_budgets():
     one_channel = {
-        n: meta_params(create_model, name=n, in_channels=1) for n in ("cnn_tiny", "cnn_small", "cnn_medium")
+        n: meta_params(create_model, name=n, in_channels=1) for n in ("cnn_tiny", "cnn_small", "cnn_lean", "cnn_medium")
     }
     assert 5e3 <= one_channel["cnn_tiny"] <= 10e3
     assert 50e3 <= one_channel["cnn_small"] <= 100e3
+    assert 50e3 <= one_channel["cnn_lean"] < one_channel["cnn_small"]
     assert 300e3 <= one_channel["cnn_medium"] <= 400e3
 
 
