@@ -76,6 +76,8 @@ def trial_base(conf: dict, s: dict) -> dict:
     base["tune"] = {"enabled": False}
     base["skip_finished"], base["baseline"] = False, False
     base["tracking"]["experiment"] = conf["tracking"]["experiment"] + s["experiment_suffix"]
+    # a trial's student is thrown away: no MLflow Model, no ONNX/.pt2 export (seconds per trial)
+    base["tracking"]["log_model"] = base["tracking"]["export_student"] = False
     base.pop("optuna_trial", None)
     base.pop("distill_overrides", None)  # already merged into distill by the matrix keys
     return base

@@ -116,6 +116,9 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
         assert t.value == pytest.approx(run.data.metrics["student/val_acc"])
         assert (run.data.params["seed"], run.data.params["trainer.max_epochs"]) == ("0", "1")
     assert client.get_experiment_by_name("kdexp") is None
+    tuning_id = client.get_experiment_by_name("kdexp-tuning").experiment_id
+    assert not client.search_logged_models([tuning_id])  # trial students are not recorded as models
+    assert not any("onnx" in k for r in trials for k in r.data.metrics)
 
     # another seed of the cell finds the finished study: nothing is trained again, same settings
     def never(*args):

@@ -1,0 +1,69 @@
+"""Where a matrix's time went, from its MLflow runs: per student and method, the cells' and the tuning
+studies' summed run durations, the trials run and pruned, and the wall-clock span of the whole matrix.
+
+    python benchmarks/matrix_time.py --uri sqlite:///outputs/mlflow.db --experiment fashion-full
+
+Reads the matrix's experiment and its tuning experiment (`<experiment>-tuning`, kdexp/tuning.py). Durations
+are MLflow's start/end times of FINISHED, FAILED and KILLED runs; a run continued after a kill counts from
+its first start, so a resumed matrix shows its real cost, interruptions included.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+from mlflow.tracking import MlflowClient
+
+
+def runs_of(client: MlflowClient, name: str) -> list:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
+        runs += [r for r in page if r.info.end_time]
+        token = page.token
+        if not token:
+            return runs
+
+
+def minutes(runs: list) -> float:
+    return sum(r.info.end_time - r.info.start_time for r in runs) / 60_000
+
+
+def key(run) -> tuple[str, str]:
+    params, tags = run.data.params, run.data.tags
+    return params.get("student.arch", tags.get("kdexp.role", "?")), tags.get("kdexp.method", "?")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uri", default="sqlite:///outputs/mlflow.db")
+    parser.add_argument("--experiment", required=True)
+    args = parser.parse_args()
+    client = MlflowClient(args.uri)
+    cells, trials = runs_of(client, args.experiment), runs_of(client, args.experiment + "-tuning")
+    trials = [r for r in trials if r.data.tags.get("kdexp.role") != "sweep"]  # a study's parent spans its trials
+    teachers = [r for r in cells if r.data.tags.get("kdexp.role") == "teacher"]
+    students = [r for r in cells if r.data.tags.get("kdexp.role") != "teacher"]
+    groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: {"cells": [], "trials": []})
+    for run in students:
+        groups[key(run)]["cells"].append(run)
+    for run in trials:
+        groups[key(run)]["trials"].append(run)
+    print("| student | method | cells | cell min | trials (pruned) | tuning min |")
+    print("|---|---|---|---|---|---|")
+    for (arch, method), g in sorted(groups.items()):
+        pruned = sum(r.info.status == "KILLED" or r.data.tags.get("kdexp.trial_state") == "PRUNED" for r in g["trials"])
+        print(f"| {arch} | {method} | {len(g['cells'])} | {minutes(g['cells']):.1f} | "
+              f"{len(g['trials'])} ({pruned}) | {minutes(g['trials']):.1f} |")
+    every = cells + trials
+    span = (max(r.info.end_time for r in every) - min(r.info.start_time for r in every)) / 60_000 if every else 0
+    print(f"\nteacher {minutes(teachers):.1f} min; cells {minutes(students):.1f} min; tuning {minutes(trials):.1f} min;"
+          f" sum {minutes(every):.1f} min; wall span {span:.1f} min (first start to last end)")
+
+
+if __name__ == "__main__":
+    main()
