@@ -1,39 +1,83 @@
-"""Wall-time estimate of sweeps/matrix/fashion_full.yaml on the project's 2-core CPU (docs/fashion_full_benchmark.md).
+"""Wall-time estimate of sweeps/matrix/fashion_full.yaml on this machine, from step times measured here.
 
-Inputs: per-step times of batch-128 training steps on an idle machine, 2 threads (cnn_tiny 11.3 ms and the
-cnn_medium forward pass 20 ms: benchmarks/README.md), and the ratios of cnn_small and cnn_medium steps to
-cnn_tiny's measured in one process (1 thread, same load for all three: 3.2x and 5.2x). Method factors
-follow the measured fashion_cpu cells (a cached-teacher logit method 1.02-1.05x vanilla; CRD at 4,096
-negatives about 2x; methods whose teacher features exceed teacher_cache.max_gb run the teacher online).
+Measures batch-128 training steps of each student on one thread, the teacher's forward pass on one thread
+(AB and ReviewKD run it online: its feature maps of 54k images exceed teacher_cache.max_gb) and its
+training step on every thread; reads the plan (pairs, methods, seeds, epochs, tuning budget) from the
+matrix file. The plan runs one process per pair on one thread each, after the teacher
+(docs/fashion_full_benchmark.md). Method factors over the vanilla step follow the measured fashion_cpu
+cells: a cached-teacher logit method 1.05x, CRD 1.5x (its 4,096-negative bank), AB and ReviewKD 1.1x and
+1.3x for their own modules, plus the online teacher. Compare with benchmarks/matrix_time.py after a run.
     python benchmarks/fashion_full_estimate.py
 """
 
-STEPS = 54_000 // 128 + 1
-STEP_MS = {"cnn_tiny": 11.3, "cnn_small": 11.3 * 3.2, "cnn_medium": 11.3 * 5.2}
-TEACHER_FORWARD_MS = 20.0
-METHODS = ["none", "kd", "dkd", "dist", "kd_std", "crd", "ab", "reviewkd"]
-EPOCHS, SEEDS, TRIALS, TRIAL_EPOCHS, TEACHER_EPOCHS = 3, 5, 6, 2, 20
-CELL_OVERHEAD_S, TRIAL_OVERHEAD_S, PRUNED_SHARE = 4.0, 3.0, 0.75  # median pruning: ~25% fewer trial epochs
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from kdexp.models import create_model
+
+MATRIX = Path(__file__).resolve().parents[1] / "sweeps" / "matrix" / "fashion_full.yaml"
+TRAIN, VAL, BATCH = 54_000, 6_000, 128
+CELL_OVERHEAD_S, TRIAL_OVERHEAD_S = 8.0, 4.0  # start-up, test pass, records (+ ONNX export for cells)
 
 
-def factor(method: str, student: str) -> float:
-    online = (STEP_MS[student] + TEACHER_FORWARD_MS) / STEP_MS[student]
-    return {"crd": 2.0, "ab": 1.1 * online, "reviewkd": 1.3 * online}.get(method, 1.0 if method == "none" else 1.05)
+def step_ms(arch: str, threads: int, train: bool = True, repeats: int = 30) -> float:
+    torch.set_num_threads(threads)
+    model = create_model(arch, num_classes=10, in_channels=1).train(train)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+
+    def step():
+        if train:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    for _ in range(5):
+        step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats * 1000
 
 
 def main() -> None:
-    teacher = TEACHER_EPOCHS * (STEPS * STEP_MS["cnn_medium"] / 1000 + 2)
-    total = teacher
-    print(f"teacher cnn_medium: {teacher / 60:.1f} min ({TEACHER_EPOCHS} epochs)")
-    for student in ("cnn_tiny", "cnn_small"):
-        epoch = STEPS * STEP_MS[student] / 1000 + 1.0  # + the validation pass
-        cells = sum(SEEDS * (EPOCHS * epoch * factor(m, student) + CELL_OVERHEAD_S) for m in METHODS)
-        studies = sum(TRIALS * (TRIAL_EPOCHS * epoch * factor(m, student) * PRUNED_SHARE + TRIAL_OVERHEAD_S)
-                      for m in METHODS if m != "none")
-        total += cells + studies
-        print(f"{student}: {epoch:.1f} s/epoch; {len(METHODS) * SEEDS} cells {cells / 60:.1f} min; "
-              f"{len(METHODS) - 1} studies {studies / 60:.1f} min")
-    print(f"total: {total / 60:.0f} min = {total / 3600:.2f} h")
+    plan = OmegaConf.to_container(OmegaConf.load(MATRIX))
+    params = plan["hydra"]["sweeper"]["params"]
+    pairs = [p.strip("'") for p in params["pair"].split("','")]
+    methods, seeds = params["distill"].split(","), len(str(params["seed"]).split(","))
+    epochs, tune, t_epochs = plan["trainer"]["max_epochs"], plan["tune"], plan["teacher"]["max_epochs"]
+    steps, val_steps = TRAIN // BATCH + 1, VAL // BATCH + 1
+    teacher_arch, threads = pairs[0].split("->")[0], torch.get_num_threads()
+    t_train, t_fwd = step_ms(teacher_arch, threads), step_ms(teacher_arch, 1, train=False)
+    teacher_min = t_epochs * (steps * t_train + val_steps * t_train / 3) / 60_000
+    print(f"teacher {teacher_arch}: {t_train:.0f} ms/step on {threads} threads -> "
+          f"{teacher_min:.1f} min; forward {t_fwd:.0f} ms on 1 thread")
+    per_pair = []
+    for pair in pairs:
+        student = pair.split("->")[1]
+        s_ms = step_ms(student, 1)
+        epoch = (steps * s_ms + val_steps * s_ms / 3) / 1000
+        online = steps * t_fwd / 1000
+        cost = {m: {"none": epoch, "crd": 1.5 * epoch, "ab": 1.1 * epoch + online,
+                    "reviewkd": 1.3 * epoch + online}.get(m, 1.05 * epoch) for m in methods}
+        cells = sum(seeds * (epochs * c + CELL_OVERHEAD_S) for c in cost.values())
+        studies = sum(tune["n_trials"] * (tune["epochs"] * c + TRIAL_OVERHEAD_S) for m, c in cost.items()
+                      if m != "none")
+        per_pair.append((cells + studies) / 60)
+        print(f"{pair}: {s_ms:.0f} ms/step (1 thread), {epoch:.1f} s/epoch; cells {cells / 60:.0f} min, "
+              f"studies {studies / 60:.0f} min")
+    print(f"total: teacher {teacher_min:.0f} min + the longest pair {max(per_pair):.0f} min "
+          f"(one process per pair) = {teacher_min + max(per_pair):.0f} min; "
+          f"{teacher_min + sum(per_pair):.0f} min in one process")
 
 
 if __name__ == "__main__":
