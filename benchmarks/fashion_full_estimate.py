@@ -5,8 +5,9 @@ Measures batch-128 training steps of each student on one thread, the teacher's f
 training step on every thread; reads the plan (pairs, methods, seeds, epochs, tuning budget) from the
 matrix file. The plan runs one process per pair on one thread each, after the teacher
 (docs/fashion_full_benchmark.md). Method factors over the vanilla step follow the measured fashion_cpu
-cells: a cached-teacher logit method 1.05x, CRD 1.5x (its 4,096-negative bank), AB and ReviewKD 1.1x and
-1.3x for their own modules, plus the online teacher. Compare with benchmarks/matrix_time.py after a run.
+cells: a cached-teacher logit method 1.05x, AB and ReviewKD 1.1x and 1.3x for their own modules, plus the
+online teacher; CRD adds its scoring against the 54k-entry memory banks, measured here (both sides, forward
+and backward): on a CPU thread that, not the student, is most of a CRD step. Compare with benchmarks/matrix_time.py after a run.
     python benchmarks/fashion_full_estimate.py
 """
 
@@ -49,6 +50,19 @@ def step_ms(arch: str, threads: int, train: bool = True, repeats: int = 30) -> f
     return (time.perf_counter() - start) / repeats * 1000
 
 
+def crd_scoring_ms(bank: int, batch: int = BATCH, dim: int = 128, repeats: int = 5) -> float:
+    """CRD's per-step scoring of both sides against a `bank`-entry memory (the whole-bank path that
+    kdexp.distill.crd takes at this size), forward and backward, on one thread."""
+    torch.set_num_threads(1)
+    memory = torch.randn(bank, dim)
+    idx = torch.randint(0, bank, (batch, 4097))
+    v = torch.randn(batch, dim, requires_grad=True)
+    start = time.perf_counter()
+    for _ in range(repeats * 2):
+        torch.exp((v @ memory.T.clone()).gather(1, idx) / 0.07).sum().backward()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
 def main() -> None:
     plan = OmegaConf.to_container(OmegaConf.load(MATRIX))
     params = plan["hydra"]["sweeper"]["params"]
@@ -59,15 +73,16 @@ def main() -> None:
     teacher_arch, threads = pairs[0].split("->")[0], torch.get_num_threads()
     t_train, t_fwd = step_ms(teacher_arch, threads), step_ms(teacher_arch, 1, train=False)
     teacher_min = t_epochs * (steps * t_train + val_steps * t_train / 3) / 60_000
+    crd_ms = crd_scoring_ms(TRAIN)
     print(f"teacher {teacher_arch}: {t_train:.0f} ms/step on {threads} threads -> "
-          f"{teacher_min:.1f} min; forward {t_fwd:.0f} ms on 1 thread")
+          f"{teacher_min:.1f} min; forward {t_fwd:.0f} ms on 1 thread; CRD scoring {crd_ms:.0f} ms/step")
     per_pair = []
     for pair in pairs:
         student = pair.split("->")[1]
         s_ms = step_ms(student, 1)
         epoch = (steps * s_ms + val_steps * s_ms / 3) / 1000
-        online = steps * t_fwd / 1000
-        cost = {m: {"none": epoch, "crd": 1.5 * epoch, "ab": 1.1 * epoch + online,
+        online, crd = steps * t_fwd / 1000, steps * crd_ms / 1000
+        cost = {m: {"none": epoch, "crd": epoch + crd, "ab": 1.1 * epoch + online,
                     "reviewkd": 1.3 * epoch + online}.get(m, 1.05 * epoch) for m in methods}
         cells = sum(seeds * (epochs * c + CELL_OVERHEAD_S) for c in cost.values())
         studies = sum(tune["n_trials"] * (tune["epochs"] * c + TRIAL_OVERHEAD_S) for m, c in cost.items()
