@@ -7,7 +7,8 @@ matrix file. The plan runs one process per pair on one thread each, after the te
 (docs/fashion_full_benchmark.md). Method factors over the vanilla step follow the measured fashion_cpu
 cells: a cached-teacher logit method 1.05x, AB and ReviewKD 1.1x and 1.3x for their own modules, plus the
 online teacher; CRD adds its scoring against the 54k-entry memory banks, measured here (both sides, forward
-and backward): on a CPU thread that, not the student, is most of a CRD step. Compare with benchmarks/matrix_time.py after a run.
+and backward): on a CPU thread that, not the student, is most of a CRD step.
+Compare with benchmarks/matrix_time.py after a run.
     python benchmarks/fashion_full_estimate.py
 """
 
