@@ -1,6 +1,8 @@
 """One MLflow run's life, in one place: started with its tags and params, FINISHED when the block ends,
 FAILED with the error (tag + traceback artifact) when it raises, KILLED + kdexp.trial_state=PRUNED when an
-Optuna trial is pruned. A sweep trial's run nests under the sweep's parent run."""
+Optuna trial is pruned, KILLED + kdexp.interrupted when the process is stopped (SIGTERM: a scheduler's
+preemption, `kill`; Ctrl-C) so that the same command continues it. A sweep trial's run nests under the
+sweep's parent run."""
 
 from __future__ import annotations
 
@@ -52,14 +54,20 @@ class NullTracker:
     log_params = log_metrics = log_artifact = set_tags = finish = fail = _nothing
 
 
+INTERRUPTED = "kdexp.interrupted"
+
+
 def running_run(tracker, tags: Mapping[str, str]) -> str | None:
-    """The newest RUNNING run with these tags: a run killed mid-training (kill -9 leaves it RUNNING)."""
+    """The newest run with these tags that was stopped mid-training: RUNNING (kill -9 leaves it so) or KILLED
+    by an interruption (SIGTERM, Ctrl-C); not a failed or pruned one."""
     if tracker.client is None:
         return None
     match = " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = tracker.client.search_runs([tracker.experiment_id], f"{match} AND attributes.status = 'RUNNING'",
-                                      max_results=1, order_by=["attributes.start_time DESC"])
-    return runs[0].info.run_id if runs else None
+    runs = tracker.client.search_runs([tracker.experiment_id], match, max_results=1,
+                                      order_by=["attributes.start_time DESC"])
+    stopped = runs and (runs[0].info.status == "RUNNING"
+                        or (runs[0].info.status == "KILLED" and INTERRUPTED in runs[0].data.tags))
+    return runs[0].info.run_id if stopped else None
 
 
 @contextmanager
@@ -92,6 +100,9 @@ def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Ma
 
         if nested and is_pruned_error(exc) and tracker.client is not None:
             end_pruned_run(run_id, tracker.client)
+        elif isinstance(exc, (SystemExit, KeyboardInterrupt)):  # Lightning turns SIGTERM into SystemExit
+            tracker.set_tags(run_id, {INTERRUPTED: type(exc).__name__})
+            tracker.finish(run_id, "KILLED")
         else:
             tracker.fail(run_id, exc)
         raise

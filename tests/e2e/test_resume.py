@@ -39,8 +39,8 @@ def run_to_end(root: Path, *extra: str) -> str:
     return done.stdout + done.stderr
 
 
-def kill_when(root: Path, marker: str) -> str:
-    """Start the run and SIGKILL it as soon as `marker` is printed (a progress line: the epoch after it has
+def kill_when(root: Path, marker: str, sig: int = signal.SIGKILL) -> str:
+    """Start the run and send it `sig` as soon as `marker` is printed (a progress line: the epoch after it has
     begun, so the kill lands mid-epoch)."""
     cmd, env = command(root)
     proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -50,7 +50,7 @@ def kill_when(root: Path, marker: str) -> str:
         seen.append(line)
         if marker in line or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait(30)
     assert any(marker in line for line in seen), "".join(seen)[-3000:]
     return "".join(seen)
@@ -81,17 +81,20 @@ def uninterrupted(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("marker, killed_role", [
-    ("teacher cnn_small | epoch 2/5", "teacher"), ("student kd | epoch 2/4", "student"),
-])
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, marker, killed_role):
+@pytest.mark.parametrize("marker, killed_role, sig", [
+    ("teacher cnn_small | epoch 2/5", "teacher", signal.SIGKILL), ("student kd | epoch 2/4", "student", signal.SIGKILL),
+    ("student kd | epoch 2/4", "student", signal.SIGTERM),  # a scheduler's preemption: stopped, not failed
+], ids=["teacher-SIGKILL", "student-SIGKILL", "student-SIGTERM"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, marker, killed_role, sig):
     root = tmp_path / "outputs"
-    kill_when(root, marker)
+    kill_when(root, marker, sig)
     ckpts = list((root / "cache" / "checkpoints").rglob("last.ckpt"))
     assert ckpts, "the killed training left a checkpoint of its last completed epoch"
     client, before = store(root)
-    (killed,) = [r for r in before if r.info.status == "RUNNING"]
+    (killed,) = [r for r in before if r.info.status != "FINISHED"]
     assert killed.data.tags["kdexp.role"] == killed_role
+    # kill -9 leaves the run RUNNING; SIGTERM ends it KILLED and marked interrupted, never FAILED
+    assert killed.info.status == ("RUNNING" if sig == signal.SIGKILL else "KILLED")
 
     log = run_to_end(root)
     assert "(resumed)" in log
