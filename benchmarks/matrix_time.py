@@ -4,8 +4,8 @@ studies' summed run durations, the trials run and pruned, and the wall-clock spa
     python benchmarks/matrix_time.py --uri sqlite:///outputs/mlflow.db --experiment fashion-full
 
 Reads the matrix's experiment and its tuning experiment (`<experiment>-tuning`, kdexp/tuning.py). Durations
-are MLflow's start/end times of FINISHED, FAILED and KILLED runs; a run continued after a kill counts from
-its first start, so a resumed matrix shows its real cost, interruptions included.
+are MLflow's start/end times of every ended run (a stopped or failed run's time was spent too); a run
+continued after a kill counts from its first start, so a resumed matrix shows its cost, interruptions included.
 """
 
 from __future__ import annotations
@@ -53,11 +53,12 @@ def main() -> None:
         groups[key(run)]["cells"].append(run)
     for run in trials:
         groups[key(run)]["trials"].append(run)
-    print("| student | method | cells | cell min | trials (pruned) | tuning min |")
+    print("| student | method | cells finished | cell min | trials (pruned) | tuning min |")
     print("|---|---|---|---|---|---|")
     for (arch, method), g in sorted(groups.items()):
         pruned = sum(r.info.status == "KILLED" or r.data.tags.get("kdexp.trial_state") == "PRUNED" for r in g["trials"])
-        print(f"| {arch} | {method} | {len(g['cells'])} | {minutes(g['cells']):.1f} | "
+        finished = sum(r.info.status == "FINISHED" for r in g["cells"])
+        print(f"| {arch} | {method} | {finished} | {minutes(g['cells']):.1f} | "
               f"{len(g['trials'])} ({pruned}) | {minutes(g['trials']):.1f} |")
     every = cells + trials
     span = (max(r.info.end_time for r in every) - min(r.info.start_time for r in every)) / 60_000 if every else 0
