@@ -56,7 +56,7 @@ def main() -> None:
     print("| student | method | cells finished | cell min | trials (pruned) | tuning min |")
     print("|---|---|---|---|---|---|")
     for (arch, method), g in sorted(groups.items()):
-        pruned = sum(r.info.status == "KILLED" or r.data.tags.get("kdexp.trial_state") == "PRUNED" for r in g["trials"])
+        pruned = sum(r.data.tags.get("kdexp.trial_state") == "PRUNED" for r in g["trials"])
         finished = sum(r.info.status == "FINISHED" for r in g["cells"])
         print(f"| {arch} | {method} | {finished} | {minutes(g['cells']):.1f} | "
               f"{len(g['trials'])} ({pruned}) | {minutes(g['trials']):.1f} |")
