@@ -14,13 +14,18 @@ Compare with benchmarks/matrix_time.py after a run.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from benchmarks.common import median_ms
 from kdexp.models import create_model
 
 MATRIX = Path(__file__).resolve().parents[1] / "sweeps" / "matrix" / "fashion_full.yaml"
@@ -43,12 +48,7 @@ def step_ms(arch: str, threads: int, train: bool = True, repeats: int = 30) -> f
             with torch.no_grad():
                 model(x)
 
-    for _ in range(5):
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats * 1000
+    return median_ms(step, repeats, warmup=5)
 
 
 def crd_scoring_ms(bank: int, batch: int = BATCH, dim: int = 128, repeats: int = 5) -> float:

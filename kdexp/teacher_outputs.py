@@ -131,11 +131,11 @@ def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num
     was_training = teacher.training
     teacher.eval().to(device)
     keep = set(outputs)
+    features = keep & set(FEATURES)
     parts: dict[str, list] = {"logits": [], "stages": [], "preact": [], "embedding": []}
     try:
         for i in range(0, len(x), FILL_BATCH):
             xb = x[i : i + FILL_BATCH].to(device)
-            features = keep & set(FEATURES)
             out = teacher.forward_intermediates(xb) if features else FeatureOutput(teacher(xb), [], [], None)
             parts["logits"].append(out.logits.float().cpu())
             for name in ("stages", "preact"):

@@ -15,9 +15,14 @@ from kdexp.training.context import Context
 log = logging.getLogger("kdexp")
 
 
+def _records_here(ctx: Context) -> bool:
+    """Rank 0 with a store: other ranks and store-less trackers record nothing."""
+    return distributed.is_rank_zero() and ctx.tracker.client is not None
+
+
 def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
     """Dataset input + MLflow Model of one trained model; returns the logged model's id (None if off)."""
-    if not distributed.is_rank_zero() or ctx.tracker.client is None:  # no store to record to
+    if not _records_here(ctx):
         return None
     from kdexp.mlflow_models import log_dataset_input, log_model
 
@@ -44,8 +49,7 @@ def register(ctx: Context, model_id: str, name: str) -> None:
 
 def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
     """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student, as student/* metrics."""
-    wanted = ctx.conf["tracking"].get("export_student", True)
-    if not wanted or not distributed.is_rank_zero() or ctx.tracker.client is None:
+    if not ctx.conf["tracking"].get("export_student", True) or not _records_here(ctx):
         return {}
     from kdexp.mlflow_models import log_student_exports
 
