@@ -28,6 +28,8 @@ from kdexp.cache import ModelCache, fingerprint
 from kdexp.data.base import TensorBatchLoader, epoch_generator
 from kdexp.models.base import FeatureOutput
 
+Levels = dict[str, tuple[int, ...]]  # "stages"/"preact" -> the levels kept (Distiller.teacher_levels); absent: all
+
 log = logging.getLogger("kdexp")
 FORMAT = 1  # bump when what is stored, or how views are generated, changes: invalidates every entry
 FEATURES = ("stages", "preact", "embedding")
@@ -79,36 +81,37 @@ def weights_digest(model: nn.Module) -> str:
 
 @dataclass
 class TeacherOutputs:
-    """The teacher's outputs for every training row: row = view * num_samples + sample (views=0: row = sample)."""
+    """The teacher's outputs for every training row: row = view * num_samples + sample (views=0: row = sample).
+    A level of `stages`/`preact` that the method does not read is None (never computed, stored or looked up)."""
 
     logits: Tensor
-    stages: list[Tensor]
-    preact: list[Tensor]
+    stages: list[Tensor | None]
+    preact: list[Tensor | None]
     embedding: Tensor | None
     num_samples: int
     views: int = 0
 
     def tensors(self) -> list[Tensor]:
-        return [self.logits, *self.stages, *self.preact, *([self.embedding] if self.embedding is not None else [])]
+        every = [self.logits, *self.stages, *self.preact, self.embedding]
+        return [t for t in every if t is not None]
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def to(self, device: torch.device) -> TeacherOutputs:
-        move = lambda t: t.to(device)  # noqa: E731
-        emb = None if self.embedding is None else move(self.embedding)
-        return TeacherOutputs(move(self.logits), [move(t) for t in self.stages], [move(t) for t in self.preact], emb,
-                              self.num_samples, self.views)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TeacherOutputs(move(self.logits), [move(t) for t in self.stages], [move(t) for t in self.preact],
+                              move(self.embedding), self.num_samples, self.views)
 
     def sample_index(self, rows: Tensor) -> Tensor:
         """The sample positions of batch rows (what methods with a per-sample memory see as `index`)."""
         return rows if not self.views else rows.remainder(self.num_samples)
 
     def lookup(self, rows: Tensor) -> FeatureOutput:
-        pick = lambda t: t.index_select(0, rows)  # noqa: E731
-        emb = None if self.embedding is None else pick(self.embedding)
-        return FeatureOutput(pick(self.logits), [pick(t) for t in self.stages], [pick(t) for t in self.preact], emb)
+        pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+        return FeatureOutput(pick(self.logits), [pick(t) for t in self.stages], [pick(t) for t in self.preact],
+                             pick(self.embedding))
 
     def state(self) -> dict:
         return {"format": FORMAT, "logits": self.logits, "stages": self.stages, "preact": self.preact,
@@ -124,8 +127,9 @@ class TeacherOutputs:
 
 @torch.no_grad()
 def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num_samples: int, views: int = 0,
-                    device: torch.device | None = None) -> TeacherOutputs:
-    """Run the frozen teacher over every row of `x` once (in eval mode), keeping only `outputs`."""
+                    device: torch.device | None = None, levels: Levels | None = None) -> TeacherOutputs:
+    """Run the frozen teacher over every row of `x` once (in eval mode), keeping only `outputs` (and of
+    stages/preact only the `levels` named)."""
     home = next(teacher.parameters()).device
     device = torch.device(device) if device is not None else x.device
     was_training = teacher.training
@@ -140,16 +144,28 @@ def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num
             parts["logits"].append(out.logits.float().cpu())
             for name in ("stages", "preact"):
                 if name in keep:
-                    parts[name].append([t.float().cpu() for t in getattr(out, name)])
+                    kept = kept_levels(levels, name, len(getattr(out, name)))
+                    parts[name].append([t.float().cpu() if i in kept else None for i, t in enumerate(getattr(out, name))])
             if "embedding" in keep:
                 parts["embedding"].append(out.embedding.float().cpu())
     finally:
         teacher.to(home).train(was_training)
-    cat_lists = lambda chunks: [torch.cat(level) for level in zip(*chunks)] if chunks else []  # noqa: E731
+    cat_lists = lambda chunks: [None if c[0] is None else torch.cat(c) for c in zip(*chunks)]  # noqa: E731
     return TeacherOutputs(
         torch.cat(parts["logits"]), cat_lists(parts["stages"]), cat_lists(parts["preact"]),
         torch.cat(parts["embedding"]) if parts["embedding"] else None, num_samples, views,
     )
+
+
+def kept_levels(levels: Levels | None, name: str, count: int) -> set[int]:
+    """The levels of a `count`-long stages/preact list that `levels` keeps (all where it names none)."""
+    chosen = (levels or {}).get(name)
+    if chosen is None:
+        return set(range(count))
+    bad = [i for i in chosen if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"teacher levels {name}={bad} out of range: the teacher has {count} (0..{count - 1})")
+    return set(chosen)
 
 
 def augmented_views(dm, views: int, seed: int) -> Tensor:
@@ -212,28 +228,35 @@ class TeacherOutputCache:
             return outputs, True
 
 
-def wanted_outputs(needs: frozenset[str], needs_features: bool) -> tuple[str, ...]:
-    return ("logits", *(f for f in FEATURES if needs_features and f in needs))
+def wanted_outputs(needs: frozenset[str], needs_features: bool, levels: Levels | None = None) -> tuple[str, ...]:
+    """The teacher outputs to cache: logits, and the features the method needs, less lists it reads no level of."""
+    levels = levels or {}
+    return ("logits", *(f for f in FEATURES if needs_features and f in needs and levels.get(f) != ()))
 
 
-def estimated_bytes(teacher: nn.Module, dm, outputs: tuple[str, ...], rows: int) -> int:
+def estimated_bytes(teacher: nn.Module, dm, outputs: tuple[str, ...], rows: int, levels: Levels | None = None) -> int:
     if len(outputs) == 1:
         return rows * dm.num_classes * 4
     probe = teacher.feature_shapes(tuple(dm.input_shape))  # batch of 2
     per_sample = probe.logits[0].numel()
-    per_sample += sum(t[0].numel() for name in ("stages", "preact") if name in outputs for t in getattr(probe, name))
+    for name in ("stages", "preact"):
+        maps = getattr(probe, name) if name in outputs else []
+        per_sample += sum(maps[i][0].numel() for i in kept_levels(levels, name, len(maps)))
     per_sample += probe.embedding[0].numel() if "embedding" in outputs else 0
     return rows * per_sample * 4
 
 
-def cache_spec(teacher: nn.Module, dm, outputs: tuple[str, ...], views: int, seed: int) -> dict:
-    """Everything the cached outputs depend on: the key is its fingerprint."""
-    return {
+def cache_spec(teacher: nn.Module, dm, outputs: tuple[str, ...], views: int, seed: int,
+               levels: Levels | None = None) -> dict:
+    """Everything the cached outputs depend on: the key is its fingerprint (whole lists keep their old keys)."""
+    spec = {
         "kind": "teacher-outputs", "format": FORMAT, "teacher": type(teacher).__name__,
         "teacher_weights": weights_digest(teacher), "data": dm.fingerprint(), "split": "train",
         "transform": {"views": views, "seed": seed, "chunk": VIEW_CHUNK} if views else "none",
         "outputs": list(outputs),
     }
+    chosen = {name: sorted(set(lv)) for name, lv in (levels or {}).items() if name in outputs}
+    return spec | ({"levels": chosen} if chosen else {})
 
 
 @dataclass
@@ -244,8 +267,10 @@ class CachedTeacher:
 
 
 def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: frozenset[str], needs_features: bool,
-                           root: str | os.PathLike, memo: dict | None = None) -> CachedTeacher | None:
-    """Teacher outputs from (or filled into) the cache, or None where the teacher must run online."""
+                           root: str | os.PathLike, memo: dict | None = None,
+                           levels: Levels | None = None) -> CachedTeacher | None:
+    """Teacher outputs from (or filled into) the cache, or None where the teacher must run online.
+    `levels`: the stages/preact levels the method reads (Distiller.teacher_levels); the rest is not kept."""
     settings = TeacherCacheSettings.from_conf(node, dm.augment)
     memo = {} if memo is None else memo
     if settings.mode == "off":
@@ -254,9 +279,9 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
     if dm.augment and not views:
         log.info("teacher runs online: random augmentation (data.augment=true, teacher_cache.views=0)")
         return None
-    outputs = wanted_outputs(needs, needs_features)
+    outputs = wanted_outputs(needs, needs_features, levels)
     n = dm.num_train
-    size = estimated_bytes(teacher, dm, outputs, n * max(views, 1))
+    size = estimated_bytes(teacher, dm, outputs, n * max(views, 1), levels)
     if size > settings.max_gb * 2**30:
         if settings.mode == "auto":
             log.info("teacher runs online: its outputs %s would take %.1f GB > teacher_cache.max_gb=%s",
@@ -264,7 +289,7 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
             return None
         log.warning("teacher_cache.mode=on: caching %.1f GB of teacher outputs (max_gb=%s)", size / 2**30,
                     settings.max_gb)
-    spec = cache_spec(teacher, dm, outputs, views, settings.seed)
+    spec = cache_spec(teacher, dm, outputs, views, settings.seed, levels)
     key = fingerprint(spec)
     x_views = None
     if views:
@@ -277,7 +302,7 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
             start = time.perf_counter()
             x = x_views if views else dm.split_tensors("train")[0]
             device = x.device if x.is_cuda or not torch.cuda.is_available() else torch.device("cuda")
-            filled = compute_outputs(teacher, x, outputs, n, views, device)
+            filled = compute_outputs(teacher, x, outputs, n, views, device, levels)
             log.info("filled teacher outputs %s (%d rows, %.1f MB) in %.1fs", outputs, len(x), filled.nbytes / 2**20,
                      time.perf_counter() - start)
             return filled

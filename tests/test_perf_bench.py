@@ -156,3 +156,15 @@ def test_student_step_benchmark_trains_and_restores_global_switches():
     step()
     assert grouped(torch.randn(4, 1, 28, 28)).shape == (3, 4, 10)  # one logit set per student
     assert all(not torch.equal(a, b) for a, b in zip(before, grouped.parameters()))  # every weight trained
+
+
+def test_feature_cache_benchmark_runs_both_modes_and_sizes_the_kept_levels(small, tmp_path):
+    from benchmarks.feature_cache import epoch_case, sizes_gb, student_and_method
+
+    dm, teacher = small
+    for mode in ("online", "cached"):  # each case asserts that it ran in its mode
+        epoch_case(dm, teacher, "cnn_tiny", "reviewkd", mode, tmp_path)()
+    assert len(list((tmp_path / "teacher_outputs").glob("*.pt"))) == 1
+    _, method = student_and_method(dm, teacher, "cnn_tiny", "ab")
+    every, kept = sizes_gb(dm, teacher, method)
+    assert 0 < kept < every

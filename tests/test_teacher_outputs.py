@@ -21,6 +21,7 @@ from kdexp.teacher_outputs import (
     augmented_views,
     cache_spec,
     compute_outputs,
+    estimated_bytes,
     prepare_cached_teacher,
     wanted_outputs,
 )
@@ -65,9 +66,9 @@ def test_every_method_gets_the_same_loss_from_cached_and_online_teacher(name, dm
         online = DistillModule(student, teacher=teacher, method=copy.deepcopy(method), weights=weights, stage=stage)
         cached = DistillModule(student, teacher=teacher, method=copy.deepcopy(method), weights=weights, stage=stage)
         x_train, _ = dm.split_tensors("train")
-        cached.use_teacher_outputs(
-            compute_outputs(teacher, x_train, wanted_outputs(method.needs, online.needs_features), dm.num_train)
-        )
+        levels = method.teacher_levels()  # only what the method says it reads: a wrong claim fails here
+        outputs = wanted_outputs(method.needs, online.needs_features, levels)
+        cached.use_teacher_outputs(compute_outputs(teacher, x_train, outputs, dm.num_train, levels=levels))
         student.eval()
         x, y, index = next(iter(dm.loader("train", shuffle=True)))
         torch.manual_seed(1)  # methods that sample (CRD negatives) draw the same numbers
@@ -77,6 +78,32 @@ def test_every_method_gets_the_same_loss_from_cached_and_online_teacher(name, dm
         assert set(got) == set(expected) and expected
         for term in expected:
             assert torch.allclose(got[term], expected[term], rtol=1e-5, atol=1e-6), (stage, term)
+
+
+@pytest.mark.parametrize("name", ["ab", "reviewkd", "at", "vid", "nst", "ofd", "fitnet"])
+def test_methods_pairing_deep_stages_keep_only_their_teacher_levels(name, dm):
+    teacher, student = models()
+    method = create_method(name)
+    method.build(student.feature_shapes(dm.input_shape), teacher.feature_shapes(dm.input_shape), 10, dm.num_train)
+    levels = method.teacher_levels()
+    needs_features = bool(method.needs - {"logits", "index"})
+    x, _ = dm.split_tensors("train")
+    every = compute_outputs(teacher, x, wanted_outputs(method.needs, needs_features), dm.num_train)
+    outputs = wanted_outputs(method.needs, needs_features, levels)
+    kept = compute_outputs(teacher, x, outputs, dm.num_train, levels=levels)
+    assert kept.nbytes < every.nbytes  # the stem's map, the largest, is never paired
+    assert kept.nbytes == estimated_bytes(teacher, dm, outputs, dm.num_train, levels)
+    for name_, chosen in levels.items():
+        for i, t in enumerate(getattr(kept, name_)):
+            assert (t is not None) == (i in chosen), (name_, i)
+            if t is not None:
+                assert torch.equal(t, getattr(every, name_)[i])
+
+
+def test_levels_out_of_range_are_named(dm):
+    teacher, _ = models()
+    with pytest.raises(ValueError, match=r"preact=\[7\] out of range: the teacher has 3 \(0..2\)"):
+        compute_outputs(teacher, dm.split_tensors("train")[0][:4], ("logits", "preact"), 4, levels={"preact": (1, 7)})
 
 
 def test_cached_logits_equal_the_teacher_forward(dm):
@@ -129,6 +156,9 @@ def test_key_changes_with_teacher_weights_data_outputs_and_views(dm):
     assert key_of(teacher, synthetic(split_seed=1)) != key
     assert key_of(teacher, synthetic(data_seed=1)) != key  # other content
     assert key_of(teacher, dm, ("logits", "embedding")) != key
+    whole = fingerprint(cache_spec(teacher, dm, ("logits", "preact"), 0, 0))
+    assert whole == fingerprint(cache_spec(teacher, dm, ("logits", "preact"), 0, 0, {"stages": (1,)}))  # not kept
+    assert whole != fingerprint(cache_spec(teacher, dm, ("logits", "preact"), 0, 0, {"preact": (2, 3)}))
     aug = synthetic(augment=True)
     assert key_of(teacher, aug, views=2) != key_of(teacher, aug, views=3) != key_of(teacher, aug, views=3, seed=1)
 

@@ -41,6 +41,12 @@ class Distiller(nn.Module):
     ) -> None:
         """Create adapters from example features (batch of 2); raise IncompatiblePairError early."""
 
+    def teacher_levels(self) -> dict[str, tuple[int, ...]]:
+        """Which levels of the teacher's `stages`/`preact` lists the built method reads; a list not named
+        here is read whole. The teacher-output cache keeps only these: a method that pairs a few deep
+        stages needs a fraction of the feature maps (the shallow ones are the largest)."""
+        return {}
+
     def forward(
         self, student: FeatureOutput, teacher: FeatureOutput, target: Tensor, index: Tensor, epoch: int
     ) -> dict[str, Tensor]:

@@ -76,6 +76,11 @@ def stage_pairs(n_student: int, n_teacher: int, method: str, skip_stem: bool = T
     return [(n_student - k + i, n_teacher - k + i) for i in range(k)]
 
 
+def teacher_side(pairs: list[tuple[int, int]]) -> tuple[int, ...]:
+    """The teacher levels of (student, teacher) stage pairs: what Distiller.teacher_levels reports."""
+    return tuple(sorted({j for _, j in pairs}))
+
+
 def warmup_factor(epoch: int, warmup_epochs: int) -> float:
     """Linear warm-up; `epoch` is 0-based, so the first epoch already gets 1/warmup (as mdistiller's
     1-based min(epoch / warmup, 1))."""

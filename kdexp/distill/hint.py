@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kdexp.distill import register_method
 from kdexp.distill.base import Distiller, IncompatiblePairError
-from kdexp.distill.common import align_spatial, channels, conv_bn, in_float32, mse, stage_pairs
+from kdexp.distill.common import align_spatial, channels, conv_bn, in_float32, mse, stage_pairs, teacher_side
 
 
 @register_method("fitnet")
@@ -34,6 +34,9 @@ class FitNet(Distiller):
         s, t = student.stages[self.hint_layer], teacher.stages[self.hint_layer]
         # ReLU: the hint is a post-ReLU map
         self.regressor = nn.Sequential(conv_bn(channels(s), channels(t)), nn.ReLU())
+
+    def teacher_levels(self):
+        return {"stages": (self.hint_layer,)}
 
     def forward(self, student, teacher, target, index, epoch):
         s = self.regressor(student.stages[self.hint_layer])
@@ -100,6 +103,9 @@ class VID(Distiller):
             for i, j in self.pairs
         )
 
+    def teacher_levels(self):
+        return {"stages": teacher_side(self.pairs)}
+
     def forward(self, student, teacher, target, index, epoch):
         loss = 0.0
         for (i, j), q in zip(self.pairs, self.regressors):
@@ -155,6 +161,9 @@ class OFD(Distiller):
             batch = torch.where(count > 1e-3 * x.shape[1], mean_negative, -3 * x.std(dim=1, unbiased=False))
             margin.copy_(margin.lerp(batch, self.margin_momentum) if self.margin_ready else batch)
         self.margin_ready.fill_(True)
+
+    def teacher_levels(self):
+        return {"preact": teacher_side(self.pairs)}
 
     def forward(self, student, teacher, target, index, epoch):
         teacher_maps = [teacher.preact[j].detach() for _, j in self.pairs]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdexp.distill import register_method
 from kdexp.distill.base import Distiller, IncompatiblePairError
-from kdexp.distill.common import L2Embed, align_spatial, in_float32, stage_pairs
+from kdexp.distill.common import L2Embed, align_spatial, in_float32, stage_pairs, teacher_side
 
 
 def attention_map(f: Tensor, p: float) -> Tensor:
@@ -48,6 +48,9 @@ class AttentionTransfer(Distiller):
                     f"at: student stage {i} {tuple(student.stages[i].shape[1:])} vs teacher stage {j} "
                     f"{tuple(teacher.stages[j].shape[1:])} gives a 1x1 attention map, a constant; AT needs "
                     "spatial feature maps in both nets (e.g. a CNN student, not an MLP)")
+
+    def teacher_levels(self):
+        return {"stages": teacher_side(self.pairs)}
 
     def forward(self, student, teacher, target, index, epoch):
         loss = 0.0
@@ -245,6 +248,9 @@ class NeuronSelectivityTransfer(Distiller):
 
     def build(self, student, teacher, num_classes, num_samples):
         self.pairs = stage_pairs(len(student.stages), len(teacher.stages), "nst")
+
+    def teacher_levels(self):
+        return {"stages": teacher_side(self.pairs)}
 
     def forward(self, student, teacher, target, index, epoch):
         loss = 0.0

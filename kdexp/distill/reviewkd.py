@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from kdexp.distill import register_method
 from kdexp.distill.base import Distiller
-from kdexp.distill.common import channels, conv_bn, in_float32, stage_pairs, warmup_factor
+from kdexp.distill.common import channels, conv_bn, in_float32, stage_pairs, teacher_side, warmup_factor
 
 
 class AttentionFusion(nn.Module):
@@ -94,6 +94,9 @@ class ReviewKD(Distiller):
             for k, (a, b) in enumerate(zip(s, t))
         )
         self.out_sizes = [tuple(b.shape[-2:]) for b in t]
+
+    def teacher_levels(self):
+        return {"stages": (), "preact": teacher_side(self.pairs)}  # student stages, teacher pre-ReLU maps
 
     def forward(self, student, teacher, target, index, epoch):
         s, t = self._levels(student, teacher)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from kdexp.distill import register_method
 from kdexp.distill.base import Distiller, IncompatiblePairError
-from kdexp.distill.common import align_spatial, channels, conv_bn, in_float32, mse, stage_pairs
+from kdexp.distill.common import align_spatial, channels, conv_bn, in_float32, mse, stage_pairs, teacher_side
 
 INIT_EPOCHS = 30  # RepDistiller's initialisation stage for AB, FT and FSP
 
@@ -54,6 +54,9 @@ class ActivationBoundaries(Distiller):
         self.connectors = nn.ModuleList(
             conv_bn(channels(student.preact[i]), channels(teacher.preact[j])) for i, j in self.pairs
         )
+
+    def teacher_levels(self):
+        return {"preact": teacher_side(self.pairs)}
 
     def _loss(self, student, teacher) -> Tensor:
         m, depth = self.margin, len(self.pairs)

@@ -73,7 +73,7 @@ def use_cached_teacher(ctx: Context, module: DistillModule):
         return None  # one batch: filling the whole split would cost more than it saves
     cached = prepare_cached_teacher(
         node, ctx.dm, module.teacher, module.method.needs, module.needs_features,
-        Path(ctx.conf["paths"]["cache"]) / "teacher_outputs", ctx.memo,
+        Path(ctx.conf["paths"]["cache"]) / "teacher_outputs", ctx.memo, module.method.teacher_levels(),
     )
     if cached is None:
         return None
