@@ -30,7 +30,16 @@ from kdexp.models.base import FeatureOutput
 
 
 def step_seconds(num_samples: int, dense: bool, batch: int, negatives: int, repeats: int) -> float:
-    crd.DENSE_FRACTION = 4 if dense else 0  # 0: never the whole-bank path
+    """Median seconds of one CRD step on the whole-bank (`dense`) or the gathered path, forced either way."""
+    saved = crd.DENSE_FRACTION
+    crd.DENSE_FRACTION = num_samples if dense else 0  # num_samples: always the whole bank; 0: never
+    try:
+        return _median_step(num_samples, batch, negatives, repeats)
+    finally:
+        crd.DENSE_FRACTION = saved
+
+
+def _median_step(num_samples: int, batch: int, negatives: int, repeats: int) -> float:
     torch.manual_seed(0)
     method = create_method("crd", num_negatives=negatives)
     emb_s, emb_t = torch.randn(batch, 64), torch.randn(batch, 256)

@@ -1,13 +1,11 @@
 """Wall-time estimate of sweeps/matrix/fashion_full.yaml on this machine, from step times measured here.
 
-Measures batch-128 training steps of each student on one thread, the teacher's forward pass on one thread
-(AB and ReviewKD run it online: its feature maps of 54k images exceed teacher_cache.max_gb) and its
-training step on every thread; reads the plan (pairs, methods, seeds, epochs, tuning budget) from the
-matrix file. The plan runs one process per pair on one thread each, after the teacher
-(docs/fashion_full_benchmark.md). Method factors over the vanilla step follow the measured fashion_cpu
-cells: a cached-teacher logit method 1.05x, AB and ReviewKD 1.1x and 1.3x for their own modules, plus the
-online teacher; CRD adds its scoring against the 54k-entry memory banks, measured here (both sides, forward
-and backward): on a CPU thread that, not the student, is most of a CRD step.
+Measures, on one thread, a batch-128 training step of every (student, method) of the plan as the pipeline
+runs it (DistillModule with the method built for the pair at the matrix's settings, teacher outputs looked
+up from the cache: every method of the plan fits teacher_cache.max_gb since the cache keeps only the levels
+a method reads), the AB init stage's step, CRD with its 54k-entry memory banks; and the teacher's training
+step on every thread. Reads the plan (pairs, methods, seeds, epochs, tuning budget) from the matrix file.
+The plan runs two 1-thread processes after the teacher (docs/fashion_full_benchmark.md).
 Compare with benchmarks/matrix_time.py after a run.
     python benchmarks/fashion_full_estimate.py
 """
@@ -15,7 +13,6 @@ Compare with benchmarks/matrix_time.py after a run.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` importable
@@ -26,42 +23,64 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from benchmarks.common import median_ms
+from kdexp.distill import method_from_config
 from kdexp.models import create_model
+from kdexp.module import DistillModule
+from kdexp.teacher_outputs import compute_outputs, wanted_outputs
 
-MATRIX = Path(__file__).resolve().parents[1] / "sweeps" / "matrix" / "fashion_full.yaml"
-TRAIN, VAL, BATCH = 54_000, 6_000, 128
+REPO = Path(__file__).resolve().parents[1]
+MATRIX = REPO / "sweeps" / "matrix" / "fashion_full.yaml"
+TRAIN, VAL, BATCH, SHAPE = 54_000, 6_000, 128, (1, 28, 28)
 CELL_OVERHEAD_S, TRIAL_OVERHEAD_S = 8.0, 4.0  # start-up, test pass, records (+ ONNX export for cells)
 
 
-def step_ms(arch: str, threads: int, train: bool = True, repeats: int = 30) -> float:
+def teacher_step_ms(arch: str, threads: int, repeats: int = 30) -> float:
+    """The teacher's own training step (cross-entropy, Adam) on `threads` threads."""
     torch.set_num_threads(threads)
-    model = create_model(arch, num_classes=10, in_channels=1).train(train)
+    model = create_model(arch, num_classes=10, in_channels=1).train()
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+    x, y = torch.randn(BATCH, *SHAPE), torch.randint(0, 10, (BATCH,))
 
     def step():
-        if train:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        else:
-            with torch.no_grad():
-                model(x)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
 
     return median_ms(step, repeats, warmup=5)
 
 
-def crd_scoring_ms(bank: int, batch: int = BATCH, dim: int = 128, repeats: int = 5) -> float:
-    """CRD's per-step scoring of both sides against a `bank`-entry memory (the whole-bank path that
-    kdexp.distill.crd takes at this size), forward and backward, on one thread."""
+def method_step_ms(teacher, student_arch: str, distill: dict, stage: str = "distill", repeats: int = 20) -> float:
+    """One training step of `student_arch` with the method of `distill` as the pipeline runs it, on one thread,
+    the teacher's outputs looked up as from the cache (the plan's methods all fit teacher_cache.max_gb)."""
     torch.set_num_threads(1)
-    memory = torch.randn(bank, dim)
-    idx = torch.randint(0, bank, (batch, 4097))
-    v = torch.randn(batch, dim, requires_grad=True)
-    start = time.perf_counter()
-    for _ in range(repeats * 2):
-        torch.exp((v @ memory.T.clone()).gather(1, idx) / 0.07).sum().backward()
-    return (time.perf_counter() - start) / repeats * 1000
+    torch.manual_seed(0)
+    student = create_model(student_arch, num_classes=10, in_channels=1)
+    method = method_from_config(distill)
+    method.build(student.feature_shapes(SHAPE), teacher.feature_shapes(SHAPE), 10, TRAIN)  # CRD: 54k banks
+    weights = {k: float(v) for k, v in distill["weights"].items()}
+    weights.update({t: weights.get(t) or 1.0 for t in method.terms})  # a tuned weight is never 0
+    module = DistillModule(student, teacher=teacher, method=method, weights=weights, temperature=4.0, stage=stage)
+    x, y, index = torch.randn(BATCH, *SHAPE), torch.randint(0, 10, (BATCH,)), torch.arange(BATCH)
+    if module.uses_teacher:
+        levels = method.teacher_levels()
+        outputs = wanted_outputs(method.needs, module.needs_features, levels)
+        module.use_teacher_outputs(compute_outputs(teacher, x, outputs, BATCH, levels=levels))
+    module.train()
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], 3e-3)
+
+    def step():
+        terms, _ = module.loss_terms(x, y, index)
+        loss = sum(terms.values()) if stage == "init" else sum(weights[k] * v for k, v in terms.items())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return median_ms(step, repeats, warmup=3)
+
+
+def distill_node(method: str, overrides: dict) -> dict:
+    node = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "distill" / f"{method}.yaml"))
+    return {**node, **overrides.get(method, {})}
 
 
 def main() -> None:
@@ -70,30 +89,30 @@ def main() -> None:
     pairs = [p.strip("'") for p in params["pair"].split("','")]
     methods, seeds = params["distill"].split(","), len(str(params["seed"]).split(","))
     epochs, tune, t_epochs = plan["trainer"]["max_epochs"], plan["tune"], plan["teacher"]["max_epochs"]
+    overrides = plan.get("distill_overrides", {}).get("*", {})
     steps, val_steps = TRAIN // BATCH + 1, VAL // BATCH + 1
     teacher_arch, threads = pairs[0].split("->")[0], torch.get_num_threads()
-    t_train, t_fwd = step_ms(teacher_arch, threads), step_ms(teacher_arch, 1, train=False)
+    t_train = teacher_step_ms(teacher_arch, threads)
     teacher_min = t_epochs * (steps * t_train + val_steps * t_train / 3) / 60_000
-    crd_ms = crd_scoring_ms(TRAIN)
-    print(f"teacher {teacher_arch}: {t_train:.0f} ms/step on {threads} threads -> "
-          f"{teacher_min:.1f} min; forward {t_fwd:.0f} ms on 1 thread; CRD scoring {crd_ms:.0f} ms/step")
-    per_pair = []
+    print(f"teacher {teacher_arch}: {t_train:.0f} ms/step on {threads} threads -> {teacher_min:.1f} min")
+    teacher = create_model(teacher_arch, num_classes=10, in_channels=1).eval()
+    totals = []
     for pair in pairs:
         student = pair.split("->")[1]
-        s_ms = step_ms(student, 1)
-        epoch = (steps * s_ms + val_steps * s_ms / 3) / 1000
-        online, crd = steps * t_fwd / 1000, steps * crd_ms / 1000
-        cost = {m: {"none": epoch, "crd": epoch + crd, "ab": 1.1 * epoch + online,
-                    "reviewkd": 1.3 * epoch + online}.get(m, 1.05 * epoch) for m in methods}
-        cells = sum(seeds * (epochs * c + CELL_OVERHEAD_S) for c in cost.values())
-        studies = sum(tune["n_trials"] * (tune["epochs"] * c + TRIAL_OVERHEAD_S) for m, c in cost.items()
-                      if m != "none")
-        per_pair.append((cells + studies) / 60)
-        print(f"{pair}: {s_ms:.0f} ms/step (1 thread), {epoch:.1f} s/epoch; cells {cells / 60:.0f} min, "
-              f"studies {studies / 60:.0f} min")
-    print(f"total: teacher {teacher_min:.0f} min + the longest pair {max(per_pair):.0f} min "
-          f"(one process per pair) = {teacher_min + max(per_pair):.0f} min; "
-          f"{teacher_min + sum(per_pair):.0f} min in one process")
+        cells = studies = 0.0
+        for m in methods:
+            node = distill_node(m, overrides)
+            ms = method_step_ms(teacher, student, node)
+            init = node.get("init_epochs", 0) * steps * method_step_ms(teacher, student, node, "init") / 1000
+            epoch = (steps * ms + val_steps * ms / 6) / 1000  # validation: forward only, larger batches
+            cells += seeds * (init + epochs * epoch + CELL_OVERHEAD_S)
+            if m != "none":
+                studies += tune["n_trials"] * (init + tune["epochs"] * epoch + TRIAL_OVERHEAD_S)
+            print(f"  {pair} {m}: {ms:.0f} ms/step, {epoch:.0f} s/epoch" + (f", init {init:.0f} s" if init else ""))
+        totals.append((cells + studies) / 60)
+        print(f"{pair}: cells {cells / 60:.0f} min, studies {studies / 60:.0f} min")
+    print(f"total: {sum(totals):.0f} min of one thread after the teacher's {teacher_min:.0f} min; as two 1-thread "
+          f"processes (1.2-1.3x one 2-thread process here) about {teacher_min + sum(totals) / 2:.0f} min of wall")
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ def open_run(uri: str, run_id: str):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from kdexp.stores import sqlite_file as sqlite_path
+    from kdexp.stores import sqlite_file
 
-    db = sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None and not db.is_file():  # MlflowClient would silently create an empty store
         raise ExportError(f"no MLflow store at {db} (--uri {uri})")
     client = MlflowClient(tracking_uri=uri)

@@ -130,9 +130,9 @@ def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:
 def find_finished_run(uri: str, experiment: str, cell: str):
     from mlflow.tracking import MlflowClient
 
-    from kdexp.stores import sqlite_file as sqlite_path
+    from kdexp.stores import sqlite_file
 
-    db = sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None and not db.is_file():  # nothing tracked yet: do not create an empty store here
         return None
     client = MlflowClient(tracking_uri=uri)

@@ -144,8 +144,9 @@ def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num
             parts["logits"].append(out.logits.float().cpu())
             for name in ("stages", "preact"):
                 if name in keep:
-                    kept = kept_levels(levels, name, len(getattr(out, name)))
-                    parts[name].append([t.float().cpu() if i in kept else None for i, t in enumerate(getattr(out, name))])
+                    maps = getattr(out, name)
+                    kept = kept_levels(levels, name, len(maps))
+                    parts[name].append([t.float().cpu() if i in kept else None for i, t in enumerate(maps)])
             if "embedding" in keep:
                 parts["embedding"].append(out.embedding.float().cpu())
     finally:

@@ -155,9 +155,10 @@ def _finished_study(url: str, name: str, n_trials: int):
     import optuna
     from optuna.trial import TrialState
 
-    from kdexp.sweep.storage import rdb_storage, sqlite_path
+    from kdexp.stores import sqlite_file
+    from kdexp.sweep.storage import rdb_storage
 
-    path = sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None and not path.is_file():
         return None
     try:

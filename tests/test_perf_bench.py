@@ -107,14 +107,15 @@ def test_crd_benchmark_times_both_scoring_paths_and_restores_nothing_global(monk
     import kdexp.distill.crd as crd
     from benchmarks.crd_scores import step_seconds
 
-    monkeypatch.setattr(crd, "DENSE_FRACTION", crd.DENSE_FRACTION)  # the benchmark sets it; undone after the test
+    before = crd.DENSE_FRACTION
     calls = []
     real = crd.CRD._scores
     monkeypatch.setattr(crd.CRD, "_scores",
                         lambda self, m, idx, v: calls.append(crd.DENSE_FRACTION) or real(self, m, idx, v))
     assert step_seconds(300, dense=False, batch=8, negatives=64, repeats=1) > 0
     assert step_seconds(300, dense=True, batch=8, negatives=64, repeats=1) > 0
-    assert set(calls) == {0, 4}  # each path was the one timed
+    assert set(calls) == {0, 300}  # each path was forced: never / always the whole bank
+    assert crd.DENSE_FRACTION == before
 
 
 def test_crd_benchmark_compares_two_valid_samplers():
@@ -168,3 +169,20 @@ def test_feature_cache_benchmark_runs_both_modes_and_sizes_the_kept_levels(small
     _, method = student_and_method(dm, teacher, "cnn_tiny", "ab")
     every, kept = sizes_gb(dm, teacher, method)
     assert 0 < kept < every
+
+
+def test_fashion_full_estimate_times_every_method_of_the_plan_as_the_pipeline_builds_it():
+    from omegaconf import OmegaConf
+
+    from benchmarks.fashion_full_estimate import MATRIX, distill_node, method_step_ms
+
+    plan = OmegaConf.to_container(OmegaConf.load(MATRIX))
+    overrides = plan["distill_overrides"]["*"]
+    teacher = create_model("cnn_medium", num_classes=10, in_channels=1).eval()
+    for method in plan["hydra"]["sweeper"]["params"]["distill"].split(","):
+        node = distill_node(method, overrides)
+        assert node["name"] == method
+        stages = ("distill", "init") if node.get("init_epochs") else ("distill",)
+        assert node.get("init_epochs", 0) in (0, 1)  # the matrix's override reached the method
+        for stage in stages:
+            assert 0 < method_step_ms(teacher, "cnn_tiny", node, stage, repeats=1) < 60_000, (method, stage)

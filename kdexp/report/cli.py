@@ -67,11 +67,11 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
 
     from kdexp.matrix import load_matrix
     from kdexp.report import render
-    from kdexp.stores import sqlite_file as sqlite_path
+    from kdexp.stores import sqlite_file
 
     matrix = load_matrix(args.matrix) if args.matrix else None
     names = args.experiment or [(matrix.experiment if matrix else None) or DEFAULT_EXPERIMENT]
-    db = sqlite_path(args.uri)
+    db = sqlite_file(args.uri)
     if db is not None and not db.is_file():
         raise FileNotFoundError(f"no tracking store at {db} (run kdexp-train first, or pass --uri)")
     client = MlflowClient(tracking_uri=args.uri)

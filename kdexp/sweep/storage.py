@@ -14,8 +14,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy.engine import make_url
 
-from kdexp.stores import StoreError, normalize_uri, store_lock
-from kdexp.stores import sqlite_file as sqlite_path  # one parser of SQLite URLs
+from kdexp.stores import StoreError, normalize_uri, sqlite_file, store_lock  # one parser of SQLite URLs
 
 log = logging.getLogger(__name__)
 # The sweeper hands its jobs the storage URL with the password masked, and the whole URL in this variable
@@ -28,7 +27,7 @@ _SQLITE_TIMEOUT_S = 60
 
 def absolute_sqlite_url(url: str, base: str | os.PathLike | None = None) -> str:
     """Jobs may run in another working directory (chdir, joblib, SLURM): pin relative SQLite paths."""
-    path = sqlite_path(url)
+    path = sqlite_file(url)
     if path is None or path.is_absolute():
         return url
     resolved = (Path(base or os.getcwd()) / path).resolve()
@@ -57,7 +56,7 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
     the same params (Optuna's RetryFailedTrialCallback), up to that many times."""
     url = normalize_uri(url)
     engine_kwargs = None
-    if sqlite_path(url):
+    if sqlite_file(url):
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
     elif make_url(url).get_backend_name() == "postgresql":  # fail fast on an unreachable server
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}

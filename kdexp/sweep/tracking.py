@@ -21,10 +21,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from kdexp.redact import redact_text
-from kdexp.stores import artifact_location, normalize_uri, store_lock
+from kdexp.stores import artifact_location, normalize_uri, sqlite_file, store_lock
 
 from .report import best_summary, state_counts
-from .storage import absolute_sqlite_url, sqlite_path
+from .storage import absolute_sqlite_url
 
 log = logging.getLogger(__name__)
 PARENT_RUN_ATTR = "kdexp.mlflow_parent_run_id"
@@ -42,9 +42,9 @@ def tracking_target(app_config: DictConfig) -> tuple[str | None, str]:
         or os.environ.get("MLFLOW_EXPERIMENT_NAME")
         or "kdexp"
     )
-    if uri and sqlite_path(uri):
+    if uri and sqlite_file(uri):
         uri = absolute_sqlite_url(uri)
-        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_file(uri).parent.mkdir(parents=True, exist_ok=True)
     return uri, str(experiment)
 
 
@@ -151,8 +151,8 @@ def experiment_artifacts(app_config: DictConfig, uri: str | None) -> str | None:
     ``tracking.artifact_root`` (kdexp: ``${paths.root}/mlartifacts``), else beside a SQLite store; None for a
     tracking server (its own artifact store) or when neither is known (MLflow's default)."""
     root = OmegaConf.select(app_config, "tracking.artifact_root", default=None)
-    if not root and uri and sqlite_path(uri):
-        root = sqlite_path(uri).parent / "mlartifacts"
+    if not root and uri and sqlite_file(uri):
+        root = sqlite_file(uri).parent / "mlartifacts"
     return artifact_location(uri, root)
 
 

@@ -51,7 +51,12 @@ def kill_when(root: Path, marker: str, sig: int = signal.SIGKILL) -> str:
         if marker in line or time.monotonic() > deadline:
             break
     proc.send_signal(sig)
-    proc.wait(30)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:  # it ignored the signal: never leave it behind, and fail
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the run ignored signal {sig} for 30 s") from None
     assert any(marker in line for line in seen), "".join(seen)[-3000:]
     return "".join(seen)
 
