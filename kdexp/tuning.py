@@ -156,7 +156,7 @@ def _finished_study(url: str, name: str, n_trials: int):
     from optuna.trial import TrialState
 
     from kdexp.stores import sqlite_file
-    from kdexp.sweep.storage import rdb_storage
+    from kdexp.sweep.storage import rdb_storage, retries
 
     path = sqlite_file(url)
     if path is not None and not path.is_file():
@@ -165,8 +165,11 @@ def _finished_study(url: str, name: str, n_trials: int):
         study = optuna.load_study(study_name=name, storage=rdb_storage(url))
     except KeyError:
         return None
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return study if len(done) >= n_trials else None
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # a stopped trial, to be asked again
+        return None
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=states)) - retries(study, states)  # a retry counts once
+    return study if done >= n_trials else None
 
 
 def _run_study(conf: dict, s: dict, space: dict[str, str], url: str, name: str, run: Callable):

@@ -70,6 +70,7 @@ SWEEPS = {
         mlflow=True,
     ),
     "resume": Sweep([*RESUME, "kill_marker=killed"], mlflow=True, rerun=True),  # the first run gets killed
+    "interrupted": Sweep([*RESUME, "kill_marker=stopped", "kill_signal=TERM"], rerun=True),  # ... gets SIGTERM
     "concurrent": Sweep(
         [
             "x=interval(0,1)",
@@ -305,6 +306,21 @@ def test_killed_sweep_resumes_to_exactly_n_trials():
     assert parents[0].data.metrics["trials_failed"] == 1
     assert len(children) == 4  # trial 2 died before opening its run
     assert (work / "mlartifacts").is_dir()  # a new experiment keeps artifacts beside the SQLite store
+
+
+@uses("interrupted")
+def test_sweep_stopped_by_sigterm_asks_its_trial_again_and_keeps_the_budget():
+    sweep = SWEEPS["interrupted"]
+    sweep.chain.join(timeout=300)
+    first, second = sweep.procs
+    assert first.returncode != 0
+    W = TrialState.WAITING
+    assert sweep.between == [C, C, F, W]  # stopped, not failed: its retry waits for the next run
+    assert second.wait(timeout=300) == 0, (sweep.work / "out1.txt").read_text()[-6000:]
+    assert states(sweep.work) == [C, C, F, C, C]  # the stopped trial and its retry count once: n_trials=4
+    stopped, retry = trials(sweep.work)[2:4]
+    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(retry) == 2
+    assert retry.params == stopped.params
 
 
 @uses("pruning")

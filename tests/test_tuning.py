@@ -148,3 +148,25 @@ def test_a_tuned_cell_trains_its_seed_at_the_best_settings_and_tags_its_run(tiny
     assert tags["kdexp.tuned"] == "true" and tags["kdexp.tune.trials"] == "complete=2,pruned=0,fail=0"
     assert float(params["distill.temperature"]) == float(params["tune.chosen.temperature"])  # trained at the best
     assert metrics["student/test_top1"] == student.data.metrics["student/test_top1"]
+
+
+def test_a_study_with_a_stopped_trial_waiting_for_its_retry_is_not_finished(tmp_path):
+    import optuna
+
+    from kdexp.sweep.storage import rdb_storage, retry_interrupted
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=rdb_storage(url), direction="maximize")
+    for x in range(3):
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={
+            "x": optuna.distributions.IntDistribution(0, 9)}, value=float(x)))
+    stopped = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)  # what the engine does on SIGTERM ...
+    assert tuning._finished_study(url, "s", 4) is not None  # (a plain failure counts against the budget)
+    retry_interrupted(study, stopped._trial_id, 1)  # ... and it enqueues the same params again
+    assert tuning._finished_study(url, "s", 4) is None
+    retry = study.ask()
+    assert retry.params == stopped.params
+    study.tell(retry, 1.0)
+    assert tuning._finished_study(url, "s", 4) is not None  # the stopped trial and its retry count once
+    assert tuning._finished_study(url, "s", 5) is None

@@ -33,6 +33,7 @@ from .storage import (
     display_url,
     rdb_storage,
     retries,
+    retry_interrupted,
     study_lock,
 )
 from .tracking import ParentRun, tracking_target
@@ -129,7 +130,7 @@ class OptunaSweep:
                 self._wait_for_others(study)
             status = "FINISHED"
             return returns
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (Lightning raises SystemExit)
             status = "KILLED"
             raise
         finally:
@@ -141,6 +142,8 @@ class OptunaSweep:
         try:
             for trial in self.in_flight.values():  # interrupted: do not leave them RUNNING
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                if status == "KILLED":  # stopped, not failed: asked again, as a kill -9'd trial is
+                    retry_interrupted(study, trial._trial_id, int(self.s.get("retry_killed", 1)))
             if self.parent:
                 self.parent.finish(study, self.metrics, status)
             self._write_results(study, sweep_dir)

@@ -64,6 +64,17 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
                                       grace_period=grace_period, **retry_callback(retry_killed))
 
 
+def retry_interrupted(study: optuna.Study, trial_id: int, retry_killed: int) -> None:
+    """Enqueue a trial stopped by SIGTERM or Ctrl-C again with its params, marked as the retry of it (so
+    the budget counts the two as one), exactly as the heartbeat callback does for a kill -9'd trial."""
+    if retry_killed <= 0:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = optuna.storages.RetryFailedTrialCallback(max_retry=retry_killed)
+    callback(study, study._storage.get_trial(trial_id))
+
+
 def retry_callback(retry_killed: int) -> dict:
     """The storage argument that re-enqueues a stale trial: `heartbeat_stale_trial_callback` since Optuna
     4.9 (`failed_trial_callback` before it)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 
 import hydra
@@ -121,6 +122,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
     number = trial.number if trial is not None else -1
     if cfg.kill_at_trial == number and not os.path.exists(cfg.kill_marker):
         open(cfg.kill_marker, "w").close()
+        if cfg.kill_signal == "TERM":  # a scheduler's preemption: Lightning raises SystemExit on SIGTERM
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+            os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGKILL)  # the sweeper dies with its RUNNING trial
     if cfg.barrier_dir:
         wait_for_other_workers(cfg.barrier_dir, cfg.barrier_parties)
