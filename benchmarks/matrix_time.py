@@ -47,19 +47,20 @@ def main() -> None:
     cells, trials = runs_of(client, args.experiment), runs_of(client, args.experiment + "-tuning")
     trials = [r for r in trials if r.data.tags.get("kdexp.role") != "sweep"]  # a study's parent spans its trials
     teachers = [r for r in cells if r.data.tags.get("kdexp.role") == "teacher"]
-    students = [r for r in cells if r.data.tags.get("kdexp.role") != "teacher"]
+    students = [r for r in cells if r.data.tags.get("kdexp.role") not in ("teacher", "report")]  # report: no training
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: {"cells": [], "trials": []})
     for run in students:
         groups[key(run)]["cells"].append(run)
     for run in trials:
         groups[key(run)]["trials"].append(run)
-    print("| student | method | cells finished | cell min | trials (pruned) | tuning min |")
+    print("| student | method | cells finished | cell min | trials finished/started (pruned) | tuning min |")
     print("|---|---|---|---|---|---|")
     for (arch, method), g in sorted(groups.items()):
         pruned = sum(r.data.tags.get("kdexp.trial_state") == "PRUNED" for r in g["trials"])
         finished = sum(r.info.status == "FINISHED" for r in g["cells"])
+        tried = sum(r.info.status == "FINISHED" for r in g["trials"])  # a stopped trial's run is KILLED/FAILED
         print(f"| {arch} | {method} | {finished} | {minutes(g['cells']):.1f} | "
-              f"{len(g['trials'])} ({pruned}) | {minutes(g['trials']):.1f} |")
+              f"{tried}/{len(g['trials'])} ({pruned}) | {minutes(g['trials']):.1f} |")
     every = cells + trials
     span = (max(r.info.end_time for r in every) - min(r.info.start_time for r in every)) / 60_000 if every else 0
     print(f"\nteacher {minutes(teachers):.1f} min; cells {minutes(students):.1f} min; tuning {minutes(trials):.1f} min;"
