@@ -241,8 +241,9 @@ def estimated_bytes(teacher: nn.Module, dm, outputs: tuple[str, ...], rows: int,
     probe = teacher.feature_shapes(tuple(dm.input_shape))  # batch of 2
     per_sample = probe.logits[0].numel()
     for name in ("stages", "preact"):
-        maps = getattr(probe, name) if name in outputs else []
-        per_sample += sum(maps[i][0].numel() for i in kept_levels(levels, name, len(maps)))
+        if name in outputs:
+            maps = getattr(probe, name)
+            per_sample += sum(maps[i][0].numel() for i in kept_levels(levels, name, len(maps)))
     per_sample += probe.embedding[0].numel() if "embedding" in outputs else 0
     return rows * per_sample * 4
 
@@ -304,7 +305,8 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
             x = x_views if views else dm.split_tensors("train")[0]
             device = x.device if x.is_cuda or not torch.cuda.is_available() else torch.device("cuda")
             filled = compute_outputs(teacher, x, outputs, n, views, device, levels)
-            log.info("filled teacher outputs %s (%d rows, %.1f MB) in %.1fs", outputs, len(x), filled.nbytes / 2**20,
+            log.info("filled teacher outputs %s%s (%d rows, %.1f MB) in %.1fs", outputs,
+                     f", levels {spec['levels']}" if "levels" in spec else "", len(x), filled.nbytes / 2**20,
                      time.perf_counter() - start)
             return filled
 
