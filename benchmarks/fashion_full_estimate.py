@@ -103,7 +103,8 @@ def main() -> None:
         for m in methods:
             node = distill_node(m, overrides)
             ms = method_step_ms(teacher, student, node)
-            init = node.get("init_epochs", 0) * steps * method_step_ms(teacher, student, node, "init") / 1000
+            init_epochs = node.get("init_epochs", 0)
+            init = init_epochs * steps * method_step_ms(teacher, student, node, "init") / 1000 if init_epochs else 0.0
             epoch = (steps * ms + val_steps * ms / 6) / 1000  # validation: forward only, larger batches
             cells += seeds * (init + epochs * epoch + CELL_OVERHEAD_S)
             if m != "none":
