@@ -174,7 +174,7 @@ def test_feature_cache_benchmark_runs_both_modes_and_sizes_the_kept_levels(small
 def test_fashion_full_estimate_times_every_method_of_the_plan_as_the_pipeline_builds_it():
     from omegaconf import OmegaConf
 
-    from benchmarks.fashion_full_estimate import MATRIX, distill_node, method_step_ms
+    from benchmarks.fashion_full_estimate import MATRIX, distill_node, method_seconds, method_step_ms
 
     plan = OmegaConf.to_container(OmegaConf.load(MATRIX))
     overrides = plan["distill_overrides"]["*"]
@@ -186,3 +186,5 @@ def test_fashion_full_estimate_times_every_method_of_the_plan_as_the_pipeline_bu
         assert node.get("init_epochs", 0) in (0, 1)  # the matrix's override reached the method
         for stage in stages:
             assert 0 < method_step_ms(teacher, "cnn_tiny", node, stage, repeats=1) < 60_000, (method, stage)
+        ms, epoch, init = method_seconds(teacher, "cnn_tiny", node, repeats=1)
+        assert epoch > ms * 422 / 1000 and (init > 0) == bool(node.get("init_epochs"))  # 422 steps per epoch
