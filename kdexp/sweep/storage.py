@@ -67,12 +67,17 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
 def retry_interrupted(study: optuna.Study, trial_id: int, retry_killed: int) -> None:
     """Enqueue a trial stopped by SIGTERM or Ctrl-C again with its params, marked as the retry of it (so
     the budget counts the two as one), exactly as the heartbeat callback does for a kill -9'd trial."""
-    if retry_killed <= 0:
-        return
+    if retry_killed > 0:
+        _retry(retry_killed)(study, study._storage.get_trial(trial_id))
+
+
+def _retry(retry_killed: int):
+    """Optuna's callback that enqueues a failed trial again: RetryHeartbeatStaleTrialCallback since 4.9
+    (RetryFailedTrialCallback, deprecated there, before it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        callback = optuna.storages.RetryFailedTrialCallback(max_retry=retry_killed)
-    callback(study, study._storage.get_trial(trial_id))
+        cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+        return cls(max_retry=retry_killed)
 
 
 def retry_callback(retry_killed: int) -> dict:
@@ -80,10 +85,7 @@ def retry_callback(retry_killed: int) -> dict:
     4.9 (`failed_trial_callback` before it)."""
     if retry_killed <= 0:
         return {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
-        callback = cls(max_retry=retry_killed)
+    callback = _retry(retry_killed)
     if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage.__init__).parameters:
         return {"heartbeat_stale_trial_callback": callback}
     return {"failed_trial_callback": callback}
