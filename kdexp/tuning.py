@@ -156,7 +156,7 @@ def _finished_study(url: str, name: str, n_trials: int):
     from optuna.trial import TrialState
 
     from kdexp.stores import sqlite_file
-    from kdexp.sweep.storage import rdb_storage, retries
+    from kdexp.sweep.storage import counted_trials, rdb_storage
 
     path = sqlite_file(url)
     if path is not None and not path.is_file():
@@ -167,8 +167,7 @@ def _finished_study(url: str, name: str, n_trials: int):
         return None
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # a stopped trial, to be asked again
         return None
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    done = len(study.get_trials(deepcopy=False, states=states)) - retries(study, states)  # a retry counts once
+    done = counted_trials(study, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     return study if done >= n_trials else None
 
 

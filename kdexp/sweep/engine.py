@@ -30,6 +30,7 @@ from .storage import (
     STORAGE_ENV,
     HeartbeatKeeper,
     absolute_sqlite_url,
+    counted_trials,
     display_url,
     rdb_storage,
     retries,
@@ -216,7 +217,7 @@ class OptunaSweep:
         while True:
             with study_lock(self.url):  # count + ask atomically across workers
                 optuna.storages.fail_stale_trials(study)
-                free = self.n_trials - len(study.get_trials(deepcopy=False)) + retries(study)
+                free = self.n_trials - counted_trials(study)
                 free = max(free, min(retries(study, (TrialState.WAITING,)), self.n_jobs))  # retries always run
                 if free <= 0:
                     return returns

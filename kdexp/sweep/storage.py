@@ -91,6 +91,11 @@ def retry_callback(retry_killed: int) -> dict:
     return {"failed_trial_callback": callback}
 
 
+def counted_trials(study: optuna.Study, states: tuple | None = None) -> int:
+    """Trials (in `states`) that count against n_trials: a killed or stopped trial and its retry count once."""
+    return len(study.get_trials(deepcopy=False, states=states)) - retries(study, states)
+
+
 def retries(study: optuna.Study, states: tuple | None = None) -> int:
     """Trials that re-run a killed trial (in `states`): the budget counts a killed one and its retry as one."""
     with warnings.catch_warnings():  # stable since Optuna 2.8, still flagged experimental
