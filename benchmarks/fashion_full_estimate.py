@@ -93,6 +93,14 @@ def method_seconds(teacher, student: str, node: dict, repeats: int = 20) -> tupl
     return ms, epoch, init_epochs * steps * init_ms / 1000
 
 
+def trial_seconds(ms: float, epoch: float, init: float, tune: dict) -> float:
+    """One trial: tune.train_batches of each epoch's training steps (and of the first stage's), the
+    whole validation split after each epoch."""
+    part = tune.get("train_batches", 1.0)
+    val = (VAL // BATCH + 1) * ms / 6 / 1000
+    return part * (init + tune["epochs"] * (epoch - val)) + tune["epochs"] * val + TRIAL_OVERHEAD_S
+
+
 def main() -> None:
     plan = OmegaConf.to_container(OmegaConf.load(MATRIX))
     params = plan["hydra"]["sweeper"]["params"]
@@ -115,7 +123,7 @@ def main() -> None:
             ms, epoch, init = method_seconds(teacher, student, node)
             cells += seeds * (init + epochs * epoch + CELL_OVERHEAD_S)
             if m != "none":
-                studies += tune["n_trials"] * (init + tune["epochs"] * epoch + TRIAL_OVERHEAD_S)
+                studies += tune["n_trials"] * trial_seconds(ms, epoch, init, tune)
             print(f"  {pair} {m}: {ms:.0f} ms/step, {epoch:.0f} s/epoch" + (f", init {init:.0f} s" if init else ""))
         totals.append((cells + studies) / 60)
         print(f"{pair}: cells {cells / 60:.0f} min, studies {studies / 60:.0f} min")

@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "enabled": False,
     "n_trials": 12,          # per (pair, method), whatever the size of its search space
     "epochs": 3,             # per trial
+    "train_batches": 1.0,    # part of each trial epoch's training batches (a random half at 0.5): the
+                             #   settings are ranked on less data, every cell still trains on all of it
     "seed": 0,               # the trials' seed; the cell's seeds then train at the best settings
     "metric": "student/val_acc",
     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},
@@ -66,6 +68,9 @@ def tune_settings(conf: dict) -> dict[str, Any]:
     for key in ("n_trials", "epochs"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             raise ValueError(f"tune.{key}={s[key]!r} is invalid: must be an integer >= 1")
+    tb = s["train_batches"]
+    if isinstance(tb, bool) or not isinstance(tb, (int, float)) or not 0 < tb <= 1:
+        raise ValueError(f"tune.train_batches={tb!r} is invalid: must be a fraction in (0, 1]")
     return s
 
 
@@ -73,6 +78,8 @@ def trial_base(conf: dict, s: dict) -> dict:
     """The cell as every trial trains it: tuning seed and epochs, its own MLflow experiment, no baseline."""
     base = copy.deepcopy(conf)
     base["seed"], base["trainer"]["max_epochs"] = s["seed"], s["epochs"]
+    if s["train_batches"] < 1:  # Lightning's limit: the first part of each shuffled epoch, every stage
+        base["trainer"]["limit_train_batches"] = float(s["train_batches"])
     base["tune"] = {"enabled": False}
     base["skip_finished"], base["baseline"] = False, False
     base["tracking"]["experiment"] = conf["tracking"]["experiment"] + s["experiment_suffix"]
@@ -89,6 +96,8 @@ def study_name(conf: dict, s: dict, space: dict[str, str]) -> str:
     from kdexp.matrix import cell_key
 
     budget = {k: s[k] for k in ("n_trials", "epochs", "seed", "metric", "sampler", "pruner")}
+    if s["train_batches"] < 1:  # only then: studies run before the option existed keep their names
+        budget["train_batches"] = float(s["train_batches"])
     key = fingerprint({"what": "tuning", "cell": cell_key({**trial_base(conf, s), "seed": 0}),
                        "budget": budget, "space": space})
     return f"tune-{conf.get('method') or conf['distill']['name']}-{conf['teacher']['arch']}->" \

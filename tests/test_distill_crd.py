@@ -122,6 +122,56 @@ def test_negatives_skip_the_anchor_and_avoid_its_class():
     assert counts.std() / counts.mean() < 0.25  # and over their samples: ~41 draws each, Poisson std/mean 0.16
 
 
+def shared_reference(anchor, bank, index, neg, valid, n):
+    """NCE of one shared draw: row i's noise term has valid[i].sum() negatives; Z from the valid scores."""
+    pos = np.exp((bank[index] * anchor).sum(1) / TAU)
+    out = np.exp(anchor @ bank[neg].T / TAU)
+    z = (pos.sum() + out[valid].sum()) / (len(pos) + valid.sum()) * n
+    pos, out = pos / z, out / z
+    mass = valid.sum(1) / n
+    log_neg = np.where(valid, np.log(mass[:, None] / (out + mass[:, None] + 1e-7)), 0.0)
+    return -(np.log(pos / (pos + mass + 1e-7)).sum() + log_neg.sum()) / len(pos)
+
+
+def test_shared_negatives_loss_matches_reference_with_masked_rows(monkeypatch):
+    """One draw for the batch; each row drops its own sample and its class, and counts what is left."""
+    method = make_crd(shared_negatives=True)
+    mem_s, mem_t = l2n(rng.standard_normal((N, D))), l2n(rng.standard_normal((N, D)))
+    method.memory_student.copy_(torch.tensor(mem_s))
+    method.memory_teacher.copy_(torch.tensor(mem_t))
+    method.labels.copy_(torch.tensor([0, 1, 2, 0, 1, 2]))
+    index, target = np.array([1, 3]), np.array([1, 0])
+    neg = np.array([1, 0, 5])  # row 0: drops 1 (itself); row 1: drops 0 (its class)
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: torch.tensor(neg))
+    e_s, e_t = rng.standard_normal((2, D)), rng.standard_normal((2, D))
+    student = features([np.zeros((2, 1, 1, 1))], e_s)
+    student.embedding.requires_grad_(True)
+    terms = method(student, features([np.zeros((2, 1, 1, 1))], e_t), torch.tensor(target), torch.tensor(index), 0)
+    valid = np.array([[False, True, True], [True, False, True]])
+    v_s, v_t = l2n(e_s), l2n(e_t)
+    expected = shared_reference(v_s, mem_t, index, neg, valid, N) + shared_reference(v_t, mem_s, index, neg, valid, N)
+    assert terms["crd"].item() == pytest.approx(expected, rel=1e-5)
+    terms["crd"].backward()  # after the in-place bank update
+    assert student.embedding.grad.abs().sum() > 0
+    new_s = mem_s.copy()
+    new_s[index] = l2n(MOMENTUM * mem_s[index] + (1 - MOMENTUM) * v_s)
+    np.testing.assert_allclose(method.memory_student.numpy(), new_s, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_negatives_are_uniform_and_per_sample_ones_the_default():
+    torch.manual_seed(0)
+    method = make_crd(num_samples=400, num_negatives=256, shared_negatives=True)
+    method.labels.copy_(torch.arange(400) % 4)
+    index = torch.arange(0, 64)
+    neg, valid = method.shared_indices(index, index % 4)
+    assert neg.shape == (256,) and neg.min() >= 0 and neg.max() < 400
+    assert torch.equal(valid, (neg[None] != index[:, None]) & (method.labels[neg][None] != (index % 4)[:, None]))
+    assert 0.70 < valid.float().mean() < 0.80  # a quarter of the draws share the anchor's class
+    assert make_crd().shared_negatives is False
+    with pytest.raises(ValueError, match="shared_negatives must be true or false, got 'yes'"):
+        make_crd(shared_negatives="yes")
+
+
 def test_negatives_are_clamped_to_the_data_set_with_a_note(caplog):
     with caplog.at_level(logging.WARNING, logger="kdexp.distill.crd"):
         method = make_crd(num_samples=10, num_negatives=16384)

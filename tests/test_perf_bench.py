@@ -174,7 +174,7 @@ def test_feature_cache_benchmark_runs_both_modes_and_sizes_the_kept_levels(small
 def test_fashion_full_estimate_times_every_method_of_the_plan_as_the_pipeline_builds_it():
     from omegaconf import OmegaConf
 
-    from benchmarks.fashion_full_estimate import MATRIX, distill_node, method_seconds, method_step_ms
+    from benchmarks.fashion_full_estimate import MATRIX, distill_node, method_seconds, method_step_ms, trial_seconds
 
     plan = OmegaConf.to_container(OmegaConf.load(MATRIX))
     overrides = plan["distill_overrides"]["*"]
@@ -188,3 +188,6 @@ def test_fashion_full_estimate_times_every_method_of_the_plan_as_the_pipeline_bu
             assert 0 < method_step_ms(teacher, "cnn_tiny", node, stage, repeats=1) < 60_000, (method, stage)
         ms, epoch, init = method_seconds(teacher, "cnn_tiny", node, repeats=1)
         assert epoch > ms * 422 / 1000 and (init > 0) == bool(node.get("init_epochs"))  # 422 steps per epoch
+        whole = trial_seconds(ms, epoch, init, {"epochs": 1})
+        half = trial_seconds(ms, epoch, init, {"epochs": 1, "train_batches": 0.5})
+        assert whole - half == pytest.approx((init + epoch) / 2 - 47 * ms / 6 / 1000 / 2)  # validation stays whole

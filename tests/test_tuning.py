@@ -63,10 +63,24 @@ def test_a_search_key_the_config_lacks_is_a_clear_error():
     ({"metric": "student/test_top1"}, "tune.metric='student/test_top1' is invalid: .*validation"),
     ({"n_trials": 0}, "tune.n_trials=0 is invalid"),
     ({"budget": 3}, r"tune: unknown keys \['budget'\]"),
+    ({"train_batches": 1.5}, r"tune.train_batches=1.5 is invalid: must be a fraction in \(0, 1\]"),
+    ({"train_batches": 0}, r"tune.train_batches=0 is invalid"),
 ])
 def test_bad_tune_settings_are_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         tuning.tune_settings({"tune": {"enabled": True, **bad}})
+
+
+def test_trials_on_part_of_each_epoch_are_their_own_study_and_leave_the_cell_whole():
+    c = conf("distill=kd", "+tune.enabled=true")
+    whole, half = tuning.tune_settings(c), tuning.tune_settings({**c, "tune": {**c["tune"], "train_batches": 0.5}})
+    assert "limit_train_batches" not in tuning.trial_base(c, whole)["trainer"]
+    base = tuning.trial_base(c, half)
+    assert base["trainer"]["limit_train_batches"] == 0.5 and "limit_train_batches" not in c["trainer"]
+    validate_config(base)  # a Lightning argument the trainer node passes through
+    space = tuning.search_space("kd")
+    names = {tuning.study_name(c, s, space) for s in (whole, half, {**whole, "train_batches": 1})}
+    assert len(names) == 2  # 1 (the default) names the study as before the option existed
 
 
 def test_unknown_method_has_no_search_space():

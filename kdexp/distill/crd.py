@@ -56,6 +56,12 @@ class CRD(Distiller):
     If the training set is smaller than num_negatives + 1, the count is clamped to num_samples - 1
     and a warning is logged.
 
+    shared_negatives: one draw of num_negatives entries per step serves every anchor of the batch (as
+    MoCo's queue does), those of the anchor's own sample or recorded class masked out of its row, so each
+    row has its own count of negatives in the NCE noise term. Each anchor still sees uniform other-class
+    noise; the batch's draws are no longer independent. Scoring is a (B, k) product instead of per-sample
+    gathers or the whole bank: 54k bank, 4,096 negatives, one CPU thread: ~13x fewer multiply-adds.
+
     Under DDP the bank update all-gathers indices, labels and embeddings so every process keeps an
     identical bank; Z is averaged over processes.
     """
@@ -70,9 +76,12 @@ class CRD(Distiller):
         nce_temperature: float = 0.07,
         momentum: float = 0.5,
         eps: float = 1e-7,
+        shared_negatives: bool = False,  # RepDistiller draws per sample; shared is for tight CPU budgets
     ):
         super().__init__()
-        self.feat_dim, self.num_negatives = feat_dim, num_negatives
+        if not isinstance(shared_negatives, bool):
+            raise ValueError(f"crd: shared_negatives must be true or false, got {shared_negatives!r}")
+        self.feat_dim, self.num_negatives, self.shared_negatives = feat_dim, num_negatives, shared_negatives
         self.nce_temperature, self.momentum, self.eps = nce_temperature, momentum, eps
         self.num_samples = 0
         self.embed_student = self.embed_teacher = None
@@ -107,11 +116,16 @@ class CRD(Distiller):
         with torch.autocast(device_type=index.device.type, enabled=False):
             v_s = self.embed_student(student.embedding.float())
             v_t = self.embed_teacher(teacher.embedding.detach().float())
-            idx = self.sample_indices(index, target)
-            out_s = self._scores(self.memory_teacher, idx, v_s)  # student anchor vs teacher bank
-            out_t = self._scores(self.memory_student, idx, v_t)
-            z = self._normalisers(out_s, out_t)
-            loss = self._nce(out_s / z[0]) + self._nce(out_t / z[1])
+            if self.shared_negatives:
+                neg, valid = self.shared_indices(index, target)
+                out_s = self._shared_scores(self.memory_teacher, index, neg, v_s)  # student anchor vs teacher bank
+                out_t = self._shared_scores(self.memory_student, index, neg, v_t)
+            else:
+                idx, valid = self.sample_indices(index, target), None
+                out_s = self._scores(self.memory_teacher, idx, v_s)
+                out_t = self._scores(self.memory_student, idx, v_t)
+            z = self._normalisers(out_s, out_t, valid)
+            loss = self._nce(out_s / z[0], valid) + self._nce(out_t / z[1], valid)
         if self.training:
             self._update(index, target, v_s.detach(), v_t.detach())
         return {"crd": loss}
@@ -132,6 +146,19 @@ class CRD(Distiller):
             rows, cols = rows[clash], cols[clash]
         return idx
 
+    def shared_indices(self, index: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(k,) bank indices drawn once for the batch, and the (B, k) mask of those that are negatives of
+        each anchor: not its own sample, not its recorded class (unseen samples count as other-class)."""
+        neg = torch.randint(0, self.num_samples, (self.k,), device=index.device)
+        valid = (neg[None, :] != index[:, None]) & (self.labels[neg][None, :] != target[:, None])
+        return neg, valid
+
+    def _shared_scores(self, memory: Tensor, index: Tensor, neg: Tensor, v: Tensor) -> Tensor:
+        """exp(<m, v> / τ) as (B, 1 + k): the anchor's own entry, then the shared draws (gathers are copies,
+        so the in-place bank update before backward is safe)."""
+        pos = (memory[index] * v).sum(1, keepdim=True)
+        return torch.exp(torch.cat([pos, v @ memory[neg].T], dim=1) / self.nce_temperature)
+
     def _draw(self, out: Tensor, anchors: Tensor) -> Tensor:
         """Fills `out` in place with uniform bank indices, never the (broadcast) anchor itself."""
         out.random_(0, self.num_samples - 1)
@@ -147,12 +174,12 @@ class CRD(Distiller):
             dots = torch.bmm(memory[idx], v.unsqueeze(2)).squeeze(2)
         return torch.exp(dots / self.nce_temperature)
 
-    def _normalisers(self, out_s: Tensor, out_t: Tensor) -> Tensor:
+    def _normalisers(self, out_s: Tensor, out_t: Tensor, valid: Tensor | None = None) -> Tensor:
         # python-side cache avoids a device sync per step once Z is fixed (Z also lives in checkpoints)
         if self._z_fixed or bool((self.z > 0).all()):
             self._z_fixed = True
             return self.z
-        z = torch.stack([out_s.mean(), out_t.mean()]).detach() * self.num_samples
+        z = torch.stack([_mean(out_s, valid), _mean(out_t, valid)]).detach() * self.num_samples
         if _distributed():
             dist.all_reduce(z)
             z = z / dist.get_world_size()
@@ -160,12 +187,17 @@ class CRD(Distiller):
             self.z.copy_(z)
         return z
 
-    def _nce(self, x: Tensor) -> Tensor:
-        """NCE with uniform noise: positive column 0 vs k noise samples of density 1/num_samples."""
-        noise = x.shape[1] - 1
-        mass = noise / self.num_samples
-        log_pos = torch.log(x[:, 0] / (x[:, 0] + mass + self.eps))
+    def _nce(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """NCE with uniform noise: positive column 0 vs k noise samples of density 1/num_samples (k per row
+        where `valid` masks the negatives)."""
+        if valid is None:
+            mass = (x.shape[1] - 1) / self.num_samples
+        else:
+            mass = valid.sum(1, keepdim=True).to(x.dtype) / self.num_samples
+        log_pos = torch.log(x[:, :1] / (x[:, :1] + mass + self.eps))
         log_neg = torch.log(mass / (x[:, 1:] + mass + self.eps))
+        if valid is not None:
+            log_neg = log_neg.masked_fill(~valid, 0.0)
         return -(log_pos.sum() + log_neg.sum()) / x.shape[0]
 
     @torch.no_grad()
@@ -176,3 +208,10 @@ class CRD(Distiller):
         for memory, v in ((self.memory_student, v_s), (self.memory_teacher, v_t)):
             mixed = memory[index] * self.momentum + v * (1 - self.momentum)
             memory.index_copy_(0, index, F.normalize(mixed, dim=1))
+
+
+def _mean(out: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean score over the positives and the valid negatives."""
+    if valid is None:
+        return out.mean()
+    return (out[:, 0].sum() + out[:, 1:][valid].sum()) / (out.shape[0] + valid.sum())
