@@ -2,16 +2,18 @@
 
 A matrix is a Hydra config in sweeps/matrix/ (the `matrix` group, through the conf/matrix symlink) whose
 basic-sweeper params sweep `pair`, `distill` and `seed`. kdexp.config.parse_config calls `apply_matrix_keys`
-before validation; the experiment dispatcher calls `finished_cell_metrics` before any work; `student_lr` is
-applied per role by kdexp.config.recipe_for.
+before validation; the experiment dispatcher holds the cell's `cell_lease` and calls `finished_cell_metrics`
+before any work; `student_lr` is applied per role by kdexp.config.recipe_for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from kdexp.fingerprint import fingerprint
 from kdexp.validate import ConfigError
@@ -125,6 +127,41 @@ def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:
     log.info("skipping finished cell %s (%s, seed %s): run %s", cell, run.info.run_name,
              run.data.tags.get("seed"), run.info.run_id)
     return {k: v for k, v in run.data.metrics.items() if k.startswith(FINAL_PREFIXES)}
+
+
+@contextlib.contextmanager
+def cell_lease(conf: dict, cell: str) -> Iterator[None]:
+    """With `skip_finished`, one process at a time trains a cell: two matrix processes given overlapping cells
+    would otherwise both train it (the second continuing the first's RUNNING run). The other waits, then
+    finds the cell finished. A file lock beside a SQLite store or under paths.root, a PostgreSQL advisory
+    lock for a server store shared by machines; both are released if the holder dies. Only rank 0 of a
+    DDP run takes it (the other ranks follow rank 0 into the same cell)."""
+    from kdexp import distributed
+    from kdexp.stores import advisory_lock, normalize_uri, scheme, sqlite_file
+
+    uri = conf["tracking"]["uri"]
+    if not conf.get("skip_finished") or not distributed.is_rank_zero():
+        yield
+        return
+    if scheme(normalize_uri(uri)).startswith("postgresql"):
+        with advisory_lock(normalize_uri(uri), f"cell:{cell}"):
+            yield
+        return
+    from filelock import FileLock, Timeout
+
+    db = sqlite_file(uri)
+    folder = (db.parent if db is not None else Path(conf["paths"]["root"])) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / f"cell-{cell}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("cell %s is being trained by another process; waiting for it to finish", cell)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def find_finished_run(uri: str, experiment: str, cell: str):

@@ -223,14 +223,14 @@ def store_lock(uri: str | None, purpose: str) -> Iterator[None]:
             yield
         return
     if uri and scheme(normalize_uri(uri)).startswith("postgresql"):
-        with _advisory_lock(normalize_uri(uri), purpose):
+        with advisory_lock(normalize_uri(uri), purpose):
             yield
         return
     yield
 
 
 @contextlib.contextmanager
-def _advisory_lock(uri: str, purpose: str) -> Iterator[None]:
+def advisory_lock(uri: str, purpose: str) -> Iterator[None]:
     """A session-level advisory lock: released when the connection closes, so a killed holder frees it."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
@@ -239,7 +239,7 @@ def _advisory_lock(uri: str, purpose: str) -> Iterator[None]:
     engine = create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.execute(text("SELECT pgadvisory_lock(:k)"), {"k": key})
             conn.commit()
             try:
                 yield

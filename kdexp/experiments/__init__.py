@@ -41,7 +41,7 @@ def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
     into `distill`; with `skip_finished`, a FINISHED run of the same matrix cell is returned instead of
     training again."""
     from kdexp.config import parse_config, thaw
-    from kdexp.matrix import cell_key, finished_cell_metrics
+    from kdexp.matrix import cell_key, cell_lease, finished_cell_metrics
 
     conf = parse_config(cfg, stores=True)
     if (conf.get("tune") or {}).get("enabled"):
@@ -52,7 +52,8 @@ def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
         conf = parse_config({**tuned, "tune": {**tuned["tune"], "enabled": False, "tags": tags}})
     module, function = EXPERIMENTS[experiment_kind(conf)].split(":")
     cell = cell_key(conf)
-    finished = finished_cell_metrics(conf, cell)
-    if finished is not None:
-        return finished
-    return getattr(importlib.import_module(module), function)(conf, Path(run_dir), cell)
+    with cell_lease(conf, cell):  # a cell another process is training: wait, then find it finished
+        finished = finished_cell_metrics(conf, cell)
+        if finished is not None:
+            return finished
+        return getattr(importlib.import_module(module), function)(conf, Path(run_dir), cell)

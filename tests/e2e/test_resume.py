@@ -199,3 +199,27 @@ def test_a_matrix_killed_mid_cell_resumes_that_cell_and_skips_the_finished_ones(
     (resumed,) = [r for r in students if r.data.tags.get("kdexp.resumed") == "true"]
     assert resumed.data.tags["kdexp.method"] == "kd"
     assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss")) == [0, 1, 2, 3]
+
+
+def test_a_second_matrix_process_waits_for_the_cell_the_first_is_training(tmp_path):
+    """Two processes given the same cell: one trains it, the other waits, then skips it as finished."""
+    root = tmp_path / "outputs"
+    cell = ["-m", "matrix=smoke", "distill=kd", "seed=0"]
+    cmd, env = command(root, *cell)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in first.stdout:
+        lines.append(line)
+        if "student kd | epoch 1/4" in line:
+            break
+    second = run_to_end(root, *cell)
+    rest = first.stdout.read()
+    assert first.wait(60) == 0, rest[-3000:]
+    assert "is being trained by another process; waiting" in second and "skipping finished cell" in second
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    found = client.search_runs([client.get_experiment_by_name("matrix-smoke").experiment_id])
+    (student,) = [r for r in found if r.data.tags["kdexp.role"] == "student"]
+    assert student.info.status == "FINISHED" and "kdexp.resumed" not in student.data.tags
+    assert sorted(m.step for m in client.get_metric_history(student.info.run_id, "train/loss")) == [0, 1, 2, 3]
