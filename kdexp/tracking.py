@@ -28,13 +28,27 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): text[:MAX_PARAM_LEN]}
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(kdexp.__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        done = subprocess.run(["git", *args], cwd=Path(kdexp.__file__).parent, capture_output=True, text=True,
+                              timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def source_tags() -> dict[str, str]:
+    """The commit of the code this process loaded and whether tracked files differed from it."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return {}  # an installed package, or no git
+    changes = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = "unknown" if changes is None else str(bool(changes)).lower()
+    return {"mlflow.source.git.commit": commit, "kdexp.source.dirty": dirty}
+
+
+# Read once, as the code is loaded: a long multirun must not tag its runs with commits made after it started.
+SOURCE_TAGS = source_tags()
 
 
 class Tracker:
@@ -68,9 +82,7 @@ class Tracker:
 
     def start(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
         tags = {"kdexp.version": kdexp.__version__, **{k: redact_text(str(v)) for k, v in tags.items()}}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+        tags.update(SOURCE_TAGS)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         if params:
             self.log_params(run.info.run_id, params)
