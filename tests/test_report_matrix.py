@@ -127,6 +127,14 @@ def test_every_cell_of_every_matrix_validates_and_builds(name):
     assert not failures
 
 
+def test_a_method_version_bump_makes_its_finished_cells_train_again(monkeypatch):
+    from kdexp.distill import METHODS
+
+    before = keyed("distill=kd"), keyed("distill=crd")
+    monkeypatch.setattr(METHODS.get("crd"), "version", 2)
+    assert keyed("distill=kd") == before[0] and keyed("distill=crd") != before[1]
+
+
 def test_settings_key_ignores_what_varies_across_cells_but_not_the_recipe():
     """kdexp.settings: equal for every cell of one matrix run, different when the shared settings change."""
     from kdexp.matrix import settings_key

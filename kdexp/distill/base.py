@@ -30,6 +30,9 @@ class Distiller(nn.Module):
 
     terms: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
+    # Bump when a change alters what the method trains (its loss, a default): matrix cells finished by the older
+    # code then count as not finished and train again (kdexp.matrix.cell_key); 1 leaves existing keys as they are
+    version: ClassVar[int] = 1
     # >0: the method needs a first stage of this many epochs (AB/FT/FSP initialisation)
     init_epochs: int = 0
     # False: the init stage trains only the method's own modules, and the student stays in eval mode
