@@ -6,6 +6,8 @@
 "gathered": memory[idx] as a (B, 1 + k, feat_dim) tensor, then a batched product (RepDistiller's way);
 "whole bank": one (B, feat_dim) x (feat_dim, N) GEMM, then a gather of the (B, 1 + k) scores. CRD picks
 the second when 1 + k >= N / DENSE_FRACTION. Same numbers (tests/test_distill_crd.py runs both).
+"shared" (crd.shared_negatives, a different estimator): one draw of k entries for the whole batch, a
+(B, feat_dim) x (feat_dim, k) product, own-sample and same-class entries masked per row.
 Also times drawing the negatives: the previous sampler (whole-block redraws) against CRD.sample_indices.
 Results: outputs/bench/crd_scores[_quick].{json,md}.
 """
@@ -29,19 +31,24 @@ from kdexp.distill import create_method
 from kdexp.models.base import FeatureOutput
 
 
-def step_seconds(num_samples: int, dense: bool, batch: int, negatives: int, repeats: int) -> float:
-    """Median seconds of one CRD step on the whole-bank (`dense`) or the gathered path, forced either way."""
+PATHS = ("gathered", "whole bank", "shared")
+
+
+def step_seconds(num_samples: int, path: str, batch: int, negatives: int, repeats: int) -> float:
+    """Median seconds of one CRD step on `path`, forced (per-sample draws) or chosen (shared draws)."""
+    if path not in PATHS:
+        raise ValueError(f"path={path!r} is not one of: {', '.join(PATHS)}")
     saved = crd.DENSE_FRACTION
-    crd.DENSE_FRACTION = num_samples if dense else 0  # num_samples: always the whole bank; 0: never
+    crd.DENSE_FRACTION = num_samples if path == "whole bank" else 0  # num_samples: always the whole bank; 0: never
     try:
-        return _median_step(num_samples, batch, negatives, repeats)
+        return _median_step(num_samples, batch, negatives, repeats, shared=path == "shared")
     finally:
         crd.DENSE_FRACTION = saved
 
 
-def _median_step(num_samples: int, batch: int, negatives: int, repeats: int) -> float:
+def _median_step(num_samples: int, batch: int, negatives: int, repeats: int, shared: bool = False) -> float:
     torch.manual_seed(0)
-    method = create_method("crd", num_negatives=negatives)
+    method = create_method("crd", num_negatives=negatives, shared_negatives=shared)
     emb_s, emb_t = torch.randn(batch, 64), torch.randn(batch, 256)
     method.build(FeatureOutput(torch.zeros(batch, 10), [], [], emb_s),
                  FeatureOutput(torch.zeros(batch, 10), [], [], emb_t),
@@ -100,21 +107,23 @@ def main() -> None:
     res = {"machine": machine(), "load_before": loadavg(), "rows": []}
     for n in sizes:
         k = min(16384, n - 1)
-        pair = {}
-        for label, dense in (("gathered", False), ("whole bank", True), ("gathered", False), ("whole bank", True)):
-            pair.setdefault(label, []).append(step_seconds(n, dense, 128, 16384, repeats))  # alternate: load hits both
-        gathered, whole = min(pair["gathered"]), min(pair["whole bank"])
+        best = {}
+        for path in (*PATHS, *PATHS):  # alternate rounds: load hits every path
+            best.setdefault(path, []).append(step_seconds(n, path, 128, 16384, repeats))
+        gathered, whole, shared = (min(best[p]) for p in PATHS)
         sampling = sampling_seconds(n, 16384, 128, repeats * 2)
         res["rows"].append({"num_samples": n, "negatives": k, "gathered_ms": 1e3 * gathered,
-                            "whole_bank_ms": 1e3 * whole, "speedup": gathered / whole,
+                            "whole_bank_ms": 1e3 * whole, "speedup": gathered / whole, "shared_ms": 1e3 * shared,
                             "sampling_previous_ms": 1e3 * sampling["previous"],
                             "sampling_ms": 1e3 * sampling["current"]})
     res["load_after"] = loadavg()
     md = (f"CRD step (forward + backward of the CRD term, batch 128, feat_dim 128), {res['machine']['cpu']}, "
           f"{res['machine']['cores']} cores, load {res['load_before']} -> {res['load_after']}\n\n"
-          + md_table(["train samples", "negatives", "gathered ms", "whole bank ms", "speed-up"],
+          + md_table(["train samples", "negatives", "gathered ms", "whole bank ms", "speed-up", "shared ms",
+                      "whole bank / shared"],
                      [[r["num_samples"], r["negatives"], round(r["gathered_ms"], 1), round(r["whole_bank_ms"], 1),
-                       round(r["speedup"], 2)] for r in res["rows"]])
+                       round(r["speedup"], 2), round(r["shared_ms"], 1), round(r["whole_bank_ms"] / r["shared_ms"], 2)]
+                      for r in res["rows"]])
           + "\n\nDrawing the negatives (labels known), previous sampler vs the current one:\n\n"
           + md_table(["train samples", "previous ms", "current ms", "speed-up"],
                      [[r["num_samples"], round(r["sampling_previous_ms"], 1), round(r["sampling_ms"], 1),

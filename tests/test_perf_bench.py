@@ -109,13 +109,19 @@ def test_crd_benchmark_times_both_scoring_paths_and_restores_nothing_global(monk
 
     before = crd.DENSE_FRACTION
     calls = []
-    real = crd.CRD._scores
+    real, real_shared = crd.CRD._scores, crd.CRD._shared_scores
     monkeypatch.setattr(crd.CRD, "_scores",
                         lambda self, m, idx, v: calls.append(crd.DENSE_FRACTION) or real(self, m, idx, v))
-    assert step_seconds(300, dense=False, batch=8, negatives=64, repeats=1) > 0
-    assert step_seconds(300, dense=True, batch=8, negatives=64, repeats=1) > 0
+    assert step_seconds(300, "gathered", batch=8, negatives=64, repeats=1) > 0
+    assert step_seconds(300, "whole bank", batch=8, negatives=64, repeats=1) > 0
     assert set(calls) == {0, 300}  # each path was forced: never / always the whole bank
+    shared = []
+    monkeypatch.setattr(crd.CRD, "_shared_scores", lambda self, *a: shared.append(1) or real_shared(self, *a))
+    assert step_seconds(300, "shared", batch=8, negatives=64, repeats=1) > 0
+    assert shared and len(calls) == 2 * 2 * 3  # two sides, warm-up 2 + 1 timed step, per-sample paths only
     assert crd.DENSE_FRACTION == before
+    with pytest.raises(ValueError, match="path='dense' is not one of: gathered, whole bank, shared"):
+        step_seconds(300, "dense", batch=8, negatives=64, repeats=1)
 
 
 def test_crd_benchmark_compares_two_valid_samplers():

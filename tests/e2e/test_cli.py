@@ -153,3 +153,21 @@ def test_help_and_cfg_job(tmp_path):
     job = kdexp_train("--cfg", "job", "distill.temperature=7", cwd=tmp_path)
     assert job.returncode == 0 and "temperature: 7" in job.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+def test_two_processes_started_together_get_their_own_folders(tmp_path):
+    """Two matrix processes started at once (`cmd1 & cmd2`) wrote each other's job folders (student.pt, ONNX)
+    when the folder name was the start second: it now runs to the microsecond."""
+    exe = Path(sys.executable).parent / "kdexp-train"
+    env = {**os.environ, "KDEXP_OFFLINE": "1"}
+    procs = [subprocess.Popen([str(exe), "--cfg", "hydra", "--resolve"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        lines = out.splitlines()
+        dirs.append({lines[i - 1].strip(): line.split("dir: ")[1] for i, line in enumerate(lines)
+                     if line.strip().startswith("dir: ") and lines[i - 1].strip() in ("run:", "sweep:")})
+    assert set(dirs[0]) == {"run:", "sweep:"}
+    assert dirs[0]["run:"] != dirs[1]["run:"] and dirs[0]["sweep:"] != dirs[1]["sweep:"]
