@@ -61,7 +61,7 @@ def main() -> None:
         tried = sum(r.info.status == "FINISHED" for r in g["trials"])  # a stopped trial's run is KILLED/FAILED
         print(f"| {arch} | {method} | {finished} | {minutes(g['cells']):.1f} | "
               f"{tried}/{len(g['trials'])} ({pruned}) | {minutes(g['trials']):.1f} |")
-    every = cells + trials
+    every = teachers + students + trials  # a report run trains nothing and ends after the rest
     span = (max(r.info.end_time for r in every) - min(r.info.start_time for r in every)) / 60_000 if every else 0
     print(f"\nteacher {minutes(teachers):.1f} min; cells {minutes(students):.1f} min; tuning {minutes(trials):.1f} min;"
           f" sum {minutes(every):.1f} min; wall span {span:.1f} min (first start to last end)")
