@@ -160,7 +160,7 @@ def test_two_processes_started_together_get_their_own_folders(tmp_path):
     when the folder name was the start second: it now runs to the microsecond."""
     exe = Path(sys.executable).parent / "kdexp-train"
     env = {**os.environ, "KDEXP_OFFLINE": "1"}
-    procs = [subprocess.Popen([str(exe), "--cfg", "hydra", "--resolve"], cwd=tmp_path, env=env,
+    procs = [subprocess.Popen([str(exe), "--cfg", "all", "--resolve"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     dirs = []
     for proc in procs:
