@@ -30,7 +30,6 @@ from benchmarks.common import REPO, loadavg, machine, md_table, write_results
 from kdexp.distill import create_method
 from kdexp.models.base import FeatureOutput
 
-
 PATHS = ("gathered", "whole bank", "shared")
 
 
