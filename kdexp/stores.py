@@ -239,7 +239,7 @@ def advisory_lock(uri: str, purpose: str) -> Iterator[None]:
     engine = create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT pgadvisory_lock(:k)"), {"k": key})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             conn.commit()
             try:
                 yield
