@@ -42,14 +42,7 @@ def run_to_end(root: Path, *extra: str) -> str:
 def kill_when(root: Path, marker: str, sig: int = signal.SIGKILL) -> str:
     """Start the run and send it `sig` as soon as `marker` is printed (a progress line: the epoch after it has
     begun, so the kill lands mid-epoch)."""
-    cmd, env = command(root)
-    proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    seen, deadline = [], time.monotonic() + 600
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line or time.monotonic() > deadline:
-            break
+    proc, seen = start_until(root, marker)
     proc.send_signal(sig)
     try:
         proc.wait(30)
@@ -57,8 +50,25 @@ def kill_when(root: Path, marker: str, sig: int = signal.SIGKILL) -> str:
         proc.kill()
         proc.wait()
         raise AssertionError(f"the run ignored signal {sig} for 30 s") from None
-    assert any(marker in line for line in seen), "".join(seen)[-3000:]
-    return "".join(seen)
+    return seen
+
+
+def start_until(root: Path, marker: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """Start `kdexp-train` and read its output until `marker` is printed; the process and what it printed.
+    Fails (and kills it) if it ends or 600 s pass without the marker."""
+    cmd, env = command(root, *extra)
+    proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen, deadline = [], time.monotonic() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    if not any(marker in line for line in seen):
+        proc.kill()
+        proc.wait()
+        raise AssertionError("".join(seen)[-3000:])
+    return proc, "".join(seen)
 
 
 def store(root: Path):
@@ -138,16 +148,9 @@ def test_a_trial_killed_with_its_sweep_is_asked_again_and_resumes(tmp_path):
     root = tmp_path / "outputs"
     sweep = ["-m", "+sweep=kd_temperature", "hydra.sweeper.study_name=resume", "hydra.sweeper.n_trials=2",
              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3", "teacher.max_epochs=2"]
-    cmd, env = command(root, *sweep)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "trial 1/2 student kd | epoch 2/4" in line:
-            break
+    proc, _ = start_until(root, "trial 1/2 student kd | epoch 2/4", *sweep)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    assert any("trial 1/2 student kd | epoch 2/4" in line for line in lines), "".join(lines)[-3000:]
     assert list((root / "cache" / "checkpoints").glob("student-*/distill/last.ckpt"))
 
     run_to_end(root, *sweep)
@@ -176,16 +179,9 @@ def test_a_trial_killed_with_its_sweep_is_asked_again_and_resumes(tmp_path):
 def test_a_matrix_killed_mid_cell_resumes_that_cell_and_skips_the_finished_ones(tmp_path):
     root = tmp_path / "outputs"
     matrix = ["-m", "matrix=smoke", "trainer.max_epochs=4"]
-    cmd, env = command(root, *matrix)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    marker, lines = "student kd | epoch 2/4", []
-    for line in proc.stdout:
-        lines.append(line)
-        if marker in line:
-            break
+    proc, _ = start_until(root, "student kd | epoch 2/4", *matrix)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    assert any(marker in line for line in lines), "".join(lines)[-3000:]
 
     log = run_to_end(root, *matrix)
     assert "skipping finished cell" in log
@@ -205,13 +201,7 @@ def test_a_second_matrix_process_waits_for_the_cell_the_first_is_training(tmp_pa
     """Two processes given the same cell: one trains it, the other waits, then skips it as finished."""
     root = tmp_path / "outputs"
     cell = ["-m", "matrix=smoke", "distill=kd", "seed=0"]
-    cmd, env = command(root, *cell)
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in first.stdout:
-        lines.append(line)
-        if "student kd | epoch 1/4" in line:
-            break
+    first, _ = start_until(root, "student kd | epoch 1/4", *cell)
     second = run_to_end(root, *cell)
     rest = first.stdout.read()
     assert first.wait(60) == 0, rest[-3000:]
