@@ -4,7 +4,7 @@ the float one, for the default students (cnn_tiny on 28x28x1 Fashion-MNIST and o
     python benchmarks/export_latency.py            # ~1 min here
     python benchmarks/export_latency.py --quick    # smoke run
 
-Both runtimes use torch's thread count and the protocol of kdexp.evaluate.cpu_latency_ms (warm-up, median).
+Both runtimes use torch's thread count and the protocol of kdexp.measure.metrics.cpu_latency_ms (warm-up, median).
 Latency does not depend on the weights: the students are freshly initialized (BN statistics from a few
 random batches). Results: outputs/bench/export_latency[_quick].{json,md}.
 """
@@ -21,10 +21,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` 
 import torch
 
 from benchmarks.common import REPO, loadavg, machine, md_table, write_results
-from kdexp.evaluate import cpu_latency_ms
-from kdexp.export import onnx_metrics
-from kdexp.export_int8 import int8_onnx_metrics
+from kdexp.measure.metrics import cpu_latency_ms
 from kdexp.models import create_model
+from kdexp.shipping.export import onnx_metrics
+from kdexp.shipping.int8 import int8_onnx_metrics
 
 # the default students, and a larger one whose int8 file is less dominated by the graph
 CASES = {"fashion (28x28x1)": ("cnn_tiny", (1, 28, 28)), "digits (8x8x1)": ("cnn_tiny", (1, 8, 8)),
@@ -40,7 +40,7 @@ def student(arch: str, shape: tuple[int, ...]) -> torch.nn.Module:
 
 
 def int8_row(model: torch.nn.Module, shape: tuple[int, ...], batch: int, repeats: int) -> dict:
-    from kdexp.quantization import convert_int8, observed, prepare_qat_student
+    from kdexp.shipping.quantization import convert_int8, observed, prepare_qat_student
 
     qat = prepare_qat_student(model, "x86")
     with torch.no_grad():

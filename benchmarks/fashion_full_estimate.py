@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from benchmarks.common import median_ms
+from kdexp.caching.teacher_outputs import compute_outputs, wanted_outputs
 from kdexp.distill import method_from_config
 from kdexp.models import create_model
-from kdexp.module import DistillModule
-from kdexp.teacher_outputs import compute_outputs, wanted_outputs
+from kdexp.modules.distill import DistillModule
 
 REPO = Path(__file__).resolve().parents[1]
 MATRIX = REPO / "sweeps" / "matrix" / "fashion_full.yaml"

@@ -25,9 +25,9 @@ import torch
 
 from benchmarks.common import REPO, interleaved, loadavg, machine, md_table, write_results
 from benchmarks.kd_epoch import build, context, fashion, frozen_teacher
+from kdexp.caching.teacher_outputs import estimated_bytes, prepare_cached_teacher, wanted_outputs
 from kdexp.distill import create_method
-from kdexp.module import DistillModule
-from kdexp.teacher_outputs import estimated_bytes, prepare_cached_teacher, wanted_outputs
+from kdexp.modules.distill import DistillModule
 from kdexp.training.context import quiet_lightning
 from kdexp.training.trainer import fit
 

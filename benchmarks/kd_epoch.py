@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from benchmarks.common import FASHION_ROOT, REPO
+from kdexp.caching.teacher_outputs import TeacherOutputs, prepare_cached_teacher
 from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.models import create_model
-from kdexp.module import DistillModule, build_optimizer
-from kdexp.teacher_outputs import TeacherOutputs, prepare_cached_teacher
+from kdexp.modules.distill import DistillModule, build_optimizer
 from kdexp.training.context import Context, quiet_lightning
 from kdexp.training.trainer import fit
 

@@ -3,7 +3,7 @@ studies' summed run durations, the trials run and pruned, and the wall-clock spa
 
     python benchmarks/matrix_time.py --uri sqlite:///outputs/mlflow.db --experiment fashion-full
 
-Reads the matrix's experiment and its tuning experiment (`<experiment>-tuning`, kdexp/tuning.py). Durations
+Reads the matrix's experiment and its tuning experiment (`<experiment>-tuning`, kdexp/bench/tuning.py). Durations
 are MLflow's start/end times of every ended run (a stopped or failed run's time was spent too); a run
 continued after a kill counts from its first start, so a resumed matrix shows its cost, interruptions included.
 """

@@ -33,7 +33,7 @@ def _child(stamps: Path, overrides: list[str]) -> None:
     import kdexp.experiments as experiments
     import kdexp.experiments.standard as standard
     import kdexp.training.alone as alone
-    from kdexp.module import DistillModule
+    from kdexp.modules.distill import DistillModule
 
     stamp(MILESTONES[1])
 

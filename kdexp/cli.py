@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdexp.schema import register_configs
+from kdexp.config.schema import register_configs
 
 log = logging.getLogger("kdexp")
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
@@ -22,8 +22,8 @@ CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the packa
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> dict[str, float]:
+    from kdexp.config.errors import ConfigError
     from kdexp.experiments import run_experiment
-    from kdexp.validate import ConfigError
 
     try:
         return run_experiment(cfg, HydraConfig.get().runtime.output_dir)
@@ -36,7 +36,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
 
 def train() -> None:
-    from kdexp.plugins import load_plugins, requested_imports
+    from kdexp.config.plugins import load_plugins, requested_imports
 
     try:
         load_plugins(requested_imports(sys.argv[1:]))  # before the zoo's names become config choices
@@ -55,7 +55,7 @@ def ui(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     args = parser.parse_args(argv)
-    from kdexp.stores import normalize_uri  # postgresql:// -> the psycopg 3 driver MLflow can load
+    from kdexp.tracking.stores import normalize_uri  # postgresql:// -> the psycopg 3 driver MLflow can load
 
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", normalize_uri(args.uri), "--host",
            args.host, "--port", str(args.port)]

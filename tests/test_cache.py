@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from kdexp.cache import ModelCache, fingerprint, load_weights
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.caching.models import ModelCache, load_weights
 from kdexp.models import create_model
 from tests.conftest import exit_codes_of_concurrent
 

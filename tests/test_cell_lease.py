@@ -1,4 +1,4 @@
-"""One process at a time trains a matrix cell (kdexp.matrix.cell_lease): a second one waits for the first and
+"""One process at a time trains a matrix cell (kdexp.bench.matrix.cell_lease): a second one waits for the first and
 then finds the cell finished; a dead holder frees it; runs outside matrices and DDP ranks > 0 take none."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kdexp.matrix import cell_lease
+from kdexp.bench.matrix import cell_lease
 
 HOLD = """
 import json, sys, time
 from pathlib import Path
-from kdexp.matrix import cell_lease
+from kdexp.bench.matrix import cell_lease
 conf, done = json.loads(sys.argv[1]), Path(sys.argv[2])
 with cell_lease(conf, "c0ffee"):
     print("held", flush=True)

@@ -6,12 +6,12 @@ import lightning as L
 import pytest
 import torch
 
-from kdexp.checkpoints import LAST, checkpoint_callback, last_checkpoint
+from kdexp.caching.checkpoints import LAST, checkpoint_callback, last_checkpoint
+from kdexp.caching.teacher_outputs import augmented_views, compute_outputs
 from kdexp.data import create_datamodule
 from kdexp.distill import create_method
 from kdexp.models import create_model
-from kdexp.module import CHECKPOINT_KEY, DistillModule
-from kdexp.teacher_outputs import augmented_views, compute_outputs
+from kdexp.modules.distill import CHECKPOINT_KEY, DistillModule
 
 EPOCHS = 3
 

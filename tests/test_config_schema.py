@@ -10,10 +10,10 @@ import pickle
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from kdexp.cache import fingerprint
-from kdexp.config import FrozenDict, parse_config, recipe_for, thaw
-from kdexp.matrix import cell_key, settings_key
-from kdexp.validate import ConfigError
+from kdexp.bench.matrix import cell_key, settings_key
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.config.errors import ConfigError
+from kdexp.config.parse import FrozenDict, parse_config, recipe_for, thaw
 from tests.conftest import compose_train
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from kdexp.config.errors import ConfigError
+from kdexp.config.validate import validate_config
 from kdexp.models import list_models
-from kdexp.validate import ConfigError, validate_config
 from tests.conftest import CONF_DIR, compose_train
 
 GROUP_FILES = sorted(

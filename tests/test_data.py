@@ -31,7 +31,7 @@ from kdexp.data import (
     read_idx,
     read_idx_pair,
 )
-from kdexp.data.base import epoch_generator
+from kdexp.data.loader import epoch_generator
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = (

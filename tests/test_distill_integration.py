@@ -277,7 +277,7 @@ def test_init_stage_moves_student_bn_statistics_only_when_it_trains_the_student(
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from kdexp.module import DistillModule
+    from kdexp.modules.distill import DistillModule
 
     teacher, student = tiny_pair(name)
     method = create_method(name)

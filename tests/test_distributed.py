@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from kdexp.data import TensorBatchLoader
 from kdexp.distill import create_method
 from kdexp.models.base import FeatureOutput
-from kdexp.module import DistillModule, EpochSums
+from kdexp.modules.distill import DistillModule, EpochSums
 
 N, FEAT, WORLD = 40, 6, 2
 
@@ -98,7 +98,7 @@ def test_two_gloo_ranks_shard_data_share_the_crd_bank_and_reduce_metrics(tmp_pat
 def cache_worker(rank: int, port: int, root: str, out: str, fail: bool) -> None:
     from filelock import FileLock
 
-    from kdexp.cache import ModelCache
+    from kdexp.caching.models import ModelCache
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -152,7 +152,7 @@ def test_ddp_ranks_train_together_and_rank_zero_publishes_without_holding_the_lo
     ({"SLURM_PROCID": "0", "WORLD_SIZE": "2"}, 0, 2),
 ])
 def test_rank_from_the_launchers_environment_before_a_process_group_exists(monkeypatch, env, rank, world):
-    from kdexp import distributed
+    from kdexp.runtime import distributed
 
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(name, raising=False)

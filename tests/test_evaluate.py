@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import kdexp.evaluate as evaluate
+import kdexp.measure.metrics as evaluate
 from kdexp.models import create_model
 
 

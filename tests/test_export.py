@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from kdexp.data import create_datamodule
-from kdexp.export import (
+from kdexp.models import create_model
+from kdexp.shipping.export import (
     ExportError,
     export_onnx,
     export_program,
@@ -17,7 +18,6 @@ from kdexp.export import (
     onnx_predict,
     onnx_session,
 )
-from kdexp.models import create_model
 
 
 def trained_bn_statistics(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
@@ -68,8 +68,8 @@ def test_export_errors_are_clear():
 
 @pytest.mark.slow
 def test_int8_student_of_qat_runs_in_onnx_runtime_and_is_smaller(tmp_path):
-    from kdexp.export_int8 import int8_onnx_metrics
-    from kdexp.quantization import convert_int8, observed, prepare_qat_student
+    from kdexp.shipping.int8 import int8_onnx_metrics
+    from kdexp.shipping.quantization import convert_int8, observed, prepare_qat_student
 
     dm = create_datamodule("digits")
     x, y = dm.split_tensors("train")

@@ -40,10 +40,10 @@ def test_bad_values_are_rejected_without_heavy_imports(tmp_path, override, messa
 
 
 def test_names_read_from_the_source_match_the_registries():
+    from kdexp.config.registry import declared_names
     from kdexp.data import list_datasets
     from kdexp.distill import list_methods
     from kdexp.models import list_models
-    from kdexp.registry import declared_names
 
     assert declared_names("kdexp.models", "register_model") == list_models()
     assert declared_names("kdexp.distill", "register_method") == list_methods()

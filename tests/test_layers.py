@@ -1,5 +1,6 @@
-"""kdexp's layering: cli -> experiments -> training -> module -> leaves; no module imports a higher layer,
-and there is no import cycle anywhere in kdexp/ (lazy imports inside functions count too)."""
+"""kdexp's layering: cli -> experiments -> training -> modules -> capabilities -> leaves; no module imports a
+higher layer, no top-level module but the CLI and the package face, no private name imported across modules,
+and no import cycle anywhere in kdexp/ (lazy imports inside functions count too)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 import kdexp
 
 ROOT = Path(kdexp.__file__).parent
-# Higher number = higher layer. Modules not listed are leaves (0): methods, models, data, caches, tracking, ...
-LAYERS = {"kdexp.cli": 4, "kdexp.experiments": 3, "kdexp.training": 2, "kdexp.module": 1}
+# Higher number = higher layer. Leaves (0): methods, models, data, policy.
+CAPABILITIES = ("config", "tracking", "shipping", "caching", "bench", "measure", "runtime", "report", "sweep")
+LAYERS = {"kdexp.cli": 5, "kdexp.experiments": 4, "kdexp.training": 3, "kdexp.modules": 2,
+          **{f"kdexp.{c}": 1 for c in CAPABILITIES}}
+# Capabilities are one layer; these (the config one first) are read by leaves and must import no other.
+FOUNDATION = ("kdexp.config", "kdexp.caching.fingerprint", "kdexp.runtime")
 
 
 def module_name(path: Path) -> str:
@@ -36,8 +41,33 @@ def imports() -> dict[str, set[str]]:
 
 
 def test_no_module_imports_a_higher_layer():
-    upward = [(m, t) for m, targets in imports().items() for t in targets if layer(t) > layer(m)]
+    upward = [(m, t) for m, targets in imports().items() for t in targets if layer(t) > layer(m)
+              and not (layer(m) == 0 and t.startswith(FOUNDATION))]
     assert upward == []
+
+
+def test_only_the_cli_and_the_package_face_at_the_top():
+    loose = sorted(p.name for p in ROOT.glob("*.py"))
+    assert loose == ["__init__.py", "cli.py"]
+    undocumented = [p.parent.name for p in ROOT.glob("*/__init__.py")
+                    if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert undocumented == []
+
+
+def test_config_parsing_imports_no_benchmark_machinery():
+    graph = imports()
+    assert not {t for m, ts in graph.items() if m.startswith("kdexp.config") for t in ts
+                if t.startswith(("kdexp.bench", "kdexp.report", "kdexp.sweep"))}
+
+
+def test_no_private_name_is_imported_across_modules():
+    private = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdexp"):
+                private += [(module_name(path), node.module, a.name) for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
 
 
 def test_experiment_kinds_do_not_import_each_other():

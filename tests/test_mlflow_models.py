@@ -16,11 +16,11 @@ from mlflow.entities import LoggedModelStatus
 from omegaconf import OmegaConf
 
 from kdexp.data import create_datamodule
-from kdexp.export import onnx_predict, onnx_session
-from kdexp.export_cli import main as export_main
-from kdexp.mlflow_models import dataset_digest, log_dataset_input, log_model, log_student_exports
 from kdexp.models import create_model
-from kdexp.tracking import Tracker
+from kdexp.shipping.cli import main as export_main
+from kdexp.shipping.export import onnx_predict, onnx_session
+from kdexp.tracking.models import dataset_digest, log_dataset_input, log_model, log_student_exports
+from kdexp.tracking.runs import Tracker
 
 # Loads the model with kdexp made unimportable: proves the MLflow Model needs torch and mlflow only.
 LOAD_WITHOUT_KDEXP = """
@@ -160,8 +160,8 @@ def test_kdexp_export_errors(store, tmp_path, capsys):
 def test_an_onnx_model_is_the_runs_model_when_torch_export_cannot_take_it(store, digits, tmp_path, capsys):
     import mlflow.pyfunc
 
-    from kdexp.export import export_onnx
-    from kdexp.mlflow_models import log_onnx_model, tracking_uri
+    from kdexp.shipping.export import export_onnx
+    from kdexp.tracking.models import log_onnx_model, tracking_uri
 
     x, _ = digits.split_tensors("test")
     model = create_model("cnn_tiny", 10, 1).eval()

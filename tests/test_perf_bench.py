@@ -14,7 +14,7 @@ from benchmarks.kd_epoch import MODES, ManualOptimization, cached_logits, kdexp_
 from benchmarks.loop_overhead import framework_overhead, report, sweep
 from kdexp.data import TensorBatchLoader, create_datamodule
 from kdexp.models import create_model
-from kdexp.module import DistillModule
+from kdexp.modules.distill import DistillModule
 from kdexp.training.trainer import fit
 from tests.test_teacher_outputs import context, models, synthetic
 
@@ -138,14 +138,14 @@ def test_crd_benchmark_compares_two_valid_samplers():
 
 
 def test_optimizer_benchmark_times_the_fused_and_the_loop_optimizer():
-    import kdexp.module
+    import kdexp.modules.distill
     from benchmarks.optimizer_step import RECIPES, optimizer
 
     model = create_model("cnn_tiny", num_classes=10, in_channels=1)
     for recipe in RECIPES.values():
         assert optimizer(model, recipe, fused=True).defaults["fused"] is True
         assert not optimizer(model, recipe, fused=False).defaults["fused"]
-    assert kdexp.module.fused_kernels([torch.nn.Parameter(torch.zeros(1))])  # benchmarking changed no default
+    assert kdexp.modules.distill.fused_kernels([torch.nn.Parameter(torch.zeros(1))])  # benchmarking changed no default
 
 
 def test_student_step_benchmark_trains_and_restores_global_switches():

@@ -9,12 +9,12 @@ import torch
 
 pytest.importorskip("gymnasium")
 
+from kdexp.config.errors import ConfigError  # noqa: E402
 from kdexp.experiments.policy import check_variant, settings  # noqa: E402
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy, policy_kl_loss  # noqa: E402
 from kdexp.policy.envs import collect_states, episode_returns, mean_std  # noqa: E402
 from kdexp.policy.nets import ActorCritic, PolicyMLP  # noqa: E402
 from kdexp.policy.ppo import PPOSettings, train_ppo  # noqa: E402
-from kdexp.validate import ConfigError  # noqa: E402
 
 ENV = "CartPole-v1"
 

@@ -1,4 +1,4 @@
-"""kdexp.progress: per-epoch lines on a real fit, ETA arithmetic, the run start line, cell/trial numbers."""
+"""kdexp.tracking.progress: per-epoch lines on a real fit, ETA arithmetic, the run start line, cell/trial numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kdexp.progress import (
+from kdexp.tracking.progress import (
     EpochProgress,
     eta_seconds,
     format_duration,
@@ -98,7 +98,7 @@ def test_no_position_outside_a_multirun():
 
 APP = """
 import hydra
-from kdexp.progress import sweep_position
+from kdexp.tracking.progress import sweep_position
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg):
@@ -142,7 +142,7 @@ def test_kdexp_train_shows_kdexp_info_lines():
     """kdexp-train's Hydra logging: the root logger at INFO on stdout, nothing raising the `kdexp` logger."""
     from hydra import compose, initialize_config_dir
 
-    from kdexp.schema import register_configs
+    from kdexp.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -8,10 +8,12 @@ import copy
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp.config import recipe_for
-from kdexp.matrix import MATRIX_DIR, apply_matrix_keys, cell_key, load_matrix, parse_pair, student_lr
+from kdexp.bench.matrix import MATRIX_DIR, cell_key, load_matrix
+from kdexp.config.errors import ConfigError
+from kdexp.config.matrix_keys import apply_matrix_keys, parse_pair, student_lr
+from kdexp.config.parse import recipe_for
+from kdexp.config.validate import validate_config
 from kdexp.models import list_models
-from kdexp.validate import ConfigError, validate_config
 from tests.conftest import CONF_DIR, compose_train
 
 MATRICES = sorted(p.stem for p in MATRIX_DIR.glob("*.yaml"))
@@ -137,7 +139,7 @@ def test_a_method_version_bump_makes_its_finished_cells_train_again(monkeypatch)
 
 def test_settings_key_ignores_what_varies_across_cells_but_not_the_recipe():
     """kdexp.settings: equal for every cell of one matrix run, different when the shared settings change."""
-    from kdexp.matrix import settings_key
+    from kdexp.bench.matrix import settings_key
 
     def key(*overrides: str) -> str:
         c = conf("matrix=smoke", *overrides)

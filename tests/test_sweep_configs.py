@@ -12,10 +12,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from kdexp.matrix import apply_matrix_keys
-from kdexp.schema import register_configs
+from kdexp.config.matrix_keys import apply_matrix_keys
+from kdexp.config.schema import register_configs
+from kdexp.config.validate import validate_config
 from kdexp.sweep.search_space import param_overrides, parse_search_space
-from kdexp.validate import validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))

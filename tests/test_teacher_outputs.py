@@ -9,12 +9,8 @@ import time
 import pytest
 import torch
 
-from kdexp.cache import fingerprint
-from kdexp.data import TensorBatchLoader, create_datamodule
-from kdexp.distill import IncompatiblePairError, create_method, list_methods
-from kdexp.models import create_model
-from kdexp.module import DistillModule
-from kdexp.teacher_outputs import (
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.caching.teacher_outputs import (
     TeacherCacheSettings,
     TeacherOutputCache,
     TeacherOutputs,
@@ -25,6 +21,10 @@ from kdexp.teacher_outputs import (
     prepare_cached_teacher,
     wanted_outputs,
 )
+from kdexp.data import TensorBatchLoader, create_datamodule
+from kdexp.distill import IncompatiblePairError, create_method, list_methods
+from kdexp.models import create_model
+from kdexp.modules.distill import DistillModule
 from kdexp.training.context import Context
 from kdexp.training.trainer import fit
 from tests.conftest import exit_codes_of_concurrent

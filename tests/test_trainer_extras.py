@@ -8,9 +8,9 @@ import csv
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp.progress import EpochProgress
-from kdexp.trainer_extras import KDEXP_SWITCHES, check_trainer_node, trainer_extras
-from kdexp.validate import ConfigError
+from kdexp.config.errors import ConfigError
+from kdexp.runtime.trainer_extras import KDEXP_SWITCHES, check_trainer_node, trainer_extras
+from kdexp.tracking.progress import EpochProgress
 from tests.conftest import compose_train
 from tests.tiny_fit import tiny_module_and_loaders
 
@@ -109,7 +109,7 @@ def test_structure_checks_need_no_lightning():
     import subprocess
     import sys
 
-    code = ("import sys; from kdexp.trainer_extras import check_trainer_node as c; "
+    code = ("import sys; from kdexp.runtime.trainer_extras import check_trainer_node as c; "
             "c({'max_epochs': 1, 'callbacks': [{'_target_': 'a.B'}]}); print('lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

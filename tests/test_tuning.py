@@ -1,4 +1,4 @@
-"""Tuned matrices (kdexp.tuning): each method's search space, and a study per (pair, method) on the validation
+"""Tuned matrices (kdexp.bench.tuning): each method's search space, and a study per (pair, method) on the validation
 split, run in-process by the sweeper engine, whose best settings every seed of the cell then trains with."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp import tuning
-from kdexp.config import parse_config
-from kdexp.matrix import apply_matrix_keys, cell_key
+from kdexp.bench import tuning
+from kdexp.bench.matrix import cell_key
+from kdexp.config.matrix_keys import apply_matrix_keys
+from kdexp.config.parse import parse_config
+from kdexp.config.validate import validate_config
 from kdexp.sweep.search_space import param_overrides, parse_search_space
-from kdexp.validate import validate_config
 from tests.conftest import CONF_DIR, compose_train
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "distill").glob("*.yaml"))

@@ -8,15 +8,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdexp.cache import ModelCache
-from kdexp.config import parse_config
+from kdexp.caching.models import ModelCache
+from kdexp.config.errors import ConfigError
+from kdexp.config.parse import parse_config
 from kdexp.experiments import experiment_kind
 from kdexp.experiments.ensemble import check_logit_method, parse_members
 from kdexp.experiments.mutual import MutualModule, mutual_loss
 from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.training import distilled as links
 from kdexp.training.context import Context
-from kdexp.validate import ConfigError
 from tests.conftest import compose_train
 
 
@@ -57,7 +57,7 @@ def test_ensemble_mean_probs_softmax_recovers_the_weighted_mean_of_probabilities
 
 
 def test_ensemble_weights_and_mode_key_cached_teacher_outputs(member_logits):
-    from kdexp.teacher_outputs import weights_digest
+    from kdexp.caching.teacher_outputs import weights_digest
 
     members = [FixedLogits(z) for z in member_logits]
     digests = {weights_digest(EnsembleTeacher(members, w, c))

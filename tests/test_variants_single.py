@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdexp.config.errors import ConfigError
 from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
-from kdexp.evaluate import accuracy_metrics, size_on_disk
 from kdexp.experiments.augmented import AugmentedDistillModule, BatchAugmenter, loss_weights, online_teacher
 from kdexp.experiments.quantized import int8_metrics
+from kdexp.measure.metrics import accuracy_metrics, size_on_disk
 from kdexp.models import create_model
-from kdexp.quantization import check_quantizable, convert_int8, float_view, prepare_qat_student
-from kdexp.validate import ConfigError
+from kdexp.shipping.quantization import check_quantizable, convert_int8, float_view, prepare_qat_student
 
 
 def batch(n=8, c=1, size=8, seed=0):

@@ -11,7 +11,7 @@ def tiny_module_and_loaders(epochs: int, lr: float = 1e-3):
     from torch.utils.data import DataLoader, TensorDataset
 
     from kdexp.models import create_model
-    from kdexp.module import DistillModule
+    from kdexp.modules.distill import DistillModule
 
     L.seed_everything(0, verbose=False)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 4, (64,))

@@ -33,8 +33,8 @@ class KdexpOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from kdexp.stores import StoreError
         from kdexp.sweep.engine import OptunaSweep
+        from kdexp.tracking.stores import StoreError
 
         assert self.hydra_context is not None and self.config is not None and self.launcher is not None
         try:

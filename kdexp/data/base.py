@@ -9,15 +9,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from kdexp.cache import remember
-from kdexp.data.loader import (  # noqa: F401  (re-exported: the loader once lived here)
-    AugmentFn,
-    Batch,
-    TensorBatchLoader,
-    check_int,
-    epoch_generator,
-)
-from kdexp.registry import Registry
+from kdexp.caching.fingerprint import remember
+from kdexp.config.registry import Registry
+from kdexp.data.loader import TensorBatchLoader, check_int
 
 DATASETS: Registry[TensorDataModule] = Registry("data set")
 

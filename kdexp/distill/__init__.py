@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from kdexp.config.registry import Registry
 from kdexp.distill.base import Distiller, IncompatiblePairError, kd_loss
-from kdexp.registry import Registry
 
 METHODS: Registry[Distiller] = Registry("distillation method")
 register_method = METHODS.register

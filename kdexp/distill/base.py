@@ -31,7 +31,7 @@ class Distiller(nn.Module):
     terms: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
     # Bump when a change alters what the method trains (its loss, a default): matrix cells finished by the older
-    # code then count as not finished and train again (kdexp.matrix.cell_key); 1 leaves existing keys as they are
+    # code then count as not finished and train again (kdexp.bench.matrix.cell_key); 1 leaves existing keys as they are
     version: ClassVar[int] = 1
     # >0: the method needs a first stage of this many epochs (AB/FT/FSP initialisation)
     init_epochs: int = 0

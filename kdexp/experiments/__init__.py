@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from kdexp.validate import ConfigError
+from kdexp.config.errors import ConfigError
 
 EXPERIMENTS: dict[str, str] = {
     "standard": "kdexp.experiments.standard:run",
@@ -40,12 +40,12 @@ def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
     settings of the cell's (pair, method) study — found or run first, on the validation split — are merged
     into `distill`; with `skip_finished`, a FINISHED run of the same matrix cell is returned instead of
     training again."""
-    from kdexp.config import parse_config, thaw
-    from kdexp.matrix import cell_key, cell_lease, finished_cell_metrics
+    from kdexp.bench.matrix import cell_key, cell_lease, finished_cell_metrics
+    from kdexp.config.parse import parse_config, thaw
 
     conf = parse_config(cfg, stores=True)
     if (conf.get("tune") or {}).get("enabled"):
-        from kdexp.tuning import apply_tuning
+        from kdexp.bench.tuning import apply_tuning
 
         tuned = thaw(conf)
         tags = apply_tuning(tuned, run=run_experiment)  # trials run this function, untuned

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdexp.module import DistillModule
+from kdexp.config.errors import ConfigError
+from kdexp.modules.distill import DistillModule
 from kdexp.training.context import make_context
 from kdexp.training.distilled import distillation_pair, train_distilled
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import lineage_tags, method_label, report_student, student_run
-from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")
 POLICIES = ("mixup", "cutmix", "erasing")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from kdexp.config.errors import ConfigError
 from kdexp.models.ensemble import COMBINE, EnsembleTeacher
 from kdexp.training.alone import train_alone
 from kdexp.training.context import make_context
@@ -28,7 +29,6 @@ from kdexp.training.results import (
     report_student,
     student_run,
 )
-from kdexp.validate import ConfigError
 
 
 def check(conf: dict) -> tuple[int, str]:

@@ -16,8 +16,9 @@ from typing import Mapping
 import lightning as L
 from torch import nn
 
+from kdexp.caching.teacher_outputs import weights_digest
+from kdexp.config.errors import ConfigError
 from kdexp.models import list_models
-from kdexp.teacher_outputs import weights_digest
 from kdexp.training.alone import resolve_teacher, vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
@@ -30,7 +31,6 @@ from kdexp.training.results import (
     report_student,
     student_run,
 )
-from kdexp.validate import ConfigError
 
 
 def parse_assistants(conf: dict) -> list[dict]:

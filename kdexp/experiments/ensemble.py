@@ -21,17 +21,18 @@ from typing import Mapping
 import lightning as L
 from torch import nn
 
-from kdexp.cache import fingerprint, load_weights
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.caching.models import load_weights
+from kdexp.caching.teacher_outputs import weights_digest
+from kdexp.config.errors import ConfigError
 from kdexp.models import list_models
 from kdexp.models.ensemble import COMBINE, EnsembleTeacher
-from kdexp.teacher_outputs import weights_digest
 from kdexp.training.alone import train_alone, vanilla_baseline
 from kdexp.training.context import build_method, make_context
 from kdexp.training.distilled import train_distilled
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import lineage_tags, method_label, report_student, student_run
-from kdexp.validate import ConfigError
 
 MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")
 

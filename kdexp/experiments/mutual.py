@@ -23,18 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdexp.config.errors import ConfigError
 from kdexp.data.loader import follow_trainer_epoch
 from kdexp.distill import kd_loss
 from kdexp.models import list_models
 from kdexp.models.ensemble import EnsembleTeacher
-from kdexp.module import EpochSums, MetricSink, build_optimizer
+from kdexp.modules.distill import EpochSums, MetricSink, build_optimizer
 from kdexp.training.alone import vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import accuracy_table, lineage_tags, log_table, report_student, student_run
 from kdexp.training.trainer import fit, save_weights
-from kdexp.validate import ConfigError
 
 
 def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temperature: float

@@ -16,17 +16,18 @@ from typing import Mapping
 import torch
 from omegaconf import OmegaConf
 
-from kdexp.cache import ModelCache, fingerprint, load_weights
-from kdexp.config import thaw
-from kdexp.evaluate import cost_metrics, ratios
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.caching.models import ModelCache, load_weights
+from kdexp.config.errors import ConfigError
+from kdexp.config.parse import thaw
+from kdexp.measure.metrics import cost_metrics, ratios
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
 from kdexp.policy.nets import ActorCritic, PolicyMLP
 from kdexp.policy.ppo import PPOSettings, train_ppo
-from kdexp.redact import redact_config
-from kdexp.tracking import Tracker, flatten
+from kdexp.tracking.redact import redact_config
+from kdexp.tracking.runs import Tracker, flatten
 from kdexp.training.lifecycle import tracked_run
-from kdexp.validate import ConfigError
 
 log = logging.getLogger("kdexp")
 TEACHER_FORMAT = 1  # bump when PPO or the nets change what a cached teacher means

@@ -1,5 +1,5 @@
 """`variant=quantized`: a quantization-aware (QAT) student distilled from a full-precision teacher, then
-converted to a real int8 model and evaluated as such on the CPU (tooling: kdexp/quantization.py).
+converted to a real int8 model and evaluated as such on the CPU (tooling: kdexp/shipping/quantization.py).
 
 Methods: logit-based ones only (kd, dkd, dist, kd_std, none): feature maps of a quantized student are
 not comparable to a float teacher's and the zoo's feature interface is not quantized.
@@ -13,11 +13,12 @@ from typing import Mapping
 from torch import nn
 from torch.ao import quantization as tq
 
-from kdexp import distributed
-from kdexp.evaluate import accuracy_metrics, cost_metrics, count_flops, cpu_latency_ms, size_on_disk
+from kdexp.config.errors import ConfigError
+from kdexp.measure.metrics import accuracy_metrics, cost_metrics, count_flops, cpu_latency_ms, size_on_disk
 from kdexp.models.base import num_params
-from kdexp.module import DistillModule
-from kdexp.quantization import (
+from kdexp.modules.distill import DistillModule
+from kdexp.runtime import distributed
+from kdexp.shipping.quantization import (
     check_quantizable,
     convert_int8,
     float_view,
@@ -31,7 +32,6 @@ from kdexp.training.distilled import distillation_pair, finetune, train_distille
 from kdexp.training.evaluation import agreement, evaluate
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import lineage_tags, method_label, student_run, teacher_metrics, write_results
-from kdexp.validate import ConfigError
 
 
 class QATDistillModule(DistillModule):
@@ -93,7 +93,7 @@ def ship_int8(ctx: Context, run_id: str, qat: nn.Module, int8: nn.Module) -> dic
     weights in float, logged under exports/ and as the run's MLflow Model; student/onnx_int8_* metrics."""
     if not distributed.is_rank_zero():
         return {}
-    from kdexp.mlflow_models import log_dataset_input, log_int8_exports, log_onnx_model
+    from kdexp.tracking.models import log_dataset_input, log_int8_exports, log_onnx_model
 
     ev, (x, y) = ctx.conf["eval"], ctx.dm.split_tensors("test")
     out_dir = ctx.run_dir / "exports"

@@ -6,8 +6,8 @@ Each architecture family lives in its own module and registers its constructors 
 
 from __future__ import annotations
 
+from kdexp.config.registry import Registry
 from kdexp.models.base import FeatureOutput, ZooModel, num_params
-from kdexp.registry import Registry
 
 MODELS: Registry[ZooModel] = Registry("model")
 register_model = MODELS.register

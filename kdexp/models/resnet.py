@@ -61,7 +61,7 @@ def _resnet(depth: int, widths: tuple[int, int, int, int], num_classes: int, in_
 
 
 # One decorated constructor per variant (as timm does): the names are also readable from the source alone,
-# which config validation does without importing torch (kdexp.registry.declared_names).
+# which config validation does without importing torch (kdexp.config.registry.declared_names).
 @register_model()
 def resnet8(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     return _resnet(8, BASE_WIDTHS, num_classes, in_channels)

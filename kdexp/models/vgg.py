@@ -42,7 +42,7 @@ class VGG(StagedModel):
         super().__init__(blocks[0], blocks[1:], in_ch, num_classes, in_channels)
 
 
-# One decorated constructor per variant: names readable from the source (kdexp.registry.declared_names).
+# One decorated constructor per variant: names readable from the source (kdexp.config.registry.declared_names).
 @register_model()
 def vgg8(num_classes: int = 10, in_channels: int = 3) -> VGG:
     return VGG(CONFIGS["vgg8"], num_classes, in_channels)

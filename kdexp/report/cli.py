@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]:
     from mlflow.tracking import MlflowClient
 
-    from kdexp.matrix import load_matrix
+    from kdexp.bench.matrix import load_matrix
     from kdexp.report import render
-    from kdexp.stores import sqlite_file
+    from kdexp.tracking.stores import sqlite_file
 
     matrix = load_matrix(args.matrix) if args.matrix else None
     names = args.experiment or [(matrix.experiment if matrix else None) or DEFAULT_EXPERIMENT]
@@ -125,7 +125,7 @@ def matrix_rows(name_or_path: str, methods: list[str], both: bool) -> list[str]:
     (a method without a search space, e.g. the vanilla student, is never tuned); both kinds with `both`."""
     from omegaconf import OmegaConf
 
-    from kdexp.matrix import matrix_path
+    from kdexp.bench.matrix import matrix_path
     from kdexp.report.compare import TUNED_SUFFIX, searched_keys
 
     raw = OmegaConf.to_container(OmegaConf.load(matrix_path(name_or_path)))

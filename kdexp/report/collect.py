@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdexp.matrix import pair_name
+from kdexp.config.matrix_keys import pair_name
 from kdexp.report.compare import TUNED_SUFFIX, searched_keys
 
 SELECT_METRICS = {

@@ -39,7 +39,7 @@ def base_method(row: str) -> str:
 
 def searched_keys(row: str) -> list[str]:
     """The run params a row's method tunes (conf/search/<method>.yaml); [] for unknown methods."""
-    from kdexp.tuning import search_space
+    from kdexp.bench.tuning import search_space
 
     try:
         return list(search_space(base_method(row)))

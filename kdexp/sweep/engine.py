@@ -19,8 +19,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from kdexp.redact import redact_text
-from kdexp.stores import check_apart, check_store, normalize_uri
+from kdexp.tracking.redact import redact_text
+from kdexp.tracking.stores import check_apart, check_store, normalize_uri
 
 from . import factories
 from .outcomes import job_outcome

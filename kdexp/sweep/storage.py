@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy.engine import make_url
 
-from kdexp.stores import StoreError, normalize_uri, sqlite_file, store_lock  # one parser of SQLite URLs
+from kdexp.tracking.stores import StoreError, normalize_uri, sqlite_file, store_lock  # one parser of SQLite URLs
 
 log = logging.getLogger(__name__)
 # The sweeper hands its jobs the storage URL with the password masked, and the whole URL in this variable

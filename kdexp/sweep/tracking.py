@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from kdexp.redact import redact_text
-from kdexp.stores import artifact_location, normalize_uri, sqlite_file, store_lock
+from kdexp.tracking.redact import redact_text
+from kdexp.tracking.stores import artifact_location, normalize_uri, sqlite_file, store_lock
 
 from .report import best_summary, state_counts
 from .storage import absolute_sqlite_url
@@ -147,7 +147,7 @@ class ParentRun:
 
 
 def experiment_artifacts(app_config: DictConfig, uri: str | None) -> str | None:
-    """Where a new experiment keeps its artifacts, the same rule as kdexp.tracking.Tracker: the app's
+    """Where a new experiment keeps its artifacts, the same rule as kdexp.tracking.runs.Tracker: the app's
     ``tracking.artifact_root`` (kdexp: ``${paths.root}/mlartifacts``), else beside a SQLite store; None for a
     tracking server (its own artifact store) or when neither is known (MLflow's default)."""
     root = OmegaConf.select(app_config, "tracking.artifact_root", default=None)

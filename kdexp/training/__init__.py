@@ -8,6 +8,6 @@
     distilled   train_distilled (a method's init stage + distillation + best-val), finetune, cached links
     results     student_run + report_student: the reported student run, its metrics, summary and weights
 
-Layers: kdexp.cli -> kdexp.experiments -> kdexp.training -> kdexp.module and the leaves (methods, models,
+Layers: kdexp.cli -> kdexp.experiments -> kdexp.training -> kdexp.modules.distill and the leaves (methods, models,
 data, caches, tracking, sweep). Nothing here imports kdexp.experiments or kdexp.cli.
 """

@@ -8,10 +8,11 @@ from typing import Mapping
 import lightning as L
 from torch import nn
 
-from kdexp import distributed
-from kdexp.cache import fingerprint, load_weights
-from kdexp.module import DistillModule
-from kdexp.tracking import flatten
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.caching.models import load_weights
+from kdexp.modules.distill import DistillModule
+from kdexp.runtime import distributed
+from kdexp.tracking.runs import flatten
 from kdexp.training.context import Context, planned_processes
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run

@@ -11,21 +11,21 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from kdexp import distributed
-from kdexp.cache import ModelCache
-from kdexp.config import recipe_for
+from kdexp.bench.matrix import settings_key
+from kdexp.caching.models import ModelCache
+from kdexp.caching.teacher_outputs import TeacherCacheSettings
+from kdexp.config.parse import recipe_for
 from kdexp.distill import method_from_config
-from kdexp.matrix import settings_key
 from kdexp.models import create_model
-from kdexp.progress import sweep_position
-from kdexp.teacher_outputs import TeacherCacheSettings
-from kdexp.tracking import Tracker
+from kdexp.runtime import distributed
+from kdexp.tracking.progress import sweep_position
+from kdexp.tracking.runs import Tracker
 from kdexp.training.lifecycle import NullTracker
 
 
 @dataclass
 class Context:
-    conf: Mapping  # the run's frozen config (kdexp.config.parse_config)
+    conf: Mapping  # the run's frozen config (kdexp.config.parse.parse_config)
     dm: Any  # a kdexp TensorDataModule, set up
     tracker: Tracker
     cache: ModelCache
@@ -113,8 +113,8 @@ def resume_key(conf: Mapping, cell: str) -> str:
 
     if not cell or not in_trial(conf):
         return cell
-    from kdexp.cache import fingerprint
-    from kdexp.matrix import cell_key
+    from kdexp.bench.matrix import cell_key
+    from kdexp.caching.fingerprint import fingerprint
     from kdexp.sweep.trial import resume_origin
 
     study, origin = resume_origin(conf)

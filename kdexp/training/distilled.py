@@ -11,9 +11,9 @@ from typing import Callable, Mapping
 import lightning as L
 from torch import nn
 
-from kdexp.cache import fingerprint
-from kdexp.module import DistillModule
-from kdexp.tracking import flatten
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.modules.distill import DistillModule
+from kdexp.tracking.runs import flatten
 from kdexp.training.alone import cached_model, model_spec, resolve_teacher, vanilla_baseline
 from kdexp.training.context import Context, build_method
 from kdexp.training.evaluation import evaluate

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdexp.cache import fingerprint, remember
-from kdexp.evaluate import accuracy_metrics, agreement_metrics, cost_metrics, predict_logits
-from kdexp.teacher_outputs import TeacherOutputCache, TeacherOutputs, weights_digest
+from kdexp.caching.fingerprint import fingerprint, remember
+from kdexp.caching.teacher_outputs import TeacherOutputCache, TeacherOutputs, weights_digest
+from kdexp.measure.metrics import accuracy_metrics, agreement_metrics, cost_metrics, predict_logits
 from kdexp.training.context import Context
 
 # In-process memo of evaluations: every trial of an in-process sweep re-evaluates the same cached teacher

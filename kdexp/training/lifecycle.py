@@ -9,8 +9,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-from kdexp.progress import print_run_start
-from kdexp.tracking import Tracker
+from kdexp.tracking.progress import print_run_start
+from kdexp.tracking.runs import Tracker
 
 
 def in_trial(conf: Mapping) -> bool:

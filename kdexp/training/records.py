@@ -9,7 +9,7 @@ import logging
 
 from torch import nn
 
-from kdexp import distributed
+from kdexp.runtime import distributed
 from kdexp.training.context import Context
 
 log = logging.getLogger("kdexp")
@@ -24,7 +24,7 @@ def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str 
     """Dataset input + MLflow Model of one trained model; returns the logged model's id (None if off)."""
     if not _records_here(ctx):
         return None
-    from kdexp.mlflow_models import log_dataset_input, log_model
+    from kdexp.tracking.models import log_dataset_input, log_model
 
     tracking = ctx.conf["tracking"]
     log_dataset_input(ctx.tracker, run_id, ctx.dm, context="training")
@@ -40,7 +40,7 @@ def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str 
 def register(ctx: Context, model_id: str, name: str) -> None:
     import mlflow
 
-    from kdexp.mlflow_models import tracking_uri
+    from kdexp.tracking.models import tracking_uri
 
     with tracking_uri(ctx.tracker.uri):
         version = mlflow.register_model(f"models:/{model_id}", name)
@@ -51,7 +51,7 @@ def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict
     """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student, as student/* metrics."""
     if not ctx.conf["tracking"].get("export_student", True) or not _records_here(ctx):
         return {}
-    from kdexp.mlflow_models import log_student_exports
+    from kdexp.tracking.models import log_student_exports
 
     ev, x = ctx.conf["eval"], ctx.dm.split_tensors("test")[0]
     batch = ev["latency_batch"]

@@ -14,12 +14,12 @@ from typing import Iterator, Mapping
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdexp import distributed
-from kdexp.config import thaw
-from kdexp.evaluate import ratios
-from kdexp.redact import redact_config
-from kdexp.summary import summary_table
-from kdexp.tracking import flatten
+from kdexp.config.parse import thaw
+from kdexp.measure.metrics import ratios
+from kdexp.runtime import distributed
+from kdexp.tracking.redact import redact_config
+from kdexp.tracking.runs import flatten
+from kdexp.tracking.summary import summary_table
 from kdexp.training.context import Context
 from kdexp.training.distilled import finetune
 from kdexp.training.evaluation import agreement, evaluate

@@ -10,12 +10,12 @@ import lightning as L
 import torch
 from torch import nn
 
-from kdexp import distributed
-from kdexp.checkpoints import checkpoint_callback, last_checkpoint
-from kdexp.module import DistillModule
-from kdexp.progress import EpochProgress
-from kdexp.teacher_outputs import prepare_cached_teacher
-from kdexp.trainer_extras import trainer_extras
+from kdexp.caching.checkpoints import checkpoint_callback, last_checkpoint
+from kdexp.caching.teacher_outputs import prepare_cached_teacher
+from kdexp.modules.distill import DistillModule
+from kdexp.runtime import distributed
+from kdexp.runtime.trainer_extras import trainer_extras
+from kdexp.tracking.progress import EpochProgress
 from kdexp.training.context import Context
 
 # kdexp's own switches in the `trainer:` node; the rest are lightning.Trainer arguments.
@@ -62,7 +62,7 @@ def compiled_models(module) -> list[nn.Module]:
 
 
 def use_cached_teacher(ctx: Context, module: DistillModule):
-    """Attach cached teacher outputs to a module that uses its teacher (see kdexp/teacher_outputs.py).
+    """Attach cached teacher outputs to a module that uses its teacher (see kdexp/caching/teacher_outputs.py).
 
     Returns the train loader to use with them (fixed augmented views), or None for the usual one.
     """

@@ -1,4 +1,4 @@
-"""kdexp.stores: a store is checked once, before anything is created, and a bad one is one clean line
+"""kdexp.tracking.stores: a store is checked once, before anything is created, and a bad one is one clean line
 (the key, the cause, the password masked); MLflow and Optuna are kept out of each other's database."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from kdexp.stores import (
+from kdexp.tracking.stores import (
     StoreError,
     artifact_location,
     check_apart,

@@ -1,4 +1,4 @@
-"""kdexp.redact: passwords masked in URIs, DSNs, config trees, log records and files; the rest untouched."""
+"""kdexp.tracking.redact: passwords masked in URIs, DSNs, config trees, log records and files; the rest untouched."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp.redact import MASK, install_log_redaction, redact_config, redact_text, redact_uri, remember_secret
-from kdexp.redact_hydra import redact_folder
+from kdexp.tracking.redact import MASK, install_log_redaction, redact_config, redact_text, redact_uri, remember_secret
+from kdexp.tracking.redact_hydra import redact_folder
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -1,4 +1,4 @@
-"""kdexp.tracking.Tracker on a SQLite store: what it records has its passwords masked; a new experiment's
+"""kdexp.tracking.runs.Tracker on a SQLite store: what it records has its passwords masked; a new experiment's
 artifacts go to tracking.artifact_root (a tracking server's own store is covered in test_shared_stores)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdexp.tracking import Tracker
+from kdexp.tracking.runs import Tracker
 
 pytestmark = pytest.mark.slow  # a new MLflow store: its migrations take seconds
 
@@ -41,7 +41,7 @@ def test_params_tags_errors_and_text_artifacts_are_masked(tmp_path):
 
 
 def test_runs_record_the_code_the_process_loaded_not_a_later_head(tmp_path, monkeypatch):
-    import kdexp.tracking as tracking
+    import kdexp.tracking.runs as tracking
 
     monkeypatch.setattr(tracking, "_git", lambda *a: {"rev-parse": "1" * 40, "status": " M kdexp/x.py"}[a[0]])
     loaded = tracking.source_tags()

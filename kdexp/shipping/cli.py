@@ -1,7 +1,7 @@
 """kdexp-export RUN_ID --format onnx|pt2 [--uri URI] [--out PATH]: a past run's model as one file that runs
 without kdexp (ONNX Runtime, or `torch.export.load(path).module()`).
 
-Runs logged with an MLflow Model (kdexp.mlflow_models.log_model) are exported from its torch.export graph
+Runs logged with an MLflow Model (kdexp.tracking.models.log_model) are exported from its torch.export graph
 (an int8 student logged with log_onnx_model is copied as it is, ONNX only).
 Older runs are rebuilt from their weights artifact (student.pt, else teacher.pt / baseline.pt) and the
 architecture they record: config.yaml for student runs, the run's params for teacher/baseline runs.
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kdexp.export import FORMATS, ExportError
+from kdexp.shipping.export import FORMATS, ExportError
 
 WEIGHT_ARTIFACTS = ("student.pt", "teacher.pt", "baseline.pt")
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"  # conf/train.yaml's tracking.uri for the default paths.root
@@ -39,7 +39,7 @@ def open_run(uri: str, run_id: str):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from kdexp.stores import sqlite_file
+    from kdexp.tracking.stores import sqlite_file
 
     db = sqlite_file(uri)
     if db is not None and not db.is_file():  # MlflowClient would silently create an empty store
@@ -55,7 +55,7 @@ def logged_model_dir(client, run, tmp: Path) -> Path | None:
     """The run's MLflow Model named "model", downloaded into `tmp`; None when the run has none."""
     import mlflow.artifacts
 
-    from kdexp.mlflow_models import MODEL_NAME
+    from kdexp.tracking.models import MODEL_NAME
 
     for output in run.outputs.model_outputs if run.outputs else []:
         model = client.get_logged_model(output.model_id)
@@ -93,8 +93,8 @@ def rebuilt_program(client, run, tmp: Path):
     """An older run's model from its weights artifact and recorded architecture."""
     import torch
 
-    from kdexp.export import export_program
     from kdexp.models import create_model
+    from kdexp.shipping.export import export_program
 
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
     weights = next((n for n in WEIGHT_ARTIFACTS if n in names), None)
@@ -112,7 +112,7 @@ def rebuilt_program(client, run, tmp: Path):
 
 
 def export_run(run_id: str, fmt: str, uri: str, out: str | Path | None = None) -> Path:
-    from kdexp.export import export_onnx, export_pt2
+    from kdexp.shipping.export import export_onnx, export_pt2
 
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not supported: choose one of {', '.join(FORMATS)}")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import kdexp
-from kdexp.redact import redact_text
-from kdexp.stores import artifact_location, check_store, store_lock
+from kdexp.tracking.redact import redact_text
+from kdexp.tracking.stores import artifact_location, check_store, store_lock
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 TAG_KEYS = ("data", "teacher", "student", "distill", "seed")
@@ -54,7 +54,7 @@ SOURCE_TAGS = source_tags()
 class Tracker:
     """Creates runs in one experiment of one store; everything else goes through run ids.
 
-    Everything it sends (params, tags, error text, small text artifacts) has its secrets masked (kdexp.redact).
+    Everything it sends (params, tags, error text, small text artifacts) has its secrets masked (kdexp.tracking.redact).
     `artifact_root` (``tracking.artifact_root``) is where a new experiment of a SQLite or database store keeps
     its artifacts; a tracking server (http/https) keeps them in its own artifact store instead.
     """

@@ -3,7 +3,7 @@
 Hydra writes a job's ``.hydra/{config,hydra,overrides}.yaml`` before the task starts, and a sweep's
 ``multirun.yaml`` and its launchers log every job's override list ("#0 : tracking.uri=postgresql://u:pw@...").
 The callback masks log records for the whole process and rewrites those files, and the job's own text
-outputs once it ends, through kdexp.redact. A password in an environment variable (PGPASSWORD, ~/.pgpass,
+outputs once it ends, through kdexp.tracking.redact. A password in an environment variable (PGPASSWORD, ~/.pgpass,
 or ``${oc.env:...}`` in a URI) is never copied into them in the first place; that is the way for clusters,
 where submitit also pickles each job's config (README: "On GPUs and clusters").
 """
@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kdexp.redact import install_log_redaction, redact_text
+from kdexp.tracking.redact import install_log_redaction, redact_text
 
 log = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".md", ".txt", ".log", ".csv", ".tex")

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from kdexp.cache import remember
+from kdexp.caching.fingerprint import remember
 from kdexp.models.base import num_params
 
 

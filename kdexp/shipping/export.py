@@ -126,7 +126,7 @@ def max_abs_diff(model: nn.Module, session, x: Tensor) -> float:
 
 
 def onnx_latency_ms(session, input_shape: tuple[int, ...], batch: int, repeats: int = 20) -> float:
-    """Median wall time of one ONNX Runtime run after warm-up: kdexp.evaluate.cpu_latency_ms's protocol."""
+    """Median wall time of one ONNX Runtime run after warm-up: kdexp.measure.metrics.cpu_latency_ms's protocol."""
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)}
     warm_until, warm_runs = time.perf_counter() + 0.25, 0
     while warm_runs < 3 or (time.perf_counter() < warm_until and warm_runs < 200):
@@ -149,14 +149,14 @@ def onnx_metrics(model: nn.Module, example: Tensor, batch: int = 256, *, path: s
                  repeats: int = 20, torch_latency: dict[str, float] | None = None,
                  tolerance: float = PARITY_TOLERANCE, program=None) -> dict[str, float]:
     """Export `model` to ONNX (at `path`, else a temporary file), check it on `example` (a test batch) and
-    time it at batch 1 and `batch`, beside torch's latencies: `torch_latency` as kdexp.evaluate.cost_metrics
+    time it at batch 1 and `batch`, beside torch's latencies: `torch_latency` as kdexp.measure.metrics.cost_metrics
     reports them ({"latency_b1_ms", "latency_b<batch>_ms"}), measured here when not given.
 
     Returns onnx_max_abs_diff, onnx_parity_ok (1.0 when within `tolerance`), onnx_size_bytes, onnx_export_s,
     onnx_latency_b1_ms, onnx_latency_b<batch>_ms and onnx_speedup_b1 / _b<batch> (torch ms / ONNX ms).
     `program`: the model's export_program, when the caller has it already (saves one torch.export).
     """
-    from kdexp.evaluate import cpu_latency_ms
+    from kdexp.measure.metrics import cpu_latency_ms
 
     input_shape = tuple(example.shape[1:])
     with tempfile.TemporaryDirectory(prefix="kdexp-onnx-") as tmp:

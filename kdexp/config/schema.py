@@ -4,7 +4,7 @@ conf/train.yaml lists `train_schema` first in its defaults, so Hydra itself reje
 type (`seed=abc`, `recipe.lr=fast`) while composing, before kdexp imports Lightning or reads data.
 Nodes whose keys depend on a choice stay open for those keys: `data` (a data set's own options), `distill`
 (a method's own settings), `teacher`/`student` (ensemble members), `trainer` (any lightning.Trainer
-argument), `variant`. Their common keys are typed; kdexp.validate checks the open ones against what the
+argument), `variant`. Their common keys are typed; kdexp.config.validate checks the open ones against what the
 chosen data set / method accepts. Only keys present in every composed config are declared, and none has a
 default of its own: the resolved config (and so every cache key and matrix cell key) is what the YAML says.
 
@@ -129,8 +129,8 @@ class TrainSchema:
     paths: PathsSchema = field(default_factory=PathsSchema)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     variant: Optional[Dict[str, Any]] = None
-    tune: Dict[str, Any] = field(default_factory=dict)  # a matrix's tuning (kdexp/tuning.py); {}: none
-    imports: List[str] = field(default_factory=list)  # plug-in modules (kdexp/plugins.py)
+    tune: Dict[str, Any] = field(default_factory=dict)  # a matrix's tuning (kdexp/bench/tuning.py); {}: none
+    imports: List[str] = field(default_factory=list)  # plug-in modules (kdexp/config/plugins.py)
     seed: int = MISSING
     baseline: bool = MISSING
     pair: Optional[str] = MISSING
@@ -166,7 +166,7 @@ def student_node(arch: str) -> dict:
 
 def register_configs(models: list[str] | None = None) -> None:
     if models is None:  # without importing the zoo (torch): a bad value is rejected in a second or two
-        from kdexp.registry import known_names
+        from kdexp.config.registry import known_names
 
         models = known_names("kdexp.models", "register_model", "kdexp.models", "MODELS")
     cs = ConfigStore.instance()

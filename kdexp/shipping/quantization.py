@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.ao import quantization as tq
 from torch.ao.nn import quantized as ao_nn
 
+from kdexp.config.errors import ConfigError
 from kdexp.models.resnet import BasicBlock
-from kdexp.validate import ConfigError
 
 BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kdexp.errors import ConfigError  # noqa: F401  (raised here; re-exported where it always lived)
+from kdexp.config.errors import ConfigError
 
 
 def _bad(key: str, value, allowed: str) -> ConfigError:
@@ -18,10 +18,10 @@ def _positive_int(conf: dict, key: str, value, minimum: int = 1) -> None:
 
 
 def validate_config(conf: dict) -> None:
-    """Values first, then names (read from the source, kdexp.registry.known_names), then what needs the
+    """Values first, then names (read from the source, kdexp.config.registry.known_names), then what needs the
     method classes: a bad value is rejected before torch or Lightning is imported (benchmarks/fail_fast.py)."""
-    from kdexp.registry import known_names
-    from kdexp.trainer_extras import check_trainer_node
+    from kdexp.config.registry import known_names
+    from kdexp.runtime.trainer_extras import check_trainer_node
 
     distill = conf["distill"]
     if not distill["temperature"] > 0:
@@ -69,7 +69,7 @@ def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:
 
 
 def validate_method_keys(distill: dict) -> None:
-    """`distill` is open for a method's own settings (kdexp/schema.py): a key the method does not take is
+    """`distill` is open for a method's own settings (kdexp/config/schema.py): a key the method does not take is
     a typo, rejected here rather than as a TypeError when the method is built."""
     import inspect
 

@@ -20,8 +20,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdexp import distributed
-from kdexp.fingerprint import CACHE_FORMAT, fingerprint, remember  # noqa: F401  (the cache's keys)
+from kdexp.runtime import distributed
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kdexp.matrix import apply_matrix_keys, student_lr
+from kdexp.config.matrix_keys import apply_matrix_keys, student_lr
 
 READ_ONLY = "the run's config is read-only: build a new node ({**node, key: value}) instead of changing it"
 
@@ -57,16 +57,16 @@ def thaw(node: Any) -> Any:
 def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
     """A composed DictConfig (or a plain dict) -> the run's frozen, validated config. `stores`: also reach the
     tracking store (normalising its URI) and keep it apart from a sweep's Optuna study: one clear error
-    (kdexp.stores.StoreError) before any work, not a traceback halfway."""
+    (kdexp.tracking.stores.StoreError) before any work, not a traceback halfway."""
     from omegaconf import OmegaConf
 
-    from kdexp.validate import validate_config
+    from kdexp.config.validate import validate_config
 
     if isinstance(cfg, FrozenDict):
         return cfg
     conf = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else thaw(cfg)
     conf.pop("hydra", None)
-    from kdexp.plugins import load_plugins
+    from kdexp.config.plugins import load_plugins
 
     load_plugins(conf.get("imports") or [])  # users' models / methods / data sets, before names are checked
     for slot in ("variant", "tune", "imports"):  # the schema's empty slots: absent, as before it (cell keys)
@@ -75,7 +75,7 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
     validate_config(conf)
     if stores:
-        from kdexp.stores import check_stores
+        from kdexp.tracking.stores import check_stores
 
         check_stores({**conf, "tracking": dict(conf["tracking"])})  # the URI as the user gave it stays
     return freeze(conf)

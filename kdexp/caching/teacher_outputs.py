@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdexp.cache import ModelCache, fingerprint
-from kdexp.data.base import TensorBatchLoader, epoch_generator
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.caching.models import ModelCache
+from kdexp.data.loader import TensorBatchLoader, epoch_generator
 from kdexp.models.base import FeatureOutput
 
 Levels = dict[str, tuple[int, ...]]  # "stages"/"preact" -> the levels kept (Distiller.teacher_levels); absent: all

@@ -68,7 +68,7 @@ def _registered(node, decorator: str) -> list[str]:
 
 def known_names(package: str, decorator: str, registry_module: str, registry: str) -> list[str]:
     """Registered names without importing `package`, or from its registry once imported (it then also holds
-    what plug-ins registered, kdexp/plugins.py)."""
+    what plug-ins registered, kdexp/config/plugins.py)."""
     import sys
 
     module = sys.modules.get(registry_module)

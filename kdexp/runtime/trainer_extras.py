@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from kdexp.errors import ConfigError
+from kdexp.config.errors import ConfigError
 
 KDEXP_SWITCHES = ("compile", "channels_last")  # kdexp's own keys in `trainer:` (training/trainer.py TRAINER_EXTRAS)
 LIST_KEYS = ("callbacks", "logger")

@@ -16,11 +16,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdexp.checkpoints import rng_state, set_rng_state
+from kdexp.caching.checkpoints import rng_state, set_rng_state
+from kdexp.caching.teacher_outputs import TeacherOutputs
 from kdexp.data.loader import follow_trainer_epoch
 from kdexp.distill import Distiller, NoDistillation, kd_loss
 from kdexp.models.base import FeatureOutput
-from kdexp.teacher_outputs import TeacherOutputs
 
 MetricSink = Callable[[dict[str, float], int], None]
 CHECKPOINT_KEY = "kdexp_distill_module"  # DistillModule's own state in a Lightning checkpoint

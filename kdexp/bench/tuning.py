@@ -24,7 +24,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 log = logging.getLogger("kdexp")
-SEARCH_DIR = Path(__file__).resolve().parent / "conf" / "search"  # shipped in the package (link in the repo)
+SEARCH_DIR = Path(__file__).resolve().parents[1] / "conf" / "search"  # shipped in the package (link in the repo)
 ALLOWED_METRICS = ("student/val_acc", "student/best_val_acc")  # validation only: tuning never sees test
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
@@ -92,8 +92,8 @@ def trial_base(conf: dict, s: dict) -> dict:
 
 def study_name(conf: dict, s: dict, space: dict[str, str]) -> str:
     """Same cell settings (but the seed), budget and space -> same study, whichever seed asks first."""
-    from kdexp.cache import fingerprint
-    from kdexp.matrix import cell_key
+    from kdexp.bench.matrix import cell_key
+    from kdexp.caching.fingerprint import fingerprint
 
     budget = {k: s[k] for k in ("n_trials", "epochs", "seed", "metric", "sampler", "pruner")}
     if s["train_batches"] < 1:  # only then: studies run before the option existed keep their names
@@ -150,9 +150,9 @@ def apply_tuning(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> 
     result = tune_cell(conf, run)
     if result is None:
         return {}
-    from kdexp.matrix import _merge
+    from kdexp.config.matrix_keys import merge
 
-    _merge(conf["distill"], result.overrides)
+    merge(conf["distill"], result.overrides)
     conf["tune"] = {**conf["tune"], "study": result.study, "chosen": result.overrides,
                     "best_value": result.best_value}
     return {"kdexp.tuned": "true", "kdexp.tune.study": result.study,
@@ -164,8 +164,8 @@ def _finished_study(url: str, name: str, n_trials: int):
     import optuna
     from optuna.trial import TrialState
 
-    from kdexp.stores import sqlite_file
     from kdexp.sweep.storage import counted_trials, rdb_storage
+    from kdexp.tracking.stores import sqlite_file
 
     path = sqlite_file(url)
     if path is not None and not path.is_file():

@@ -1,26 +1,24 @@
 """Benchmark matrices: a `pair` axis, method labels and settings, per-student lr, idempotent re-runs.
 
 A matrix is a Hydra config in sweeps/matrix/ (the `matrix` group, through the conf/matrix symlink) whose
-basic-sweeper params sweep `pair`, `distill` and `seed`. kdexp.config.parse_config calls `apply_matrix_keys`
+basic-sweeper params sweep `pair`, `distill` and `seed`. kdexp.config.parse.parse_config calls `apply_matrix_keys`
 before validation; the experiment dispatcher holds the cell's `cell_lease` and calls `finished_cell_metrics`
-before any work; `student_lr` is applied per role by kdexp.config.recipe_for.
+before any work; `student_lr` is applied per role by kdexp.config.parse.recipe_for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from kdexp.fingerprint import fingerprint
-from kdexp.validate import ConfigError
+from kdexp.caching.fingerprint import fingerprint
+from kdexp.config.matrix_keys import parse_pair, student_lr
 
 log = logging.getLogger("kdexp")
-PAIR_SEP = "->"
-MATRIX_DIR = Path(__file__).resolve().parent / "sweeps" / "matrix"  # shipped in the package (link in the repo)
+MATRIX_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "matrix"  # shipped in the package (link in the repo)
 # Keys that do not change what a cell trains: where things go, how it is measured or logged, how fast.
 # `tune`: how settings were chosen; the chosen ones are merged into `distill`, which the key includes.
 # `imports`: where code comes from; what it trains is in the other keys (a plug-in model's name, ...).
@@ -32,59 +30,6 @@ CELL_IGNORED_SUBKEYS = {
     "teacher_cache": ("mode", "max_gb"),  # cached or online teacher outputs: the same numbers
 }
 FINAL_PREFIXES = ("student/", "teacher/", "baseline/")  # what run_experiment returns, not per-epoch curves
-
-
-def pair_name(teacher: str, student: str) -> str:
-    return f"{teacher}{PAIR_SEP}{student}"
-
-
-def parse_pair(pair: str) -> tuple[str, str]:
-    parts = [p.strip() for p in str(pair).split(PAIR_SEP)]
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(
-            f"pair={pair!r} is invalid: write it as 'teacher->student', e.g. \"pair='cnn_medium->cnn_tiny'\" "
-            "(quoted: Hydra's override grammar does not accept '>' unquoted)"
-        )
-    return parts[0], parts[1]
-
-
-def apply_matrix_keys(conf: dict) -> None:
-    """`method` defaults to the distill config chosen (crd_kd, not its `name` crd); `pair: "T->S"` sets
-    teacher.arch and student.arch; `distill_overrides` ("*" for every pair, then the pair itself ->
-    method -> distill keys, e.g. DKD's per-pair beta) is merged into `distill`."""
-    conf["method"] = conf.get("method") or distill_choice() or conf["distill"]["name"]
-    if conf.get("pair"):
-        conf["teacher"]["arch"], conf["student"]["arch"] = parse_pair(conf["pair"])
-    overrides = conf.pop("distill_overrides", None) or {}  # merged below; '*', '->' are no MLflow param names
-    for pair in ("*", pair_name(conf["teacher"]["arch"], conf["student"]["arch"])):
-        extra = (overrides.get(pair) or {}).get(conf["method"])
-        if extra:
-            _merge(conf["distill"], extra)
-    for arch, lr in (conf.get("student_lr") or {}).items():
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ConfigError(f"student_lr.{arch}={lr!r} is invalid: a learning rate must be a number > 0")
-
-
-def distill_choice() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():  # run_experiment called outside the kdexp-train app (tests)
-        return None
-    return HydraConfig.get().runtime.choices.get("distill")
-
-
-def _merge(into: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
-
-
-def student_lr(conf: dict, arch: str) -> float | None:
-    """`student_lr[arch]`: the lr of a student of that architecture (kdexp.config.recipe_for applies it)."""
-    lr = (conf.get("student_lr") or {}).get(arch)
-    return None if lr is None else float(lr)
 
 
 def cell_key(conf: dict) -> str:
@@ -145,8 +90,8 @@ def cell_lease(conf: dict, cell: str) -> Iterator[None]:
     finds the cell finished. A file lock beside a SQLite store or under paths.root, a PostgreSQL advisory
     lock for a server store shared by machines; both are released if the holder dies. Only rank 0 of a
     DDP run takes it (the other ranks follow rank 0 into the same cell)."""
-    from kdexp import distributed
-    from kdexp.stores import advisory_lock, normalize_uri, scheme, sqlite_file
+    from kdexp.runtime import distributed
+    from kdexp.tracking.stores import advisory_lock, normalize_uri, scheme, sqlite_file
 
     uri = conf["tracking"]["uri"]
     if not conf.get("skip_finished") or not distributed.is_rank_zero():
@@ -176,7 +121,7 @@ def cell_lease(conf: dict, cell: str) -> Iterator[None]:
 def find_finished_run(uri: str, experiment: str, cell: str):
     from mlflow.tracking import MlflowClient
 
-    from kdexp.stores import sqlite_file
+    from kdexp.tracking.stores import sqlite_file
 
     db = sqlite_file(uri)
     if db is not None and not db.is_file():  # nothing tracked yet: do not create an empty store here

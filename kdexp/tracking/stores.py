@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from kdexp.redact import redact_text
+from kdexp.tracking.redact import redact_text
 
 SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc")
 CONNECT_TIMEOUT_S = 5

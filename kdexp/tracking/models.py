@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdexp.export import cpu_eval_copy, example_batch, quiet_export
+from kdexp.shipping.export import cpu_eval_copy, example_batch, quiet_export
 
 MODEL_NAME = "model"  # runs:/<run id>/model
 
@@ -98,7 +98,7 @@ def log_onnx_model(tracker_or_client: Any, run_id: str, onnx_path, input_example
     import onnx
     from mlflow.models import infer_signature
 
-    from kdexp.export import onnx_predict, onnx_session
+    from kdexp.shipping.export import onnx_predict, onnx_session
 
     client, uri = client_and_uri(tracker_or_client)
     x = example_batch(input_example).numpy()
@@ -182,10 +182,10 @@ def log_student_exports(tracker_or_client: Any, run_id: str, model: nn.Module, t
                         *, batch: int = 256, repeats: int = 20,
                         torch_latency: dict[str, float] | None = None) -> dict[str, float]:
     """The student as `student.onnx` (checked on `test_x`, a test batch of ~256, and timed; see
-    kdexp.export.onnx_metrics) and `student.pt2`, both logged as run artifacts under exports/."""
+    kdexp.shipping.export.onnx_metrics) and `student.pt2`, both logged as run artifacts under exports/."""
     from pathlib import Path
 
-    from kdexp.export import export_program, export_pt2, onnx_metrics
+    from kdexp.shipping.export import export_program, export_pt2, onnx_metrics
 
     client, _ = client_and_uri(tracker_or_client)
     out_dir = Path(out_dir)
@@ -201,11 +201,11 @@ def log_student_exports(tracker_or_client: Any, run_id: str, model: nn.Module, t
 def log_int8_exports(tracker_or_client: Any, run_id: str, qat: nn.Module, int8: nn.Module,
                      calibration: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor | None, out_dir,
                      *, batch: int = 256, repeats: int = 20) -> dict[str, float]:
-    """variant=quantized: `student_int8.onnx` (QDQ, see kdexp.export_int8) beside `student_float.onnx` (the
-    same weights in float), logged under exports/; returns kdexp.export_int8.int8_onnx_metrics."""
+    """variant=quantized: `student_int8.onnx` (QDQ, see kdexp.shipping.int8) beside `student_float.onnx` (the
+    same weights in float), logged under exports/; returns kdexp.shipping.int8.int8_onnx_metrics."""
     from pathlib import Path
 
-    from kdexp.export_int8 import int8_onnx_metrics
+    from kdexp.shipping.int8 import int8_onnx_metrics
 
     client, _ = client_and_uri(tracker_or_client)
     int8_path, float_path = Path(out_dir) / "student_int8.onnx", Path(out_dir) / "student_float.onnx"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdexp.export import export_onnx, latency_pair, onnx_predict, onnx_session, quiet_export
+from kdexp.shipping.export import export_onnx, latency_pair, onnx_predict, onnx_session, quiet_export
 
 CALIBRATION_BATCH = 64
 QAT_PACKAGES = ("torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat")

@@ -7,7 +7,7 @@ valid choices everywhere (`student=name`, `distill.name=name`, `data.name=name`)
 
 - `imports=[my_models,lab.methods]` on the command line (modules importable from the working directory),
 - `KDEXP_PLUGINS=my_models,lab.methods` in the environment,
-- an installed package's entry point in the group `kdexp.plugins` (any object; importing it is the point).
+- an installed package's entry point in the group `kdexp.config.plugins` (any object; importing it is the point).
 
 Config files for them (e.g. distill/my_method.yaml) come from a folder of config groups added with
 `hydra.searchpath=[file://my_conf]`.
@@ -21,7 +21,7 @@ import re
 import sys
 from importlib.metadata import entry_points
 
-from kdexp.errors import ConfigError
+from kdexp.config.errors import ConfigError
 
 ENTRY_POINT_GROUP = "kdexp.plugins"
 ENV = "KDEXP_PLUGINS"
@@ -44,7 +44,7 @@ def plugin_modules(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
 
 
 def load_plugins(names: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Import the plug-ins (`names`, $KDEXP_PLUGINS, and the `kdexp.plugins` entry points) once each."""
+    """Import the plug-ins (`names`, $KDEXP_PLUGINS, and the `kdexp.config.plugins` entry points) once each."""
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `imports=[my_models]` means ./my_models.py, as `python -m` would
     done = []
