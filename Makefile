@@ -10,11 +10,12 @@ FASHION := /usr/share/datasets/fashion-mnist
 
 setup: $(VENV)/.installed
 
+# PYTHONWARNINGS: setuptools' build-time notes (editable-install advice) are not the user's business.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,plots]"
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install -q -e ".[dev,plots]"
 	touch $@
 
 # Fashion-MNIST from Debian (best effort: needs root and apt; tests that need it skip without it).
