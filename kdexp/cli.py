@@ -14,9 +14,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdexp.config.schema import register_configs
+from kdexp.tracking.locate import add_store_arguments, hydra_style, parsed_uri
 
 log = logging.getLogger("kdexp")
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (a link to conf/ in the repo)
 
 
@@ -49,15 +49,14 @@ def train() -> None:
 
 def ui(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kdexp-ui", description="Open the MLflow UI on kdexp's tracking store.")
-    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI),
-                        help="tracking store (default: $MLFLOW_TRACKING_URI or %(default)s)")
+    add_store_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
     from kdexp.tracking.stores import normalize_uri  # postgresql:// -> the psycopg 3 driver MLflow can load
 
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", normalize_uri(args.uri), "--host",
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", normalize_uri(parsed_uri(args)), "--host",
            args.host, "--port", str(args.port)]
     if args.dry_run:
         print(" ".join(cmd))

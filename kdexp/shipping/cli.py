@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from kdexp.shipping.export import FORMATS, ExportError
+from kdexp.tracking.locate import add_store_arguments, hydra_style, parsed_uri
 
 WEIGHT_ARTIFACTS = ("student.pt", "teacher.pt", "baseline.pt")
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"  # conf/train.yaml's tracking.uri for the default paths.root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kdexp-export", description="Export the model of a past kdexp run to ONNX or torch.export (.pt2).")
     parser.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (the UI's run page, or kdexp-train's log)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx: ONNX Runtime; pt2: torch.export")
-    parser.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
-                        help=f"tracking store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})")
+    add_store_arguments(parser)
     parser.add_argument("--out", help="output file (default: <RUN_ID>.<format> in the current folder)")
     return parser
 
@@ -139,9 +138,10 @@ def export_run(run_id: str, fmt: str, uri: str, out: str | Path | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact otherwise
     try:
-        path = export_run(args.run_id, args.format, args.uri, args.out)
+        path = export_run(args.run_id, args.format, parsed_uri(args), args.out)
     except ExportError as exc:
         print(f"kdexp-export: error: {exc}", file=sys.stderr)
         return 1
