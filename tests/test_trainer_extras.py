@@ -115,3 +115,16 @@ def test_structure_checks_need_no_lightning():
     assert out.strip() == "False"
     with pytest.raises(ConfigError, match="trainer.default_root_dir"):
         check_trainer_node({"default_root_dir": "x"})
+
+
+def test_misspelled_trainer_argument_fails_before_any_mlflow_run(tmp_path):
+    """The did-you-mean check runs in the config validation, so the store is never created for a typo."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "kdexp-train")
+    out = subprocess.run([exe, f"paths.root={tmp_path}", "+trainer.max_epoch=3"], capture_output=True, text=True,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert out.returncode == 2 and "did you mean max_epochs" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()

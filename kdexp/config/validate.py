@@ -21,7 +21,7 @@ def validate_config(conf: dict) -> None:
     """Values first, then names (read from the source, kdexp.config.registry.known_names), then what needs the
     method classes: a bad value is rejected before torch or Lightning is imported (benchmarks/fail_fast.py)."""
     from kdexp.config.registry import known_names
-    from kdexp.runtime.trainer_extras import check_trainer_node
+    from kdexp.runtime.trainer_extras import check_trainer_arguments, check_trainer_node
 
     distill = conf["distill"]
     if not distill["temperature"] > 0:
@@ -56,6 +56,7 @@ def validate_config(conf: dict) -> None:
 
     validate_method_keys(distill)
     validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
+    check_trainer_arguments(conf["trainer"])  # imports Lightning: last
 
 
 def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:

@@ -42,6 +42,19 @@ def check_trainer_node(trainer_node: Mapping) -> None:
         _entries(key, trainer_node.get(key))
 
 
+def check_trainer_arguments(trainer_node: Mapping) -> None:
+    """Misspelled Trainer arguments, checked last in validation (it imports Lightning when a key is not one of the
+    schema's typed ones), so that a typo fails before any MLflow run exists and after every cheaper check."""
+    from kdexp.config.schema import TrainerSchema
+
+    typed = set(TrainerSchema.__dataclass_fields__) | set(LIST_KEYS)
+    others = {k: v for k, v in trainer_node.items() if k not in typed}
+    if others:
+        import lightning.pytorch as pl
+
+        _check_trainer_arguments(others, pl.Trainer)
+
+
 def trainer_extras(trainer_node: Mapping) -> tuple[dict[str, Any], list, list]:
     """(trainer_kwargs, callbacks, loggers) for one stage's lightning.Trainer.
 
@@ -51,7 +64,7 @@ def trainer_extras(trainer_node: Mapping) -> tuple[dict[str, Any], list, list]:
     and to pass as `logger=loggers or False`.
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor
+    from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ProgressBar, TQDMProgressBar
     from lightning.pytorch.loggers import Logger
 
     check_trainer_node(trainer_node)
@@ -69,6 +82,8 @@ def trainer_extras(trainer_node: Mapping) -> tuple[dict[str, Any], list, list]:
                 "(kdexp already records the lr of every epoch in MLflow as metric `lr`)"
             )
     kwargs["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
+    if kwargs.get("enable_progress_bar") and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TQDMProgressBar())  # Lightning would pick Rich's bar wherever `rich` is installed
     return kwargs, callbacks, loggers
 
 
