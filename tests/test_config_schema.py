@@ -36,6 +36,16 @@ def test_a_method_setting_that_the_method_does_not_take_is_a_clear_error():
     assert parse_config(compose_train(["distill=dkd", "distill.beta=2"]))["distill"]["beta"] == 2
 
 
+@pytest.mark.parametrize("method", ["none", "kd"])
+def test_a_misspelled_setting_of_a_method_without_settings_is_caught_too(method):
+    """Methods that define no __init__ inherit nn.Module's **kwargs: validation still knows what they take."""
+    conf = thaw(parse_config(compose_train([f"distill={method}"])))
+    conf["distill"]["temprature"] = 3
+    with pytest.raises(ConfigError, match=rf"distill.temprature=3 is invalid: distill={method} takes: name, "
+                                          "temperature, weights"):
+        parse_config(conf)
+
+
 def test_the_parsed_config_is_read_only_and_behaves_like_plain_containers():
     conf = parse_config(compose_train(["+student_lr.cnn_tiny=0.01"]))
     with pytest.raises(TypeError, match="read-only"):

@@ -74,12 +74,23 @@ def validate_method_keys(distill: dict) -> None:
     a typo, rejected here rather than as a TypeError when the method is built."""
     import inspect
 
+    from torch import nn
+
     from kdexp.distill import CONFIG_KEYS, METHODS
 
-    params = inspect.signature(METHODS.get(distill["name"]).__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = sorted({*CONFIG_KEYS, "temperature", *(k for k in params if k != "self")})
+    taken: set[str] = set()
+    for cls in METHODS.get(distill["name"]).__mro__:  # up the __init__s that pass **kwargs on, to nn.Module's
+        if "__init__" not in vars(cls):
+            continue
+        if cls is nn.Module:
+            break
+        params = inspect.signature(cls.__init__).parameters
+        taken |= {k for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    else:
+        return  # no nn.Module below: the method takes what it takes
+    allowed = sorted({*CONFIG_KEYS, "temperature", *taken})
     for key in distill:
         if key not in allowed:
             raise _bad(f"distill.{key}", distill[key], f"distill={distill['name']} takes: {', '.join(allowed)}")
