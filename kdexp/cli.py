@@ -47,13 +47,17 @@ def train() -> None:
     _train()
 
 
-def ui(argv: list[str] | None = None) -> None:
+def ui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdexp-ui", description="Open the MLflow UI on kdexp's tracking store.")
     add_store_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    args = parser.parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
+    return parser
+
+
+def ui(argv: list[str] | None = None) -> None:
+    args = ui_parser().parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
     from kdexp.tracking.stores import normalize_uri  # postgresql:// -> the psycopg 3 driver MLflow can load
 
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", normalize_uri(parsed_uri(args)), "--host",
