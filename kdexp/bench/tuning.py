@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from kdexp.config.errors import ConfigError
+from kdexp.config.errors import ConfigError, MatrixError
 
 log = logging.getLogger("kdexp")
 SEARCH_DIR = Path(__file__).resolve().parents[1] / "conf" / "search"  # shipped in the package (link in the repo)
@@ -129,7 +129,7 @@ def check_seeds(conf: dict, s: dict) -> None:
     evaluation = {int(conf["seed"]), *matrix_seeds()}
     overlap = sorted(evaluation.intersection(trial_seeds(s)))
     if overlap:
-        raise ConfigError(
+        raise MatrixError(
             f"tune.seed={s['seed']} (trial seeds {trial_seeds(s)}, tune.repeats={s['repeats']}) overlaps the "
             f"matrix's seeds {sorted(evaluation)} at {overlap}: set tune.seed outside them (e.g. 1000), or "
             "tune.allow_seed_overlap=true")
@@ -169,7 +169,7 @@ def main_epochs(conf: dict, s: dict, epochs: int, key: str) -> int:
     if not s["match_budget"] or not init:
         return epochs
     if init >= epochs:
-        raise ConfigError(
+        raise MatrixError(
             f"distill.init_epochs={init} leaves no main-stage epoch of {key}={epochs} ({conf['distill']['name']} "
             "in a tuned matrix: an init stage takes its epochs from the student's budget): lower "
             f"distill.init_epochs, raise {key}, or set tune.match_budget=false")
