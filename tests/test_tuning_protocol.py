@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ def finish_studies(conf: dict, chosen: list[dict[str, float]]) -> list[str]:
     method = conf["method"]
     s = tuning.tune_settings(conf)
     distributions = parse_search_space(param_overrides(tuning.search_params(method))).distributions
+    Path(conf["paths"]["root"]).mkdir(parents=True, exist_ok=True)
     names = []
     for repeat, params in enumerate(chosen):
         name = tuning.study_name(conf, tuning.repeat_settings(s, repeat), tuning.search_space(method))
@@ -171,7 +173,7 @@ def test_a_tuned_vanilla_study_trains_one_teacher_and_its_cells_train_at_the_cho
     assert float(params["recipe.lr"]) == float(params["student_recipe.lr"]) == best["student_recipe.lr"]
     assert float(params["recipe.label_smoothing"]) == best["student_recipe.label_smoothing"]
     assert student.data.tags["kdexp.tuned"] == "true" and student.data.tags["kdexp.tune_repeat"] == "0"
-    teachers = client.search_runs([client.get_experiment_by_name("kdexp").experiment_id],
+    teachers = client.search_runs([e.experiment_id for e in client.search_experiments()],  # the first trial's
                                   "tags.`kdexp.role` = 'teacher'")
     assert len(teachers) == 1 and float(teachers[0].data.params["recipe.lr"]) == 0.003  # the recipe's, untuned
 
@@ -212,7 +214,7 @@ def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_
     steps = {}
     for method, chosen in (("kd", {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}),
                            ("ab", {"distill.margin": 1.0, "distill.weights.ab": 0.5})):
-        overrides = [*tiny_overrides, f"distill={method}", *TUNED, "trainer.max_epochs=2", "+tune.epochs=2"]
+        overrides = [*tiny_overrides, f"distill={method}", *TUNED, "trainer.max_epochs=2", "++tune.epochs=2"]
         if method == "ab":
             overrides.append("distill.init_epochs=1")
         conf = cell(*overrides)

@@ -123,14 +123,19 @@ def _repeat_order(repeat: str | None) -> int:
     return int(repeat) if repeat and repeat.isdigit() else 0
 
 
+def tuned_runs(records: list[Record]) -> bool:
+    """Whether the table holds runs of a tuned matrix (tag kdexp.tune_repeat): only then the tuning section."""
+    return any(r.repeat is not None for r in records)
+
+
 def tuning_markdown(table, records: list[Record]) -> str:
-    """Per student row and pair: study repeats, tuning SD beside seed SD, student optimizer steps and training
-    wall; a warning where the rows of a pair did not get the same student steps."""
+    """Per student row and pair of a tuned table: study repeats, tuning SD beside seed SD, student optimizer
+    steps and training wall; a warning where the rows of a pair did not get the same student steps."""
+    if not tuned_runs(records):
+        return ""
     student_rows = [r for r in table.rows if r != TEACHER]
     cells = {(row, pair): t for row in student_rows for pair in table.pairs
              if (t := cell_tuning(records, row, pair)) is not None}
-    if not any(t.repeats > 1 or t.steps for t in cells.values()):
-        return ""
     intro = ("Per row and pair: K study repeats (each its own sampler and trial seed; every repeat's choice trains "
              "every seed); the mean over seeds of each repeat; tuning SD = sample SD across repeats of those "
              "means; seed SD = mean over repeats of the sample SD over seeds; the student's optimizer steps (an "
@@ -157,8 +162,10 @@ def tuning_markdown(table, records: list[Record]) -> str:
 
 
 def add_tuning_columns(table, rows: list[dict], records: list[Record]) -> None:
-    """results.csv: each student row's study repeats, repeat means, tuning and seed SD, the settings each study
-    chose (`r<k>{key=value;...}` per repeat), student optimizer steps and training wall time."""
+    """results.csv of a tuned table: each student row's study repeats, repeat means, tuning and seed SD, the
+    settings each study chose (`r<k>{key=value;...}` per repeat), student optimizer steps and training wall."""
+    if not tuned_runs(records):
+        return
     for out in rows:
         t = None if out["row"] == TEACHER else cell_tuning(records, out["row"], out["pair"])
         out.update({
