@@ -4,7 +4,8 @@ Measures, on one thread, a batch-128 training step of every (student, method) of
 runs it (DistillModule with the method built for the pair at the matrix's settings, teacher outputs looked
 up from the cache: every method of the plan fits teacher_cache.max_gb since the cache keeps only the levels
 a method reads), the AB init stage's step, CRD with its 54k-entry memory banks; and the teacher's training
-step on every thread. Reads the plan (pairs, methods, seeds, epochs, tuning budget) from the matrix file.
+step on every thread. Reads the plan (pairs, methods, seeds, epochs, tuning budget and study repeats, matched
+budgets) from the matrix file.
 The plan runs two 1-thread processes after the teacher (docs/fashion_full_benchmark.md).
 Compare with benchmarks/matrix_time.py after a run.
     python benchmarks/fashion_full_estimate.py
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.common import median_ms
 from kdexp.caching.teacher_outputs import compute_outputs, wanted_outputs
-from kdexp.distill import method_from_config
+from kdexp.distill import METHODS, method_from_config
 from kdexp.models import create_model
 from kdexp.modules.distill import DistillModule
 
@@ -114,6 +115,7 @@ def main() -> None:
     teacher_min = t_epochs * (steps * t_train + val_steps * t_train / 3) / 60_000
     print(f"teacher {teacher_arch}: {t_train:.0f} ms/step on {threads} threads -> {teacher_min:.1f} min")
     teacher = create_model(teacher_arch, num_classes=10, in_channels=1).eval()
+    repeats, matched = tune.get("repeats", 1), tune.get("match_budget", True)
     totals = []
     for pair in pairs:
         student = pair.split("->")[1]
@@ -121,9 +123,11 @@ def main() -> None:
         for m in methods:
             node = distill_node(m, overrides)
             ms, epoch, init = method_seconds(teacher, student, node)
-            cells += seeds * (init + epochs * epoch + CELL_OVERHEAD_S)
-            if m != "none":
-                studies += tune["n_trials"] * trial_seconds(ms, epoch, init, tune)
+            # matched budgets: a first stage that trains the student comes out of the epochs (kdexp/bench/tuning.py)
+            taken = node.get("init_epochs", 0) if matched and METHODS.get(m).init_trains_student else 0
+            cells += repeats * seeds * (init + (epochs - taken) * epoch + CELL_OVERHEAD_S)
+            trial = {**tune, "epochs": tune["epochs"] - taken}
+            studies += repeats * tune["n_trials"] * trial_seconds(ms, epoch, init, trial)  # every row, vanilla too
             print(f"  {pair} {m}: {ms:.0f} ms/step, {epoch:.0f} s/epoch" + (f", init {init:.0f} s" if init else ""))
         totals.append((cells + studies) / 60)
         print(f"{pair}: cells {cells / 60:.0f} min, studies {studies / 60:.0f} min")

@@ -22,13 +22,13 @@ CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the packa
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> dict[str, float]:
-    from kdexp.config.errors import ConfigError
+    from kdexp.config.errors import ConfigError, MatrixError
     from kdexp.experiments import run_experiment
 
     try:
         return run_experiment(cfg, HydraConfig.get().runtime.output_dir)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(exc, MatrixError):
             raise  # a sweep records the trial as failed and goes on
         log.error("%s", exc)
         print(f"kdexp-train: error: {exc}", file=sys.stderr)

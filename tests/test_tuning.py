@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from kdexp.bench import tuning
 from kdexp.bench.matrix import cell_key
+from kdexp.config.errors import ConfigError
 from kdexp.config.matrix_keys import apply_matrix_keys
 from kdexp.config.parse import parse_config
 from kdexp.config.validate import validate_config
@@ -30,16 +31,18 @@ def conf(*overrides: str) -> dict:
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_declares_a_search_space_over_keys_it_has(method):
     space = tuning.search_space(method)
-    parsed = parse_search_space(param_overrides(space))
-    assert set(parsed.distributions) == set(space) and not parsed.fixed
-    assert (method == "none") == (not space)  # the vanilla student alone has nothing of its own to tune
+    parsed = parse_search_space(param_overrides(tuning.search_params(method)))
+    assert set(parsed.distributions) == set(space) and space and not parsed.fixed
     c = conf(f"distill={method}")
     for key, dist in parsed.distributions.items():
-        assert OmegaConf.select(OmegaConf.create(c), key, default="<absent>") != "<absent>", key
+        if key.startswith("student_recipe."):  # the student's recipe: a key of `recipe`, or label smoothing
+            assert key.split(".")[1] in (*c["recipe"], "label_smoothing"), key
+        else:
+            assert OmegaConf.select(OmegaConf.create(c), key, default="<absent>") != "<absent>", key
         low = dist.choices[0] if hasattr(dist, "choices") else dist.low
         high = dist.choices[-1] if hasattr(dist, "choices") else dist.high
         for value in (low, high):  # both ends make a valid config
-            probe = tuning.apply_overrides(c, [f"{key}={value!r}"])
+            probe = tuning.apply_overrides(c, [f"{parsed.override_keys[key]}={value!r}"])
             validate_config(probe)
 
 
@@ -64,11 +67,12 @@ def test_a_search_key_the_config_lacks_is_a_clear_error():
     ({"metric": "student/test_top1"}, "tune.metric='student/test_top1' is invalid: .*validation"),
     ({"n_trials": 0}, "tune.n_trials=0 is invalid"),
     ({"budget": 3}, r"tune: unknown keys \['budget'\]"),
+    ({"repeats": 0}, "tune.repeats=0 is invalid: must be an integer >= 1"),
     ({"train_batches": 1.5}, r"tune.train_batches=1.5 is invalid: must be a fraction in \(0, 1\]"),
     ({"train_batches": 0}, r"tune.train_batches=0 is invalid"),
 ])
 def test_bad_tune_settings_are_clear_errors(bad, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):  # exit 2 from kdexp-train
         tuning.tune_settings({"tune": {"enabled": True, **bad}})
 
 
@@ -117,7 +121,7 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
     assert cell["distill"]["temperature"] == best.params["distill.temperature"]
     assert cell["distill"]["weights"] == {"ce": best.params["distill.weights.ce"],
                                           "kd": best.params["distill.weights.kd"]}
-    assert cell["tune"]["chosen"]["weights"]["kd"] == best.params["distill.weights.kd"]
+    assert cell["tune"]["chosen"]["distill"]["weights"]["kd"] == best.params["distill.weights.kd"]
 
     # the objective is each trial's validation accuracy, read back from its MLflow run; trials train at
     # the tuning seed and epochs, in their own experiment, never in the matrix's
@@ -129,7 +133,7 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
     for t in study.trials:
         run = by_number[t.number]
         assert t.value == pytest.approx(run.data.metrics["student/val_acc"])
-        assert (run.data.params["seed"], run.data.params["trainer.max_epochs"]) == ("0", "1")
+        assert (run.data.params["seed"], run.data.params["trainer.max_epochs"]) == ("1000", "1")
     assert client.get_experiment_by_name("kdexp") is None
     tuning_id = client.get_experiment_by_name("kdexp-tuning").experiment_id
     assert not client.search_logged_models([tuning_id])  # trial students are not recorded as models
@@ -161,7 +165,7 @@ def test_a_tuned_cell_trains_its_seed_at_the_best_settings_and_tags_its_run(tiny
                                     "tags.`kdexp.role` = 'student'")
     tags, params = student.data.tags, student.data.params
     assert tags["kdexp.tuned"] == "true" and tags["kdexp.tune.trials"] == "complete=2,pruned=0,fail=0"
-    assert float(params["distill.temperature"]) == float(params["tune.chosen.temperature"])  # trained at the best
+    assert float(params["distill.temperature"]) == float(params["tune.chosen.distill.temperature"])  # the best
     assert metrics["student/test_top1"] == student.data.metrics["student/test_top1"]
 
 

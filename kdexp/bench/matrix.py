@@ -34,12 +34,16 @@ FINAL_PREFIXES = ("student/", "teacher/", "baseline/")  # what run_experiment re
 
 def cell_key(conf: dict) -> str:
     """Fingerprint of what one cell trains (after `apply_matrix_keys`): paths, tracking and eval-only keys
-    left out, `student_lr` reduced to this student's entry, so that a re-run of the same cell finds it."""
+    left out, `student_lr` reduced to this student's entry, so that a re-run of the same cell finds it.
+    A tuned matrix with several study repeats adds the repeat (two repeats may choose the same settings)."""
     view = _view(conf, CELL_IGNORED_KEYS, CELL_IGNORED_SUBKEYS)
     view["student_lr"] = student_lr(conf, conf["student"]["arch"])
     version = method_version((conf.get("distill") or {}).get("name"))
     if version != 1:  # only then: the keys of cells run before versions existed stay valid
         view["method_version"] = version
+    repeat = (conf.get("tune") or {}).get("repeat")
+    if repeat is not None:  # set only with tune.repeats > 1: a single study's cells keep their keys
+        view["tune_repeat"] = repeat
     return fingerprint({"what": "cell", **view})
 
 
@@ -49,8 +53,9 @@ def method_version(name: str | None) -> int:
     return METHODS.get(name).version if name in METHODS.names() else 1
 
 
-# What may differ between the cells of one table: the pair, the method (and its distill settings), the seed.
-SETTINGS_IGNORED_KEYS = (*CELL_IGNORED_KEYS, "seed", "method", "distill", "optuna_trial")
+# What may differ between the cells of one table: the pair, the method (and its distill settings, or a tuned
+# vanilla student's recipe), the seed.
+SETTINGS_IGNORED_KEYS = (*CELL_IGNORED_KEYS, "seed", "method", "distill", "optuna_trial", "student_recipe")
 SETTINGS_IGNORED_SUBKEYS = {**CELL_IGNORED_SUBKEYS, "teacher": ("arch", "kwargs"), "student": ("arch", "kwargs")}
 
 
@@ -162,20 +167,16 @@ def matrix_path(name_or_path: str) -> Path:
 
 def load_matrix(name_or_path: str) -> MatrixSpec:
     """Read a matrix file's sweeper params (Hydra's override grammar: 'a->b','c->d' / kd,dkd / range(0,3))."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     path = matrix_path(name_or_path)
     raw = OmegaConf.to_container(OmegaConf.load(path))
     params = ((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
-    parser = OverridesParser.create()
 
     def axis(key: str) -> list[str]:
         if key not in params:
             raise ValueError(f"{path}: hydra.sweeper.params has no {key!r} axis")
-        override = parser.parse_overrides([f"{key}={params[key]}"])[0]
-        values = override.sweep_string_iterator() if override.is_sweep_override() else [str(override.value())]
-        return [str(v).strip("'\"") for v in values]
+        return axis_values(key, params[key])
 
     for pair in axis("pair"):
         parse_pair(pair)
@@ -183,3 +184,12 @@ def load_matrix(name_or_path: str) -> MatrixSpec:
         name=path.stem, pairs=axis("pair"), methods=axis("distill"), seeds=[int(s) for s in axis("seed")],
         experiment=(raw.get("tracking") or {}).get("experiment"),
     )
+
+
+def axis_values(key: str, text) -> list[str]:
+    """The values of one sweeper param in Hydra's override grammar ('a->b','c->d' / kd,dkd / range(0,3))."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_overrides([f"{key}={text}"])[0]
+    values = override.sweep_string_iterator() if override.is_sweep_override() else [str(override.value())]
+    return [str(v).strip("'\"") for v in values]

@@ -1,16 +1,23 @@
-"""Tuned matrices: per (pair, method), one Optuna study on the validation split with the same budget for
-every method, then every seed of the cell trains at the study's best settings.
+"""Tuned matrices: per (pair, method), `tune.repeats` independent Optuna studies on the validation split with
+the same budget for every method (the vanilla student included: it searches its own recipe), then every seed of
+the cell trains at each study's best settings.
 
-The orchestration makes one call per cell, after the matrix keys are applied and before the cell key:
+The orchestration makes one call per cell and repeat, after the matrix keys are applied and before the cell key:
 
-    tags = apply_tuning(conf)    # {} unless conf["tune"]["enabled"]; merges the best settings into conf["distill"]
+    for r in range(repeats(conf)):
+        tags = apply_tuning(conf_copy, run, repeat=r)  # merges study r's best settings into the copy
 
 The study is the existing sweeper engine (kdexp.sweep.engine.OptunaSweep: sampler, pruner, study lock,
 heartbeats, resume up to n_trials, MLflow parent run) with an in-process launcher: each trial is the cell
-at its sampled settings, trained by the experiment entry point for `tune.epochs` epochs on `tune.seed`,
-with the pruner fed by the validation accuracy of every epoch. The objective is a validation metric
+at its sampled settings, trained by the experiment entry point for `tune.epochs` epochs on the repeat's tuning
+seed, with the pruner fed by the validation accuracy of every epoch. The objective is a validation metric
 (ALLOWED_METRICS); trial runs go to their own MLflow experiment (`<experiment>-tuning`), so no table
-ever mixes them in. Every seed of the cell (and a re-run of the matrix) finds the same finished study.
+ever mixes them in. Every seed of the cell (and a re-run of the matrix) finds the same finished studies.
+
+The protocol (a reviewer's checklist): trial seeds never equal an evaluation seed of the matrix (ConfigError
+unless `allow_seed_overlap`); repeat r has its own trial seed (`seed + r`) and sampler seed (`sampler.seed + r`),
+so the table can show tuning variance beside seed variance; with `match_budget` every row gets the same
+student optimizer steps: an init stage that trains the student takes its epochs from the budget.
 """
 
 from __future__ import annotations
@@ -23,61 +30,158 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
+from kdexp.config.errors import ConfigError, MatrixError
+
 log = logging.getLogger("kdexp")
 SEARCH_DIR = Path(__file__).resolve().parents[1] / "conf" / "search"  # shipped in the package (link in the repo)
 ALLOWED_METRICS = ("student/val_acc", "student/best_val_acc")  # validation only: tuning never sees test
+# What a search space may set: a method's own settings, or the student's recipe (never `recipe`, which is the
+# teacher's too: searching it would give every trial its own teacher, whose cache key holds its recipe)
+SEARCHABLE = ("distill.", "student_recipe.")
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
-    "n_trials": 12,          # per (pair, method), whatever the size of its search space
+    "n_trials": 12,          # per (pair, method, repeat), whatever the size of its search space
     "epochs": 3,             # per trial
     "train_batches": 1.0,    # part of each trial epoch's training batches (a random half at 0.5): the
                              #   settings are ranked on less data, every cell still trains on all of it
-    "seed": 0,               # the trials' seed; the cell's seeds then train at the best settings
+    "seed": 1000,            # the trials' seed (repeat r: seed + r); must differ from the matrix's seeds
+    "allow_seed_overlap": False,  # true: trials may train at an evaluation seed (a ConfigError otherwise)
+    "repeats": 1,            # independent studies per (pair, method), each with its own trial and sampler seed;
+                             #   each one's best settings train every seed (tag kdexp.tune_repeat; in the cell
+                             #   key only when > 1, so single-study cells keep their keys)
+    "match_budget": True,    # an init stage that trains the student (AB, FSP) takes its epochs from
+                             #   trainer.max_epochs (and a trial's from tune.epochs): every row gets the same
+                             #   student optimizer steps. false: the init stage comes on top, as outside matrices
     "metric": "student/val_acc",
-    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},
+    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},  # repeat r: seed + r
     "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1},
     "storage": None,         # default sqlite:///${paths.root}/optuna.db
     "experiment_suffix": "-tuning",
 }
-RECORD_KEYS = ("study", "chosen", "best_value")  # what apply_tuning writes into conf["tune"]
+RECORD_KEYS = ("study", "chosen", "best_value", "repeat", "tags")  # what the orchestration writes into conf["tune"]
 
 
-def search_space(method: str) -> dict[str, str]:
-    """conf/search/<method>.yaml's params: sweeper-grammar expressions keyed by `distill.` keys."""
+def search_params(method: str) -> dict[str, str]:
+    """conf/search/<method>.yaml's params as written: override keys ('++student_recipe.lr', which Hydra needs
+    to add a key the config lacks) -> sweeper-grammar expressions."""
     path = SEARCH_DIR / f"{method}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
         raise ValueError(f"tune: method {method!r} has no search space ({path}); methods with one: {known}")
     raw = OmegaConf.to_container(OmegaConf.load(path))
     params = ((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
-    bad = [k for k in params if not str(k).startswith("distill.")]
+    bad = [k for k in params if not str(k).lstrip("+").startswith(SEARCHABLE)]
     if bad:
-        raise ValueError(f"{path}: only distill.* keys may be searched, got {bad}")
+        raise ValueError(f"{path}: only {', '.join(p + '*' for p in SEARCHABLE)} keys may be searched, got {bad}")
     return {str(k): str(v) for k, v in params.items()}
 
 
+def search_space(method: str) -> dict[str, str]:
+    """The searched config keys (as run params: `distill.temperature`, `student_recipe.lr`) -> grammar."""
+    return {k.lstrip("+"): v for k, v in search_params(method).items()}
+
+
 def tune_settings(conf: dict) -> dict[str, Any]:
+    """The `tune` node over DEFAULTS, checked (a bad value: ConfigError naming it)."""
     node = {k: v for k, v in (conf.get("tune") or {}).items() if k not in RECORD_KEYS}
     unknown = sorted(set(node) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"tune: unknown keys {unknown}; allowed: {', '.join(DEFAULTS)}")
+        raise ConfigError(f"tune: unknown keys {unknown}; allowed: {', '.join(DEFAULTS)}")
     s = {**copy.deepcopy(DEFAULTS), **node}
     if s["metric"] not in ALLOWED_METRICS:
-        raise ValueError(f"tune.metric={s['metric']!r} is invalid: tuning optimises a validation metric, one of: "
-                         f"{', '.join(ALLOWED_METRICS)}")
-    for key in ("n_trials", "epochs"):
+        raise ConfigError(f"tune.metric={s['metric']!r} is invalid: tuning optimises a validation metric, one of: "
+                          f"{', '.join(ALLOWED_METRICS)}")
+    for key in ("n_trials", "epochs", "repeats"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
-            raise ValueError(f"tune.{key}={s[key]!r} is invalid: must be an integer >= 1")
+            raise ConfigError(f"tune.{key}={s[key]!r} is invalid: must be an integer >= 1")
+    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
+        raise ConfigError(f"tune.seed={s['seed']!r} is invalid: must be an integer >= 0")
     tb = s["train_batches"]
     if isinstance(tb, bool) or not isinstance(tb, (int, float)) or not 0 < tb <= 1:
-        raise ValueError(f"tune.train_batches={tb!r} is invalid: must be a fraction in (0, 1]")
+        raise ConfigError(f"tune.train_batches={tb!r} is invalid: must be a fraction in (0, 1]")
     return s
 
 
+def repeats(conf: dict) -> int:
+    """How many studies (and so cells per seed) a tuned cell has; 1 when tuning is off."""
+    s = tune_settings(conf)
+    return s["repeats"] if s["enabled"] else 1
+
+
+def repeat_settings(s: dict, repeat: int) -> dict:
+    """Study `repeat`'s settings: trial seed `seed + repeat`, sampler seed `sampler.seed + repeat` (repeat 0 is
+    the study a single-study matrix runs, under the same name)."""
+    if not 0 <= repeat < s["repeats"]:
+        raise ConfigError(f"tune repeat {repeat} is invalid: tune.repeats={s['repeats']} gives 0..{s['repeats'] - 1}")
+    sampler = {**s["sampler"], "seed": int(s["sampler"].get("seed") or 0) + repeat}
+    return {**s, "seed": s["seed"] + repeat, "sampler": sampler}
+
+
+def trial_seeds(s: dict) -> list[int]:
+    return [s["seed"] + r for r in range(s["repeats"])]
+
+
+def check_seeds(conf: dict, s: dict) -> None:
+    """Trials must not train at an evaluation seed (the cell's, and every seed of the matrix's `seed` axis when
+    run by a matrix): the chosen settings would then be fitted to the very seeds the table reports."""
+    if s["allow_seed_overlap"]:
+        return
+    evaluation = {int(conf["seed"]), *matrix_seeds()}
+    overlap = sorted(evaluation.intersection(trial_seeds(s)))
+    if overlap:
+        raise MatrixError(
+            f"tune.seed={s['seed']} (trial seeds {trial_seeds(s)}, tune.repeats={s['repeats']}) overlaps the "
+            f"matrix's seeds {sorted(evaluation)} at {overlap}: set tune.seed outside them (e.g. 1000), or "
+            "tune.allow_seed_overlap=true")
+
+
+def matrix_seeds() -> list[int]:
+    """The `seed` axis of the running multirun's sweeper params ([] outside a Hydra multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    params = (HydraConfig.get().sweeper.get("params") or {}) if "sweeper" in HydraConfig.get() else {}
+    if "seed" not in params:
+        return []
+    from kdexp.bench.matrix import axis_values
+
+    return [int(v) for v in axis_values("seed", params["seed"])]
+
+
+def student_init_epochs(conf: dict) -> int:
+    """Epochs of the method's init stage that train the student (AB, FSP); 0 for none, or for an init stage
+    that trains only the method's own modules (FT's paraphraser: no student optimizer step)."""
+    import inspect
+
+    from kdexp.distill import METHODS
+
+    cls = METHODS.get(conf["distill"]["name"])
+    default = inspect.signature(cls.__init__).parameters.get("init_epochs")
+    epochs = conf["distill"].get("init_epochs", 0 if default is None else default.default)
+    return int(epochs or 0) if cls.init_trains_student else 0
+
+
+def main_epochs(conf: dict, s: dict, epochs: int, key: str) -> int:
+    """The main stage's epochs within a budget of `epochs` student epochs (`key` names it in errors): with
+    `match_budget`, less the init stage's, so that every row takes the same student optimizer steps."""
+    init = student_init_epochs(conf)
+    if not s["match_budget"] or not init:
+        return epochs
+    if init >= epochs:
+        raise MatrixError(
+            f"distill.init_epochs={init} leaves no main-stage epoch of {key}={epochs} ({conf['distill']['name']} "
+            "in a tuned matrix: an init stage takes its epochs from the student's budget): lower "
+            f"distill.init_epochs, raise {key}, or set tune.match_budget=false")
+    return epochs - init
+
+
 def trial_base(conf: dict, s: dict) -> dict:
-    """The cell as every trial trains it: tuning seed and epochs, its own MLflow experiment, no baseline."""
+    """The cell as every trial of study `s` (a repeat's settings) trains it: its tuning seed and epochs (less a
+    student init stage's, as the cell's), its own MLflow experiment, no baseline."""
     base = copy.deepcopy(conf)
-    base["seed"], base["trainer"]["max_epochs"] = s["seed"], s["epochs"]
+    base["seed"] = s["seed"]
+    base["trainer"]["max_epochs"] = main_epochs(conf, s, s["epochs"], "tune.epochs")
     if s["train_batches"] < 1:  # Lightning's limit: the first part of each shuffled epoch, every stage
         base["trainer"]["limit_train_batches"] = float(s["train_batches"])
     base["tune"] = {"enabled": False}
@@ -107,13 +211,13 @@ def study_name(conf: dict, s: dict, space: dict[str, str]) -> str:
 @dataclass
 class Tuning:
     study: str
-    overrides: dict  # nested distill settings, e.g. {"temperature": 2.5, "weights": {"kd": 0.4}}
+    overrides: dict  # the best settings by config node, e.g. {"distill": {"temperature": 2.5}, "student_recipe": ...}
     best_value: float
     counts: dict[str, int]
 
 
-def tune_cell(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> Tuning | None:
-    """Find or run the study of this cell's (pair, method); None when tuning is off or nothing is searched.
+def tune_cell(conf: dict, run: Callable[[Any, Path], dict] | None = None, repeat: int = 0) -> Tuning | None:
+    """Find or run study `repeat` of this cell's (pair, method); None when tuning is off or nothing is searched.
     `run(cfg, run_dir) -> metrics` trains one trial: the experiment entry point, handed down by the
     dispatcher that calls this (kdexp.experiments.run_experiment), so that this module imports no layer
     above it."""
@@ -121,41 +225,55 @@ def tune_cell(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> Tun
     s = tune_settings(conf)
     if not s["enabled"]:
         return None
+    check_seeds(conf, s)
     method = conf.get("method") or conf["distill"]["name"]
     space = search_space(method)
     if not space:
         return None
     from kdexp.sweep.storage import absolute_sqlite_url
 
+    main_epochs(conf, s, conf["trainer"]["max_epochs"], "trainer.max_epochs")  # the cell's budget, before trials
+    s = repeat_settings(s, repeat)
     name = study_name(conf, s, space)
     url = absolute_sqlite_url(s["storage"] or f"sqlite:///{conf['paths']['root']}/optuna.db")
     study = _finished_study(url, name, s["n_trials"])
     if study is None:
-        log.info("tuning %s: study %r, %d trials of %d epochs", method, name, s["n_trials"], s["epochs"])
+        log.info("tuning %s: study %r (repeat %d), %d trials of %d epochs", method, name, repeat, s["n_trials"],
+                 s["epochs"])
         if run is None:
             raise RuntimeError(f"tuning {method}: study {name!r} is not finished and no trial runner was given")
-        study = _run_study(conf, s, space, url, name, run)
+        study = _run_study(conf, s, search_params(method), url, name, run)
     return _result(study, name)
 
 
-def tuned_overrides(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> dict:
-    """The best distill settings of this cell's (pair, method) to merge into `distill` ({} when untuned)."""
-    result = tune_cell(conf, run)
+def tuned_overrides(conf: dict, run: Callable[[Any, Path], dict] | None = None, repeat: int = 0) -> dict:
+    """The best settings of study `repeat` of this cell's (pair, method), by config node ({} when untuned)."""
+    result = tune_cell(conf, run, repeat)
     return result.overrides if result else {}
 
 
-def apply_tuning(conf: dict, run: Callable[[Any, Path], dict] | None = None) -> dict[str, str]:
-    """The one call of the orchestration: merge the best settings into conf["distill"], record them in
-    conf["tune"] (so they are run params: tune.chosen.*, tune.study) and return the student run's tags."""
-    result = tune_cell(conf, run)
+def apply_tuning(conf: dict, run: Callable[[Any, Path], dict] | None = None, repeat: int = 0) -> dict[str, str]:
+    """The one call of the orchestration per repeat: merge study `repeat`'s best settings into `conf`, take a
+    student init stage's epochs from trainer.max_epochs (`match_budget`), record the choice in conf["tune"]
+    (so it is run params: tune.chosen.*, tune.study) and return the student run's tags."""
+    result = tune_cell(conf, run, repeat)
     if result is None:
         return {}
     from kdexp.config.matrix_keys import merge
 
-    merge(conf["distill"], result.overrides)
+    s = tune_settings(conf)
+    epochs = main_epochs(conf, s, conf["trainer"]["max_epochs"], "trainer.max_epochs")
+    if epochs != conf["trainer"]["max_epochs"] and conf.get("baseline"):
+        raise ConfigError(f"baseline=true with distill.init_epochs={student_init_epochs(conf)} in a tuned matrix: "
+                          "the baseline would train the shortened main stage; set baseline=false (tuned tables "
+                          "compare against the tuned `none` row)")
+    conf["trainer"]["max_epochs"] = epochs
+    merge(conf, result.overrides)
     conf["tune"] = {**conf["tune"], "study": result.study, "chosen": result.overrides,
                     "best_value": result.best_value}
-    return {"kdexp.tuned": "true", "kdexp.tune.study": result.study,
+    if s["repeats"] > 1:  # only then in the cell key (kdexp.bench.matrix.cell_key)
+        conf["tune"]["repeat"] = repeat
+    return {"kdexp.tuned": "true", "kdexp.tune.study": result.study, "kdexp.tune_repeat": str(repeat),
             "kdexp.tune.trials": ",".join(f"{k}={v}" for k, v in result.counts.items())}
 
 
@@ -180,7 +298,7 @@ def _finished_study(url: str, name: str, n_trials: int):
     return study if done >= n_trials else None
 
 
-def _run_study(conf: dict, s: dict, space: dict[str, str], url: str, name: str, run: Callable):
+def _run_study(conf: dict, s: dict, params: dict[str, str], url: str, name: str, run: Callable):
     import optuna
 
     from kdexp.sweep.engine import OptunaSweep
@@ -189,7 +307,7 @@ def _run_study(conf: dict, s: dict, space: dict[str, str], url: str, name: str, 
     base = trial_base(conf, s)
     settings = {"storage": url, "study_name": name, "n_trials": s["n_trials"], "n_jobs": 1,
                 "sampler": s["sampler"], "pruner": s["pruner"],
-                "objectives": [{"metric": s["metric"], "direction": "maximize"}], "params": space,
+                "objectives": [{"metric": s["metric"], "direction": "maximize"}], "params": params,
                 "max_failures": 3, "heartbeat_interval": 30, "grace_period": 120, "mlflow": True}
     root = Path(conf["paths"]["root"]) / "tuning" / name.replace(">", "")
     app = OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}},
@@ -210,7 +328,7 @@ def _result(study, name: str) -> Tuning:
     nested: dict = {}
     for key, value in best.params.items():
         node = nested
-        *parents, leaf = key.split(".")[1:]  # drop the leading "distill"
+        *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value

@@ -69,7 +69,8 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
     from kdexp.config.plugins import load_plugins
 
     load_plugins(conf.get("imports") or [])  # users' models / methods / data sets, before names are checked
-    for slot in ("variant", "tune", "imports"):  # the schema's empty slots: absent, as before it (cell keys)
+    # the schema's empty slots: absent, as before they existed (cell keys)
+    for slot in ("variant", "tune", "imports", "student_recipe"):
         if slot in conf and not conf[slot]:
             del conf[slot]
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
@@ -84,9 +85,11 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
 def recipe_for(conf: Mapping, role: str, arch: str | None = None) -> dict:
     """The recipe one role trains with. The teacher (and ensemble members) use `recipe`; a student of
     architecture `arch` (default: `student.arch`) uses `student_lr[arch]` where a matrix sets one — the
-    papers' "lr 0.01 for MobileNetV2/ShuffleNet students" — for its vanilla baseline and every stage."""
+    papers' "lr 0.01 for MobileNetV2/ShuffleNet students" — for its vanilla baseline and every stage, then
+    `student_recipe` (e.g. a tuned vanilla student's lr, weight_decay, label_smoothing). The teacher's recipe,
+    and so its cache key, never sees either."""
     recipe = dict(conf["recipe"])
     if role == "teacher":
         return recipe
     lr = student_lr(conf, arch or conf["student"]["arch"])
-    return recipe if lr is None else {**recipe, "lr": lr}
+    return {**recipe, **({} if lr is None else {"lr": lr}), **(conf.get("student_recipe") or {})}

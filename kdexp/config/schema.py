@@ -130,6 +130,8 @@ class TrainSchema:
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     variant: Optional[Dict[str, Any]] = None
     tune: Dict[str, Any] = field(default_factory=dict)  # a matrix's tuning (kdexp/bench/tuning.py); {}: none
+    # recipe keys (and label_smoothing) of the student stages only; {}: none (kdexp.config.parse.recipe_for)
+    student_recipe: Dict[str, Any] = field(default_factory=dict)
     imports: List[str] = field(default_factory=list)  # plug-in modules (kdexp/config/plugins.py)
     seed: int = MISSING
     baseline: bool = MISSING

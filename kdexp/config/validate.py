@@ -36,6 +36,7 @@ def validate_config(conf: dict) -> None:
     _positive_int(conf, "seed", conf["seed"], minimum=0)
     if not float(conf["recipe"]["lr"]) > 0:
         raise _bad("recipe.lr", conf["recipe"]["lr"], "must be > 0")
+    validate_student_recipe(conf.get("student_recipe") or {}, conf["recipe"])
     ckpt = conf["teacher"].get("ckpt")
     if ckpt is not None and not Path(ckpt).is_file():
         raise _bad("teacher.ckpt", ckpt, "no such file")
@@ -57,6 +58,24 @@ def validate_config(conf: dict) -> None:
     validate_method_keys(distill)
     validate_weights(distill.get("weights") or {}, method_terms(distill["name"]), "distill.weights")
     check_trainer_arguments(conf["trainer"])  # imports Lightning: last
+
+
+STUDENT_ONLY_RECIPE_KEYS = ("label_smoothing",)  # read by the student's loss (DistillModule), absent: 0
+
+
+def validate_student_recipe(node: dict, recipe: dict) -> None:
+    """`student_recipe`: keys of `recipe` (plus label_smoothing) with sensible numbers."""
+    allowed = (*recipe, *STUDENT_ONLY_RECIPE_KEYS)
+    for key, value in node.items():
+        if key not in allowed:
+            raise _bad(f"student_recipe.{key}", value, f"a recipe key; choose from: {', '.join(allowed)}")
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        if key == "lr" and not (number and value > 0):
+            raise _bad("student_recipe.lr", value, "must be a number > 0")
+        if key == "weight_decay" and not (number and value >= 0):
+            raise _bad("student_recipe.weight_decay", value, "must be a number >= 0")
+        if key == "label_smoothing" and not (number and 0 <= value < 1):
+            raise _bad("student_recipe.label_smoothing", value, "must be a number in [0, 1)")
 
 
 def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:

@@ -37,19 +37,31 @@ def experiment_kind(conf: Mapping) -> str:
 
 def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
     """Validate the config and dispatch it to its kind; with `tune.enabled` (a tuned matrix), the best
-    settings of the cell's (pair, method) study — found or run first, on the validation split — are merged
-    into `distill`; with `skip_finished`, a FINISHED run of the same matrix cell is returned instead of
-    training again."""
-    from kdexp.bench.matrix import cell_key, cell_lease, finished_cell_metrics
+    settings of each of the cell's (pair, method) studies — found or run first, on the validation split — are
+    merged into the config, one cell per study repeat; with `skip_finished`, a FINISHED run of the same matrix
+    cell is returned instead of training again."""
     from kdexp.config.parse import parse_config, thaw
 
     conf = parse_config(cfg, stores=True)
-    if (conf.get("tune") or {}).get("enabled"):
-        from kdexp.bench.tuning import apply_tuning
+    if not (conf.get("tune") or {}).get("enabled"):
+        return _dispatch(conf, run_dir)
+    from kdexp.bench.tuning import apply_tuning, repeats
 
+    metrics: dict[str, float] = {}
+    count = repeats(conf)
+    for repeat in range(count):  # one cell per study repeat; the last one's metrics are returned
         tuned = thaw(conf)
-        tags = apply_tuning(tuned, run=run_experiment)  # trials run this function, untuned
-        conf = parse_config({**tuned, "tune": {**tuned["tune"], "enabled": False, "tags": tags}})
+        tags = apply_tuning(tuned, run=run_experiment, repeat=repeat)  # trials run this function, untuned
+        metrics = _dispatch(parse_config({**tuned, "tune": {**tuned["tune"], "enabled": False, "tags": tags}}),
+                            Path(run_dir) / f"repeat{repeat}" if count > 1 else run_dir)
+        if not tags:  # a method with nothing to search: one cell, untuned
+            break
+    return metrics
+
+
+def _dispatch(conf, run_dir: str | Path) -> dict[str, float]:
+    from kdexp.bench.matrix import cell_key, cell_lease, finished_cell_metrics
+
     module, function = EXPERIMENTS[experiment_kind(conf)].split(":")
     cell = cell_key(conf)
     with cell_lease(conf, cell):  # a cell another process is training: wait, then find it finished

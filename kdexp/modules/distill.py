@@ -104,7 +104,8 @@ class DistillModule(L.LightningModule):
     # -- the loss ------------------------------------------------------------------------
     def augment_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The inputs both nets see this step, and the hard-label loss on them (variant=augmented mixes)."""
-        return x, lambda logits: F.cross_entropy(logits, y)
+        smoothing = float(self.recipe.get("label_smoothing", 0.0))  # student_recipe.label_smoothing; absent: 0
+        return x, lambda logits: F.cross_entropy(logits, y, label_smoothing=smoothing)
 
     def loss_terms(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         x, hard_label_loss = self.augment_batch(x, y)

@@ -84,9 +84,19 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
     if not runs:
         raise LookupError(f"no FINISHED student runs in experiment(s) {', '.join(names)}"
                           + (f" matching {query!r}" if query else ""))
-    if matrix is not None:  # rows of a tuned matrix are its methods' tuned runs (the vanilla student has none)
+    if matrix is not None:  # rows of a tuned matrix are its methods' tuned runs
         matrix.methods = matrix_rows(args.matrix, matrix.methods, args.paper_vs_tuned)
     records, notes = records_from_runs(runs, args.select, matrix)
+    from kdexp.report.tuned import (
+        add_tuning_columns,
+        paper_vs_tuned_markdown,
+        settings_markdown,
+        tuning_markdown,
+        vanilla_control,
+    )
+
+    if matrix is not None:  # a tuned matrix's vanilla row: its tuned vanilla student
+        records, matrix.methods = vanilla_control(records, matrix.methods)
     table = build_table(records, args.select, notes, pairs=matrix.pairs if matrix else None,
                         methods=matrix.methods if matrix else None,
                         expected_seeds=args.seeds or (len(matrix.seeds) if matrix else None))
@@ -95,10 +105,10 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
     out_dir = Path(args.out) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = render.csv_rows(table)
+    add_tuning_columns(table, rows, records)
     markdown = render.to_markdown(table, f"kdexp report: {name}")
-    from kdexp.report.tuned import paper_vs_tuned_markdown, settings_markdown
-
-    for section in (paper_vs_tuned_markdown(table), settings_markdown(table)):
+    for section in (paper_vs_tuned_markdown(table), tuning_markdown(table, records),
+                    settings_markdown(table, records)):
         markdown += "\n" + section if section else ""
     if args.reference:
         from kdexp.report.reference import add_reference_columns, load_reference, reference_markdown
@@ -122,7 +132,7 @@ def make_report(args: argparse.Namespace) -> tuple[Table, Path, list[Path], str]
 
 def matrix_rows(name_or_path: str, methods: list[str], both: bool) -> list[str]:
     """A matrix's row labels: its methods, tuned ones as <method>+tuned when the file sets tune.enabled
-    (a method without a search space, e.g. the vanilla student, is never tuned); both kinds with `both`."""
+    (a method without a search space is never tuned); both kinds with `both`."""
     from omegaconf import OmegaConf
 
     from kdexp.bench.matrix import matrix_path

@@ -29,6 +29,9 @@ class Record:
     params: float | None = None
     latency_ms: float | None = None  # CPU latency at batch 1
     settings: dict[str, str] | None = None  # the searched keys (conf/search/<method>.yaml) as run params
+    repeat: str | None = None  # a tuned cell's study repeat (tag kdexp.tune_repeat)
+    steps: float | None = None  # the student's optimizer steps (student/optimizer_steps)
+    wall_s: float | None = None  # the student's training wall time (student/train_seconds)
 
 
 @dataclass
@@ -71,10 +74,10 @@ def run_settings(run, row: str) -> dict[str, str]:
 
 
 def latest_per_cell(runs: list, notes: Notes) -> list:
-    """One run per (pair, method, seed): the latest; older repeats are counted, not averaged in."""
+    """One run per (pair, method, seed, study repeat): the latest; older re-runs are counted, not averaged in."""
     latest: dict[tuple, object] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        key = (run_pair(run), run_method(run), run.data.tags.get("seed"))
+        key = (run_pair(run), run_method(run), run.data.tags.get("seed"), run.data.tags.get("kdexp.tune_repeat"))
         if key in latest:
             notes.duplicates += 1
         latest[key] = run
@@ -105,7 +108,9 @@ def records_from_runs(runs: list, select: str, matrix=None) -> tuple[list[Record
             continue
         row = run_method(run)
         records.append(Record(row, pair, run.data.tags.get("seed", "?"), 100 * m[metric],
-                              m.get("student/params"), m.get("student/latency_b1_ms"), run_settings(run, row)))
+                              m.get("student/params"), m.get("student/latency_b1_ms"), run_settings(run, row),
+                              run.data.tags.get("kdexp.tune_repeat"), m.get("student/optimizer_steps"),
+                              m.get("student/train_seconds")))
     records += teacher_records(runs)
     records += vanilla_from_baselines(runs, records, select, notes)
     return records, notes

@@ -4,6 +4,7 @@ hard labels; and distilled *links* (a student cached like a teacher, for chains 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -51,7 +52,8 @@ def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.M
                     callbacks: list | None = None, stage: str | None = None, ckpt_dir: Path | None = None,
                     best_metrics: Callable[[nn.Module], dict] | None = None) -> dict[str, float]:
     """Train `student` from `teacher` with `method`: the method's init stage (AB / FT / FSP) first, then
-    `trainer.max_epochs` of its loss. Returns val_acc, best_val_acc, best_epoch, adapter_params and, for
+    `trainer.max_epochs` of its loss. Returns val_acc, best_val_acc, best_epoch, adapter_params, the student's
+    optimizer_steps (both stages) and train_seconds (their wall time) and, for
     the epoch of best validation accuracy, best_val/test_* (by `best_metrics`, default `evaluate`).
     Each stage checkpoints under `ckpt_dir` (default: the run's student folder) and resumes from it."""
     d, epochs = ctx.conf["distill"], ctx.conf["trainer"]["max_epochs"]
@@ -59,16 +61,20 @@ def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.M
     ckpt_dir = ckpt_dir or ctx.student_checkpoints
     recipe = dict(recipe if recipe is not None else ctx.recipe_for("student"))
     extra = dict(module_kwargs or {})
+    started, steps = time.perf_counter(), 0
     if method.init_epochs > 0:
         init = module_cls(student, teacher=teacher, method=method, recipe=recipe, max_epochs=method.init_epochs,
                           stage="init", metric_sink=ctx.tracker.sink(run_id, "init/"), **extra)
-        fit(ctx, init, method.init_epochs, stage="init", ckpt_dir=ckpt_dir and ckpt_dir / "init")
+        trainer = fit(ctx, init, method.init_epochs, stage="init", ckpt_dir=ckpt_dir and ckpt_dir / "init")
+        steps += trainer.global_step if method.init_trains_student else 0  # FT's init steps its paraphraser only
     module = module_cls(student, teacher=teacher, method=method, weights=dict(weights or d["weights"]),
                         temperature=d["temperature"], recipe=recipe, max_epochs=epochs,
                         metric_sink=ctx.tracker.sink(run_id), **extra)
-    fit(ctx, module, epochs, callbacks, stage=stage, ckpt_dir=ckpt_dir and ckpt_dir / "distill")
+    steps += fit(ctx, module, epochs, callbacks, stage=stage, ckpt_dir=ckpt_dir and ckpt_dir / "distill").global_step
+    # the budget a row had (tuned tables compare rows at equal student steps) and what it cost
     metrics = {"val_acc": module.last_val_acc, "best_val_acc": module.best_val_acc, "best_epoch": module.best_epoch,
-               "adapter_params": sum(p.numel() for p in method.parameters())}
+               "adapter_params": sum(p.numel() for p in method.parameters()), "optimizer_steps": steps,
+               "train_seconds": time.perf_counter() - started}
     if module.best_state is not None:
         best = (best_metrics or (lambda m: evaluate(ctx, m, "student_best", costs=False)))(module.best_student())
         metrics.update({f"best_val/{k}": v for k, v in best.items()})
