@@ -113,7 +113,7 @@ def ranking_plot(plt, table: Table, path: Path) -> Path | None:
     ranked, shown = ranking(table)
     if not ranked:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(ranked) + 1.2))
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(ranked) + 1.5))
     values = [v for _, _, v in ranked]
     delta = shown.startswith("mean Δ")
     ax.barh(range(len(ranked)), values,
@@ -124,7 +124,7 @@ def ranking_plot(plt, table: Table, path: Path) -> Path | None:
         ax.axvline(0, color="black", lw=0.8)
     else:
         ax.set_xlim(min(values) - 5, max(values) + 1)  # accuracies: the differences are what matters
-    ax.set_xlabel(f"{shown}, {table.select}; ordered by mean rank over pairs")
+    ax.set_xlabel(f"{shown}, {table.select}\nordered by mean rank over pairs", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
