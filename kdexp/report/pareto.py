@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdexp.report.collect import SELECT_METRICS, run_method, run_pair
+from kdexp.report.collect import SELECT_METRICS, run_method, run_pair, run_settings
 from kdexp.report.compare import settings_text
 from kdexp.report.sweeps import describe, objectives, pareto_front, studies, trial_number
 
@@ -23,7 +23,7 @@ def pareto_markdown(runs: list, select: str) -> str:
             m = run.data.metrics
             values = " | ".join(f"{m[metric_name]:.4g}" for metric_name, _ in objs)
             test = f"{100 * m[metric]:.2f}" if metric in m else "–"
-            settings = settings_text({k: v for k, v in run.data.params.items() if k != "teacher.ckpt"})
+            settings = settings_text(run_settings(run, run_method(run)))
             lines.append(f"| {trial_number(run)} | {run_pair(run)} | {run_method(run)} | {values} | {test} | "
                          f"{settings} |")
         sections.append("\n".join(lines) + "\n")
