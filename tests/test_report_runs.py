@@ -36,6 +36,7 @@ def store(tmp_path_factory):
     return uri, ids
 
 
+@pytest.mark.slow  # a new MLflow store: its migrations take seconds
 def test_the_table_regenerates_from_runs_csv_byte_for_byte(store, tmp_path):
     uri, ids = store
     options = ["--select", "best-val", "--ci", "--no-plots"]
@@ -59,7 +60,7 @@ def test_the_table_regenerates_from_runs_csv_byte_for_byte(store, tmp_path):
     assert "--select best-val --test paired-t --correction holm --ci`" in (first / "table.md").read_text()
 
 
-def test_a_runs_file_without_the_needed_columns_is_one_line_and_exit_2(store, tmp_path, capsys):
+def test_a_runs_file_without_the_needed_columns_is_one_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "runs.csv"
     bad.write_text("run_id,start_time,teacher,student,method,data\nx,1,t,s,kd,synthetic\n")
     assert main(["--runs", str(bad), "--out", str(tmp_path), "--no-plots"]) == 2

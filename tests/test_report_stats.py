@@ -106,6 +106,7 @@ def report(uri, out, *args):
         return (out / "r" / "table.md").read_text(), {r["row"]: r for r in csv.DictReader(handle)}
 
 
+@pytest.mark.slow  # a new MLflow store: its migrations take seconds
 def test_report_marks_after_holm_over_the_column_with_raw_and_adjusted_p(store, tmp_path):
     md, rows = report(store, tmp_path)
     raw = {m: sp.ttest_rel(RUNS[m], RUNS["none"]).pvalue for m in ("kd", "at", "dkd")}
@@ -128,6 +129,7 @@ def test_report_marks_after_holm_over_the_column_with_raw_and_adjusted_p(store, 
     assert "no multiple-comparison correction, p < 0.05" in md_none and "adjusted p" not in md_none
 
 
+@pytest.mark.slow  # a new MLflow store: its migrations take seconds
 def test_ci_in_the_table_on_request_and_wilcoxon_named_in_the_caption(store, tmp_path):
     md, rows = report(store, tmp_path, "--ci", "--test", "wilcoxon")
     line = next(x for x in md.splitlines() if x.startswith("| KD |"))
@@ -137,6 +139,7 @@ def test_ci_in_the_table_on_request_and_wilcoxon_named_in_the_caption(store, tmp
         [a - b for a, b in zip(RUNS["kd"], RUNS["none"])]).pvalue)
 
 
+@pytest.mark.slow  # a new MLflow store: its migrations take seconds
 @pytest.mark.parametrize("flag, value, choices", [("--correction", "fdr", "holm, bonferroni, bh, none"),
                                                   ("--test", "ttest", "paired-t, wilcoxon, welch")])
 def test_report_rejects_an_unknown_test_or_correction_with_exit_2(store, tmp_path, capsys, flag, value, choices):

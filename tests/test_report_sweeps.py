@@ -64,6 +64,7 @@ def report(uri, out, experiment, *args):
         return (out / "r" / "table.md").read_text(), {(r["row"], r["pair"]): r for r in csv.DictReader(handle)}
 
 
+@pytest.mark.slow  # a new MLflow store: its migrations take seconds
 def test_a_sweep_cell_is_its_best_trial_by_the_objective_not_the_latest(store, tmp_path):
     md, cells = report(store, tmp_path, "single", "--no-plots")
     assert cells[("kd", "cnn_medium->cnn_tiny")]["mean"] == "65.00"  # trial 1 (val 0.70), not trial 2's 70.00
@@ -72,6 +73,7 @@ def test_a_sweep_cell_is_its_best_trial_by_the_objective_not_the_latest(store, t
     assert "## Pareto front" not in md  # one objective: no front
 
 
+@pytest.mark.slow  # a new MLflow store: its migrations take seconds
 def test_multi_objective_sweep_tables_its_pareto_front_and_takes_front_trials(store, tmp_path):
     md, cells = report(store, tmp_path, "multi")
     # cnn_small: trials 2, 3 on the front, best val 0.80 (trial 2); trial 4 has the best *test* but is dominated
