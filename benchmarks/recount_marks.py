@@ -8,6 +8,7 @@ numbers and cannot be recomputed. Usage:
 
     python benchmarks/recount_marks.py docs/fashion_full_benchmark.md --seeds 5
     python benchmarks/recount_marks.py docs/fashion_cpu_benchmark.md --seeds 3 --only "(tuned)"
+    python benchmarks/recount_marks.py docs/fashion_cpu_benchmark.md --seeds 3 --paper-vs-tuned
 """
 
 from __future__ import annotations
@@ -60,18 +61,43 @@ def recount(table: list[list[str]], seeds: int, only: str | None, correction: st
     return out
 
 
+def recount_paper_vs_tuned(table: list[list[str]], seeds: int, correction: str) -> list[dict]:
+    """Per column: tuned rows against the same method's paper-settings row (Welch), corrected over the methods."""
+    header, rows = table[0], {r[0]: r for r in table[1:]}
+    out = []
+    for j, pair in enumerate(header[1:], start=1):
+        found = []
+        for name in rows:
+            tuned = rows.get(f"{name} (tuned)")
+            paper_cell, tuned_cell = CELL.match(rows[name][j]), tuned and CELL.match(tuned[j])
+            if paper_cell and tuned_cell:
+                (m1, s1), (m0, s0) = (tuned_cell.group(1, 2)), (paper_cell.group(1, 2))
+                p = ttest_ind_from_stats(float(m1), float(s1), seeds, float(m0), float(s0), seeds, equal_var=False)
+                found.append((name, float(p.pvalue)))
+        adjusted = adjust([p for _, p in found], correction)
+        out.append({"pair": pair, "family": len(found), "printed": None,  # marked in another table
+                    "raw": [n for n, p in found if p < 0.05],
+                    "kept": [n for (n, _), q in zip(found, adjusted) if q < 0.05]})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("doc")
     parser.add_argument("--seeds", type=int, required=True, help="seeds per cell of the table")
     parser.add_argument("--only", help="only rows whose label contains this, e.g. '(tuned)'")
     parser.add_argument("--correction", default="holm")
+    parser.add_argument("--paper-vs-tuned", action="store_true",
+                        help="tuned rows against the same method's paper-settings row instead of the vanilla student")
     args = parser.parse_args()
     for i, table in enumerate(tables(Path(args.doc).read_text(encoding="utf-8"))):
         if not any(CELL.match(c) for row in table[1:] for c in row[1:]):
             continue  # a table without ± cells
-        for col in recount(table, args.seeds, args.only, args.correction):
-            print(f"table {i} {col['pair']}: {col['family']} rows; printed marks {len(col['printed'])}, "
+        columns = (recount_paper_vs_tuned(table, args.seeds, args.correction) if args.paper_vs_tuned
+                   else recount(table, args.seeds, args.only, args.correction))
+        for col in columns:
+            printed = "n/a" if col["printed"] is None else len(col["printed"])
+            print(f"table {i} {col['pair']}: {col['family']} rows; printed marks {printed}, "
                   f"recomputed Welch p<0.05 {len(col['raw'])}, after {args.correction} {len(col['kept'])}: "
                   f"{', '.join(col['kept']) or '-'}")
 
