@@ -48,7 +48,7 @@ def test_runs_record_the_code_the_process_loaded_not_a_later_head(tmp_path, monk
     assert loaded == {"mlflow.source.git.commit": "1" * 40, "kdexp.source.dirty": "true"}
     monkeypatch.setattr(tracking, "SOURCE_TAGS", loaded)
     monkeypatch.setattr(tracking, "_git", lambda *a: {"rev-parse": "2" * 40, "status": ""}[a[0]])  # a commit since
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", artifact_root=tmp_path / "art")
     tags = tracker.client.get_run(tracker.start("r", {})).data.tags
     assert tags["mlflow.source.git.commit"] == "1" * 40 and tags["kdexp.source.dirty"] == "true"
     assert tracking.source_tags()["kdexp.source.dirty"] == "false"
@@ -62,7 +62,7 @@ def test_every_run_records_its_frozen_environment_read_once_per_process(tmp_path
     import kdexp.tracking.runs as tracking
 
     tracking.environment.cache_clear()
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", artifact_root=tmp_path / "art")
     first, second = tracker.start("a", {}), tracker.start("b", {})
     info = tracking.environment.cache_info()
     assert (info.misses, info.hits) == (1, 1)  # two runs, one look at the installed packages
