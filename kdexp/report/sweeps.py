@@ -59,8 +59,8 @@ def best_trial(group: list, study_runs: list):
     if not scored:
         return group[-1]
     if len(objs) > 1:
-        on_front = [r for r in scored if r in pareto_front(study_runs)]
-        scored = on_front or scored
+        front = {id(r) for r in pareto_front(study_runs)}
+        scored = [r for r in scored if id(r) in front] or scored
     first = objs[:1]
     return max(sorted(scored, key=trial_number), key=lambda r: _key(r, first))
 
