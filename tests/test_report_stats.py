@@ -148,3 +148,15 @@ def test_report_rejects_an_unknown_test_or_correction_with_exit_2(store, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"kdexp-report: error: {flag} {value!r} is invalid: choose one of {choices}"]
     assert not (tmp_path / "bench").exists()  # nothing written
+
+
+def test_recount_marks_recomputes_welch_from_printed_numbers_and_applies_holm():
+    from benchmarks.recount_marks import recount, tables
+
+    text = ("| Teacher → Student | t->s |\n|---|---|\n| Teacher | 90.00 |\n| Student (vanilla) | 80.00 ± 1.00 |\n"
+            "| KD | 83.00 ± 1.00 (+3.00)* |\n| AT | 81.30 ± 0.50 (+1.30)* |\n| DKD | 80.50 ± 1.00 (+0.50) |\n")
+    (column,) = recount(tables(text)[0], 5, None, "holm")
+    raw = {m: sp.ttest_ind_from_stats(mean, sd, 5, 80.0, 1.0, 5, equal_var=False).pvalue
+           for m, mean, sd in (("KD", 83.0, 1.0), ("AT", 81.3, 0.5), ("DKD", 80.5, 1.0))}
+    assert raw["KD"] < 0.05 / 3 and 0.05 / 2 < raw["AT"] < 0.05  # Holm keeps KD, drops AT
+    assert column == {"pair": "t->s", "family": 3, "printed": ["KD", "AT"], "raw": ["KD", "AT"], "kept": ["KD"]}
