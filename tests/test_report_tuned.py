@@ -1,4 +1,4 @@
-"""kdexp-report: significance against the vanilla student (Welch's t-test), the settings each row ran with,
+"""kdexp-report: significance against the vanilla student (Welch's t-test on request), the settings each row ran with,
 and paper settings vs tuned side by side, on a hand-built MLflow store.
 
 Pair A (t_a->s_a), 3 seeds: vanilla 70/71/72; KD at paper settings 70.5/71.5/72.5 (within noise);
@@ -52,15 +52,17 @@ def report(uri, out, *args):
                                                    csv.DictReader(open(out / "r" / "results.csv", newline=""))}
 
 
-def test_significance_is_welchs_t_test_against_vanilla_and_marked(store, tmp_path):
-    md, cells = report(store, tmp_path, "--experiment", "bench")
+def test_significance_by_welchs_t_test_against_vanilla_holm_adjusted_and_marked(store, tmp_path):
+    md, cells = report(store, tmp_path, "--experiment", "bench", "--test", "welch")  # the paired p: 0/0 here
     expected = ttest_ind([75, 76, 77], [70, 71, 72], equal_var=False).pvalue  # 0.0031
     assert float(cells[("kd+tuned", A)]["p_vs_vanilla"]) == pytest.approx(expected, rel=1e-3)
+    assert float(cells[("kd+tuned", A)]["p_adjusted"]) == pytest.approx(2 * expected, rel=1e-3)  # Holm, 2 rows
     assert cells[("kd+tuned", A)]["significant"] == "1" and cells[("kd", A)]["significant"] == "0"
     assert float(cells[("kd", A)]["p_vs_vanilla"]) == pytest.approx(0.5734, abs=1e-3)
     assert cells[("none", A)]["p_vs_vanilla"] == "" and cells[("teacher", A)]["significant"] == "0"
     assert "| KD (tuned) | **76.00** ± 1.00 (+5.00)* |" in md and "| KD | 71.50 ± 1.00 (+0.50) |" in md
-    assert "Welch's t-test, two-sided, p < 0.05" in md
+    assert "(Welch's t-test, two-sided; Holm's step-down correction over the methods of each column, " \
+           "adjusted p < 0.05" in md
 
 
 def test_settings_table_reads_the_searched_keys_from_run_params(store, tmp_path):

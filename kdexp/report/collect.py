@@ -40,6 +40,8 @@ class Notes:
 
     without_metric: int = 0  # student runs lacking the selected metric
     duplicates: int = 0  # older runs of the same (pair, method, seed)
+    sweep_trials: int = 0  # trials of a sweep not taken: each cell takes its best by the objective(s)
+    objectives: set[str] = field(default_factory=set)  # the sweeps' objectives, described
     outside_matrix: int = 0  # runs of pairs, methods or seeds the matrix does not declare
     vanilla_from_baseline: set[str] = field(default_factory=set)  # pairs whose vanilla row is the baseline role
     settings: set[str] = field(default_factory=set)  # distinct `kdexp.settings` of the runs in the table
@@ -74,14 +76,28 @@ def run_settings(run, row: str) -> dict[str, str]:
 
 
 def latest_per_cell(runs: list, notes: Notes) -> list:
-    """One run per (pair, method, seed, study repeat): the latest; older re-runs are counted, not averaged in."""
-    latest: dict[tuple, object] = {}
+    """One run per (pair, method, seed, study repeat): the latest, older re-runs counted, not averaged in; for the trials
+    of a sweep, the best by the sweep's objective(s) (kdexp.report.sweeps), never merely the latest."""
+    from kdexp.report import sweeps
+
+    cells: dict[tuple, list] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         key = (run_pair(run), run_method(run), run.data.tags.get("seed"), run.data.tags.get("kdexp.tune_repeat"))
-        if key in latest:
-            notes.duplicates += 1
-        latest[key] = run
-    return list(latest.values())
+        cells.setdefault(key, []).append(run)
+    chosen = []
+    for group in cells.values():
+        trials = [r for r in group if sweeps.objectives(r)]
+        if trials:
+            study = trials[-1].data.tags.get(sweeps.STUDY_TAG)
+            study_runs = [r for r in runs if r.data.tags.get(sweeps.STUDY_TAG) == study and sweeps.objectives(r)]
+            chosen.append(sweeps.best_trial(trials, study_runs))
+            notes.sweep_trials += len(trials) - 1
+            notes.objectives.add(sweeps.describe(sweeps.objectives(trials[-1])))
+            notes.duplicates += len(group) - len(trials)
+        else:
+            chosen.append(group[-1])
+            notes.duplicates += len(group) - 1
+    return chosen
 
 
 def records_from_runs(runs: list, select: str, matrix=None) -> tuple[list[Record], Notes]:

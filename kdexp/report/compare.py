@@ -1,36 +1,15 @@
-"""Significance against the vanilla student, the settings each row ran with, and paper vs tuned settings.
-
-Significance: Welch's t-test (two-sided, unequal variances; scipy.stats.ttest_ind) of a row's per-seed
-accuracies against the vanilla student's of the same pair, p < ALPHA; undefined with fewer than two seeds
-on either side or no variance on both. Tuned rows are the same method with tag kdexp.tuned=true (label
-"<method>+tuned"); their settings are what the study chose (run params distill.*).
+"""Settings of rows and the paper-vs-tuned comparison: tuned rows are the same method with tag kdexp.tuned=true
+(label "<method>+tuned"); their settings are what the study chose (run params distill.*). The tests and the
+multiple-comparison control of the table are in kdexp.report.stats.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
+from kdexp.report.stats import welch_p  # noqa: F401 - the paper-vs-tuned section's test (kdexp.report.tuned)
 
 ALPHA = 0.05
 MARK = "*"
 TUNED_SUFFIX = "+tuned"
-SIGNIFICANCE_NOTE = (f"{MARK}: differs from the vanilla student of the pair beyond seed noise (Welch's t-test, "
-                     f"two-sided, p < {ALPHA}; needs ≥ 2 seeds on both sides).")
-
-
-def welch_p(a: list[float], b: list[float]) -> float | None:
-    """Two-sided p-value of Welch's t-test (as scipy.stats.ttest_ind(equal_var=False), written out so that
-    a group without variance, e.g. three equal accuracies, gives the exact answer), or None if undefined."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    from scipy.stats import t as student_t
-
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return None
-    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return float(2 * student_t.sf(abs(t), df))
 
 
 def base_method(row: str) -> str:

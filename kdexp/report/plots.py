@@ -1,4 +1,5 @@
-"""Figures of a report: accuracy versus parameters and versus latency, and a method ranking.
+"""Figures of a report: accuracy versus parameters and versus latency, a method ranking, and the Pareto front
+of a multi-objective sweep.
 
 matplotlib is an optional dependency (`pip install 'kdexp[plots]'`); without it the report skips the
 figures and says so, the tables are written all the same.
@@ -10,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from kdexp.report.collect import TEACHER, VANILLA
+from kdexp.report.sweeps import STUDY_TAG, objectives, pareto_front, studies
 from kdexp.report.table import Table, row_label
 
 MISSING_MATPLOTLIB = "matplotlib is not installed: figures skipped (pip install 'kdexp[plots]')"
@@ -27,8 +29,9 @@ def pyplot():
     return plt
 
 
-def write_plots(table: Table, out_dir: Path) -> tuple[list[Path], str | None]:
-    """Returns (files written, a message when figures were skipped)."""
+def write_plots(table: Table, out_dir: Path, runs: list = ()) -> tuple[list[Path], str | None]:
+    """Returns (files written, a message when figures were skipped). `runs`: the report's runs, for the
+    Pareto front of each multi-objective sweep among them."""
     plt = pyplot()
     if plt is None:
         return [], MISSING_MATPLOTLIB
@@ -37,6 +40,8 @@ def write_plots(table: Table, out_dir: Path) -> tuple[list[Path], str | None]:
         cost_plot(plt, table, "latency_ms", "CPU latency, batch 1 (ms)", out_dir / "accuracy_vs_latency.png"),
         ranking_plot(plt, table, out_dir / "method_ranking.png"),
     ]
+    for i, trials in enumerate(studies(list(runs)).values()):
+        files.append(pareto_plot(plt, trials, out_dir / f"pareto_front{'' if i == 0 else f'_{i}'}.png"))
     return [f for f in files if f is not None], None
 
 
@@ -82,27 +87,67 @@ def cost_plot(plt, table: Table, attr: str, xlabel: str, path: Path) -> Path | N
     return path
 
 
-def ranking_plot(plt, table: Table, path: Path) -> Path | None:
-    """Methods by their mean rank over pairs (1 = best student of the column); bars show mean Δ."""
+def ranking(table: Table) -> tuple[list[tuple[str, float, float]], str]:
+    """[(method, mean rank over pairs, bar value)] best first, and what the bar shows: the mean Δ versus the
+    vanilla student, or the mean accuracy when no pair has a vanilla row (e.g. a sweep of one method)."""
     methods = [r for r in table.rows if r not in (TEACHER, VANILLA)]
-    ranks, deltas = {m: [] for m in methods}, {m: [] for m in methods}
+    ranks = {m: [] for m in methods}
     for pair in table.pairs:
         present = sorted((m for m in methods if table.cell(m, pair)), key=lambda m: -table.cell(m, pair).mean)
         for rank, method in enumerate(present, start=1):
             ranks[method].append(rank)
-            if (d := table.delta(method, pair)) is not None:
-                deltas[method].append(d)
-    ranked = sorted((m for m in methods if ranks[m]), key=lambda m: statistics.fmean(ranks[m]))
+    with_delta = any(table.delta(m, p) is not None for m in methods for p in table.pairs)
+    out = []
+    for method in sorted((m for m in methods if ranks[m]), key=lambda m: statistics.fmean(ranks[m])):
+        if with_delta:
+            values = [d for p in table.pairs if (d := table.delta(method, p)) is not None]
+        else:
+            values = [c.mean for p in table.pairs if (c := table.cell(method, p))]
+        out.append((method, statistics.fmean(ranks[method]), statistics.fmean(values) if values else 0.0))
+    shown = "mean Δ vs. vanilla student (pp)" if with_delta else "mean top-1 accuracy (%), no vanilla row"
+    return out, shown
+
+
+def ranking_plot(plt, table: Table, path: Path) -> Path | None:
+    """Methods by their mean rank over pairs (1 = best student of the column); bars show mean Δ (or accuracy)."""
+    ranked, shown = ranking(table)
     if not ranked:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(ranked) + 1.2))
-    values = [statistics.fmean(deltas[m]) if deltas[m] else 0.0 for m in ranked]
-    ax.barh(range(len(ranked)), values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
-    ax.set_yticks(range(len(ranked)),
-                  [f"{row_label(m)} (rank {statistics.fmean(ranks[m]):.1f})" for m in ranked], fontsize=8)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(ranked) + 1.5))
+    values = [v for _, _, v in ranked]
+    delta = shown.startswith("mean Δ")
+    ax.barh(range(len(ranked)), values,
+            color=["tab:green" if v >= 0 or not delta else "tab:red" for v in values])
+    ax.set_yticks(range(len(ranked)), [f"{row_label(m)} (rank {r:.1f})" for m, r, _ in ranked], fontsize=8)
     ax.invert_yaxis()
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"mean Δ vs. vanilla student (pp), {table.select}; ordered by mean rank over pairs")
+    if delta:
+        ax.axvline(0, color="black", lw=0.8)
+    else:
+        ax.set_xlim(min(values) - 5, max(values) + 1)  # accuracies: the differences are what matters
+    ax.set_xlabel(f"{shown}, {table.select}\nordered by mean rank over pairs", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def pareto_plot(plt, trials: list, path: Path) -> Path | None:
+    """Every trial of a two-or-more-objective sweep by its first two objectives; the front joined in red."""
+    objs = objectives(trials[0])
+    (y_metric, y_dir), (x_metric, x_dir) = objs[0], objs[1]
+    points = [(r.data.metrics[x_metric], r.data.metrics[y_metric]) for r in trials
+              if x_metric in r.data.metrics and y_metric in r.data.metrics]
+    if not points:
+        return None
+    front = sorted((r.data.metrics[x_metric], r.data.metrics[y_metric]) for r in pareto_front(trials))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(*zip(*points), s=18, color="tab:gray", label=f"trials ({len(points)})")
+    ax.plot(*zip(*front), "o-", color="tab:red", ms=6, label=f"Pareto front ({len(front)})")
+    ax.set_xlabel(f"{x_metric} ({x_dir})")
+    ax.set_ylabel(f"{y_metric} ({y_dir})")
+    ax.set_title(f"sweep {trials[0].data.tags.get(STUDY_TAG, '?')}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,8 +10,11 @@ from kdexp.report.compare import MARK
 from kdexp.report.table import DECIMALS, Table, row_label
 
 MISSING = {"md": "–", "tex": "--"}  # never 0: a missing cell was not measured
+CI_NOTE = (" In square brackets: the 95 % confidence interval of Δ (paired t interval where the test is paired, "
+           "Welch's otherwise).")
 CSV_COLUMNS = ["pair", "teacher", "student", "row", "label", "n", "expected_seeds", "mean", "std",
-               "delta_vs_vanilla", "p_vs_vanilla", "significant", "best", "fewer_seeds", "params", "latency_b1_ms",
+               "delta_vs_vanilla", "ci95_low", "ci95_high", "test", "n_compared", "p_vs_vanilla", "correction",
+               "p_adjusted", "significant", "best", "fewer_seeds", "params", "latency_b1_ms",
                "values", "settings", "select", "metric"]
 
 
@@ -21,8 +24,9 @@ def fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.{DECIMALS}f}" if signed else f"{value:.{DECIMALS}f}"
 
 
-def cell_text(table: Table, row: str, pair: str, style: str) -> str:
-    """`mean ± std (Δ)`, the mean in bold when best, then †(n=k) for fewer seeds than expected."""
+def cell_text(table: Table, row: str, pair: str, style: str, ci: bool = False) -> str:
+    """`mean ± std (Δ)`, the mean in bold when best, then †(n=k) for fewer seeds than expected;
+    with `ci`, the 95 % CI of Δ in brackets after it."""
     cell = table.cell(row, pair)
     if cell is None:
         return MISSING[style]
@@ -34,7 +38,10 @@ def cell_text(table: Table, row: str, pair: str, style: str) -> str:
         text += (" ± " if style == "md" else r" $\pm$ ") + fmt(cell.std)
     delta = table.delta(row, pair)
     if delta is not None:
-        text += f" ({fmt(delta, signed=True)})"
+        comparison = table.comparison(row, pair)
+        interval = comparison.ci if ci and comparison is not None else None
+        bounds = f" [{fmt(interval[0], True)}, {fmt(interval[1], True)}]" if interval else ""
+        text += f" ({fmt(delta, signed=True)}{bounds})"
     if table.significant(row, pair):
         text += MARK
     if table.few_seeds(row, pair):
@@ -42,12 +49,13 @@ def cell_text(table: Table, row: str, pair: str, style: str) -> str:
     return text
 
 
-def to_markdown(table: Table, title: str) -> str:
-    lines = [f"# {title}", "", table.caption(), "",
+def to_markdown(table: Table, title: str, ci: bool = False) -> str:
+    caption = table.caption() + (CI_NOTE if ci else "")
+    lines = [f"# {title}", "", caption, "",
              "| Teacher → Student | " + " | ".join(table.pairs) + " |",
              "|---|" + "---|" * len(table.pairs)]
     for row in table.rows:
-        cells = " | ".join(cell_text(table, row, p, "md") for p in table.pairs)
+        cells = " | ".join(cell_text(table, row, p, "md", ci) for p in table.pairs)
         lines.append(f"| {row_label(row)} | {cells} |")
     lines.append("")
     lines += [f"- {note}" for note in table.footnotes()]
@@ -62,14 +70,15 @@ def latex_escape(text: str) -> str:
     return text
 
 
-def to_latex(table: Table, label: str) -> str:
+def to_latex(table: Table, label: str, ci: bool = False) -> str:
     """A booktabs table; `\\usepackage{booktabs}` in the preamble."""
     head = " & ".join(latex_escape(p.replace("->", "→")) for p in table.pairs)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.caption())}}}",
+    caption = latex_escape(table.caption() + (CI_NOTE if ci else ""))
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
              rf"\label{{tab:{latex_escape(label)}}}", r"\begin{tabular}{l" + "c" * len(table.pairs) + "}",
              r"\toprule", rf"Teacher $\rightarrow$ Student & {head} \\", r"\midrule"]
     for row in table.rows:
-        cells = " & ".join(cell_text(table, row, p, "tex") for p in table.pairs)
+        cells = " & ".join(cell_text(table, row, p, "tex", ci) for p in table.pairs)
         lines.append(rf"{latex_escape(row_label(row))} & {cells} \\")
         if row == VANILLA:
             lines.append(r"\midrule")
@@ -85,13 +94,19 @@ def csv_rows(table: Table) -> list[dict]:
     for pair in table.pairs:
         teacher, _, student = pair.partition("->")
         for row in table.rows:
-            cell = table.cell(row, pair)
+            cell, comparison = table.cell(row, pair), table.comparison(row, pair)
             out.append({
                 "pair": pair, "teacher": teacher, "student": student, "row": row, "label": row_label(row),
                 "n": cell.n if cell else 0, "expected_seeds": "" if row == TEACHER else table.expected_seeds,
                 "mean": fmt(cell.mean) if cell else "", "std": fmt(cell.std) if cell else "",
                 "delta_vs_vanilla": fmt(table.delta(row, pair), signed=True),
+                "ci95_low": "" if comparison is None or comparison.ci is None else fmt(comparison.ci[0], True),
+                "ci95_high": "" if comparison is None or comparison.ci is None else fmt(comparison.ci[1], True),
+                "test": "" if comparison is None else comparison.test,
+                "n_compared": "" if comparison is None else comparison.n,
                 "p_vs_vanilla": "" if (p := table.p_value(row, pair)) is None else f"{p:.4g}",
+                "correction": "" if comparison is None else table.correction,
+                "p_adjusted": "" if (q := table.p_adjusted(row, pair)) is None else f"{q:.4g}",
                 "significant": int(table.significant(row, pair)),
                 "settings": ";".join(f"{k}={v}" for k, v in (table.settings.get((row, pair)) or {}).items()),
                 "best": int(table.is_best(row, pair)), "fewer_seeds": int(table.few_seeds(row, pair)),

@@ -2,7 +2,8 @@
 
 Layout of the CRD/RepDistiller tables: the teacher and the vanilla student on top, then one row per
 method. Each cell is mean ± sample std (n−1) over seeds, its n, and Δ versus the vanilla student of
-the same pair; the best student of each column is marked.
+the same pair, with its test (paired by seed where it can), the p adjusted over the methods of the column
+and the 95 % CI (kdexp.report.stats); the best student of each column is marked.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from kdexp.report import stats
 from kdexp.report.collect import SELECT_METRICS, TEACHER, VANILLA, Notes, Record
-from kdexp.report.compare import ALPHA, SIGNIFICANCE_NOTE, TUNED_SUFFIX, welch_p
+from kdexp.report.compare import ALPHA, MARK, TUNED_SUFFIX
 
 DECIMALS = 2  # what the table shows; "best" compares at this precision, so ties are all marked
 LABELS = {
@@ -38,6 +40,11 @@ class Cell:
     values: list[float]  # one per seed, in %
     params: float | None = None
     latency_ms: float | None = None
+    seeds: list[str] = field(default_factory=list)  # parallel to values
+
+    @property
+    def by_seed(self) -> dict[str, float]:
+        return dict(zip(self.seeds, self.values))
 
     @property
     def n(self) -> int:
@@ -62,6 +69,9 @@ class Table:
     expected_seeds: int
     notes: Notes = field(default_factory=Notes)
     settings: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (row, pair) -> settings
+    test: str = stats.PAIRED_T  # falls back to Welch per cell where seeds do not pair
+    correction: str = "holm"  # over the methods of each column
+    _family: dict = field(default_factory=dict, repr=False, compare=False)  # pair -> comparisons, once
 
     def cell(self, row: str, pair: str) -> Cell | None:
         return self.cells.get((row, pair))
@@ -73,16 +83,41 @@ class Table:
             return None
         return cell.mean - vanilla.mean
 
+    def comparison(self, row: str, pair: str) -> stats.Comparison | None:
+        """The row's seeds against the vanilla student's of the pair (None for the reference rows)."""
+        return self._comparisons(pair).get(row, (None, None))[0]
+
     def p_value(self, row: str, pair: str) -> float | None:
-        """Welch's t-test of the row's seeds against the vanilla student's of the pair (None: undefined)."""
-        cell, vanilla = self.cell(row, pair), self.cell(VANILLA, pair)
-        if row in (TEACHER, VANILLA) or cell is None or vanilla is None:
-            return None
-        return welch_p(cell.values, vanilla.values)
+        """The raw two-sided p-value (None: undefined)."""
+        found = self.comparison(row, pair)
+        return None if found is None else found.p
+
+    def p_adjusted(self, row: str, pair: str) -> float | None:
+        """p adjusted over the methods of the column whose p is defined (`self.correction`)."""
+        return self._comparisons(pair).get(row, (None, None))[1]
 
     def significant(self, row: str, pair: str) -> bool:
-        p = self.p_value(row, pair)
+        p = self.p_adjusted(row, pair)
         return p is not None and p < ALPHA
+
+    def _comparisons(self, pair: str) -> dict[str, tuple[stats.Comparison, float | None]]:
+        if pair in self._family:
+            return self._family[pair]
+        self._family[pair] = {}
+        vanilla = self.cell(VANILLA, pair)
+        if vanilla is None:
+            return {}
+        found = {row: stats.compare(cell.by_seed, vanilla.by_seed, self.test) for row in self.rows
+                 if row not in (TEACHER, VANILLA) and (cell := self.cell(row, pair)) is not None}
+        family = [row for row, c in found.items() if c.p is not None]
+        adjusted = dict(zip(family, stats.adjust([found[r].p for r in family], self.correction)))
+        self._family[pair] = {row: (c, adjusted.get(row)) for row, c in found.items()}
+        return self._family[pair]
+
+    def tests_used(self) -> list[str]:
+        """The tests of the table's comparisons, the chosen one first."""
+        used = {c.test for p in self.pairs for r in self.rows if (c := self.comparison(r, p)) is not None}
+        return sorted(used, key=lambda t: (t != self.test, t))
 
     def is_best(self, row: str, pair: str) -> bool:
         if row == TEACHER or self.cell(row, pair) is None:
@@ -109,8 +144,18 @@ class Table:
             f"standard deviation (n−1) over {self.expected_seeds} seed(s); in brackets Δ versus the vanilla "
             f"student of the same pair. Selection rule `{self.select}` ({SELECT_METRICS[self.select]}): "
             f"test accuracy of {RULES[self.select]}, for every student row. Teacher: its final weights. "
-            "Bold: the best student of each column. " + SIGNIFICANCE_NOTE
+            "Bold: the best student of each column. " + self.significance_note()
         )
+
+    def significance_note(self) -> str:
+        used = self.tests_used() or [self.test]
+        test = stats.TESTS[used[0]] + "".join(
+            f"; {stats.TESTS[t]} where a cell's seeds do not all pair with the vanilla student's" for t in used[1:])
+        family = stats.CORRECTIONS[self.correction] + (
+            ", p" if self.correction == "none" else " over the methods of each column, adjusted p")
+        return (f"{MARK}: differs from the vanilla student of the pair ({test}, two-sided; {family} < {ALPHA}; "
+                "needs ≥ 2 seeds on both sides). "
+                f"Runs pair by seed: a seed gives every method the same student init and data order.")
 
     def footnotes(self) -> list[str]:
         out = []
@@ -127,6 +172,10 @@ class Table:
         if notes.duplicates:
             out.append(f"{notes.duplicates} older run(s) of an already present pair/method/seed ignored "
                        "(the latest counts).")
+        if notes.sweep_trials:
+            out.append(f"Sweep trials: each cell is its best trial by the sweep's objective(s) "
+                       f"({'; '.join(sorted(notes.objectives))}; several: on the Pareto front, best by the first), "
+                       f"{notes.sweep_trials} other trial(s) not tabled.")
         if notes.outside_matrix:
             out.append(f"{notes.outside_matrix} run(s) outside the matrix's pairs/methods/seeds ignored.")
         if len(notes.settings) > 1:
@@ -137,9 +186,13 @@ class Table:
 
 
 def build_table(records: list[Record], select: str, notes: Notes | None = None, pairs: list[str] | None = None,
-                methods: list[str] | None = None, expected_seeds: int | None = None) -> Table:
+                methods: list[str] | None = None, expected_seeds: int | None = None, test: str = stats.PAIRED_T,
+                correction: str = "holm") -> Table:
     """`pairs`/`methods` fix the order and the expected cells (a matrix file's); by default every
-    pair and method found, in first-seen order. `expected_seeds` defaults to the largest n found."""
+    pair and method found, in first-seen order. `expected_seeds` defaults to the largest n found.
+    `test`, `correction`: see kdexp.report.stats (checked here: a bad one is a ConfigError)."""
+    stats.check_choice("test", test, stats.TESTS)
+    stats.check_choice("correction", correction, stats.CORRECTIONS)
     grouped: dict[tuple[str, str], list[Record]] = {}
     for rec in records:
         grouped.setdefault((rec.row, rec.pair), []).append(rec)
@@ -147,7 +200,7 @@ def build_table(records: list[Record], select: str, notes: Notes | None = None, 
     found = [r.row for r in records if r.row not in (TEACHER, VANILLA)]
     methods = [m for m in (methods or dict.fromkeys(found)) if m not in (TEACHER, VANILLA)]
     cells = {key: Cell([r.value for r in recs], _mean([r.params for r in recs]),
-                       _mean([r.latency_ms for r in recs]))
+                       _mean([r.latency_ms for r in recs]), [r.seed for r in recs])
              for key, recs in grouped.items() if key[1] in pairs}
     if expected_seeds is None:
         expected_seeds = max((c.n for (row, _), c in cells.items() if row != TEACHER), default=1)
@@ -156,7 +209,8 @@ def build_table(records: list[Record], select: str, notes: Notes | None = None, 
         seen = {tuple(sorted((r.settings or {}).items())) for r in recs}
         if recs[0].settings:
             settings[key] = recs[0].settings if len(seen) == 1 else {"settings": "differ between seeds"}
-    return Table(pairs, [TEACHER, VANILLA, *methods], cells, select, expected_seeds, notes or Notes(), settings)
+    return Table(pairs, [TEACHER, VANILLA, *methods], cells, select, expected_seeds, notes or Notes(), settings,
+                 test, correction)
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import platform
 import subprocess
 import traceback
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,24 @@ def source_tags() -> dict[str, str]:
 
 # Read once, as the code is loaded: a long multirun must not tag its runs with commits made after it started.
 SOURCE_TAGS = source_tags()
+KEY_LIBRARIES = ("torch", "lightning", "optuna", "mlflow", "hydra-core", "torchmetrics", "numpy", "scipy")
+REQUIREMENTS_ARTIFACT = "environment/requirements.txt"
+
+
+@functools.cache
+def environment() -> tuple[str, dict[str, str]]:
+    """The installed distributions as a frozen requirements list (`name==version`, sorted) and the key libraries'
+    versions as tags (`kdexp.lib.<name>`), read once per process: a table's numbers name what produced them."""
+    versions: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").strip()
+        if name:
+            versions.setdefault(name.lower().replace("_", "-"), dist.version)
+    lines = [f"# python {platform.python_version()} on {platform.platform()}"]
+    lines += [f"{name}=={version}" for name, version in sorted(versions.items())]
+    tags = {f"kdexp.lib.{name}": versions[name] for name in KEY_LIBRARIES if name in versions}
+    tags["kdexp.lib.python"] = platform.python_version()
+    return "\n".join(lines) + "\n", tags
 
 
 class Tracker:
@@ -82,8 +103,10 @@ class Tracker:
 
     def start(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
         tags = {"kdexp.version": kdexp.__version__, **{k: redact_text(str(v)) for k, v in tags.items()}}
-        tags.update(SOURCE_TAGS)
+        requirements, library_tags = environment()
+        tags.update({**SOURCE_TAGS, **library_tags})
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.client.log_text(run.info.run_id, requirements, REQUIREMENTS_ARTIFACT)
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id

@@ -33,7 +33,7 @@ def test_params_tags_errors_and_text_artifacts_are_masked(tmp_path):
     assert run.data.tags["kdexp.error"] == f"RuntimeError: could not reach {masked}"
     assert run.info.status == "FAILED"
     stored = {p.name: p for p in (tmp_path / "art").rglob("*") if p.is_file()}
-    assert set(stored) == {"config.yaml", "weights.pt", "error.txt"}
+    assert set(stored) == {"config.yaml", "weights.pt", "error.txt", "requirements.txt"}
     assert stored["config.yaml"].read_text() == f"tracking:\n  uri: {masked}\n"
     assert PW in config.read_text()  # the caller's file is left alone (the run folder is the callback's job)
     assert all(PW.encode() not in p.read_bytes() for p in stored.values())
@@ -48,9 +48,30 @@ def test_runs_record_the_code_the_process_loaded_not_a_later_head(tmp_path, monk
     assert loaded == {"mlflow.source.git.commit": "1" * 40, "kdexp.source.dirty": "true"}
     monkeypatch.setattr(tracking, "SOURCE_TAGS", loaded)
     monkeypatch.setattr(tracking, "_git", lambda *a: {"rev-parse": "2" * 40, "status": ""}[a[0]])  # a commit since
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", artifact_root=tmp_path / "art")
     tags = tracker.client.get_run(tracker.start("r", {})).data.tags
     assert tags["mlflow.source.git.commit"] == "1" * 40 and tags["kdexp.source.dirty"] == "true"
     assert tracking.source_tags()["kdexp.source.dirty"] == "false"
     monkeypatch.setattr(tracking, "_git", lambda *a: None)  # no git: no tags rather than wrong ones
     assert tracking.source_tags() == {}
+
+
+def test_every_run_records_its_frozen_environment_read_once_per_process(tmp_path):
+    from importlib import metadata
+
+    import kdexp.tracking.runs as tracking
+
+    tracking.environment.cache_clear()
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", artifact_root=tmp_path / "art")
+    first, second = tracker.start("a", {}), tracker.start("b", {})
+    info = tracking.environment.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # two runs, one look at the installed packages
+    for run_id in (first, second):
+        tags = tracker.client.get_run(run_id).data.tags
+        for name in ("torch", "lightning", "optuna", "mlflow", "hydra-core"):
+            assert tags[f"kdexp.lib.{name}"] == metadata.version(name), name
+        text = Path(tracker.client.download_artifacts(run_id, tracking.REQUIREMENTS_ARTIFACT, str(tmp_path / run_id)))
+        lines = text.read_text().splitlines()
+        names = [line.split("==")[0] for line in lines[1:]]
+        assert lines[0].startswith("# python ") and names == sorted(names) and len(names) > 20
+        assert f"scipy=={metadata.version('scipy')}" in lines and f"mlflow=={metadata.version('mlflow')}" in lines
