@@ -76,7 +76,7 @@ def run_settings(run, row: str) -> dict[str, str]:
 
 
 def latest_per_cell(runs: list, notes: Notes) -> list:
-    """One run per (pair, method, seed, study repeat): the latest, older re-runs counted, not averaged in; for the trials
+    """One run per (pair, method, seed, study repeat): the latest, older re-runs counted, not averaged in; for trials
     of a sweep, the best by the sweep's objective(s) (kdexp.report.sweeps), never merely the latest."""
     from kdexp.report import sweeps
 
