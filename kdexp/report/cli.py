@@ -12,7 +12,6 @@ experiment. The table is always built from runs.csv, so `--runs` regenerates it 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,15 +19,14 @@ from kdexp.config.errors import ConfigError
 from kdexp.report import stats
 from kdexp.report.collect import SELECT_METRICS, records_from_runs, search_runs
 from kdexp.report.table import Table, build_table
+from kdexp.tracking.locate import add_store_arguments, hydra_style, parsed_uri
 
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 DEFAULT_EXPERIMENT = "kdexp"  # tracking.experiment of conf/train.yaml
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kdexp-report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI),
-                   help="tracking store (default: $MLFLOW_TRACKING_URI or %(default)s)")
+    add_store_arguments(p)
     p.add_argument("--matrix", help="a matrix name (sweeps/matrix/<name>.yaml) or file: its experiment, and its "
                                     "pairs, methods and seeds as the expected cells, in the file's order")
     p.add_argument("--experiment", action="append",
@@ -55,7 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/reports", help="reports go to OUT/<name>/ (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")
-    return p.parse_args(argv)
+    args = p.parse_args(hydra_style(sys.argv[1:] if argv is None else argv))
+    args.uri = parsed_uri(args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +153,7 @@ def store_runs(args: argparse.Namespace, matrix) -> tuple[list, list[str], str]:
     names = args.experiment or [(matrix.experiment if matrix else None) or DEFAULT_EXPERIMENT]
     db = sqlite_file(args.uri)
     if db is not None and not db.is_file():
-        raise FileNotFoundError(f"no tracking store at {db} (run kdexp-train first, or pass --uri)")
+        raise FileNotFoundError(f"no tracking store at {db} (run kdexp-train first, or pass --uri or --root)")
     client = MlflowClient(tracking_uri=args.uri)
     experiments = [client.get_experiment_by_name(n) for n in names]
     if None in experiments:

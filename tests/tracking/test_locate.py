@@ -24,14 +24,17 @@ def test_paths_root_as_typed_for_kdexp_train():
     assert hydra_style(["abc", "paths.root=/x/y", "--format", "onnx"]) == ["abc", "--root", "/x/y", "--format", "onnx"]
 
 
-@pytest.mark.parametrize("tool", ["kdexp-ui", "kdexp-export"])
+@pytest.mark.parametrize("tool", ["kdexp-ui", "kdexp-export", "kdexp-report"])
 def test_tools_find_the_store_of_paths_root(tool, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     exe = str(Path(sys.executable).parent / tool)
     if tool == "kdexp-ui":
         out = subprocess.run([exe, "--dry-run", f"paths.root={tmp_path}"], capture_output=True, text=True, check=True)
         assert f"--backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out.stdout
-    else:  # no store there: the error names the file it looked for, not outputs/mlflow.db
+    elif tool == "kdexp-export":  # no store there: the error names the file it looked for, not outputs/mlflow.db
         out = subprocess.run([exe, "0123", "--format", "onnx", f"paths.root={tmp_path}"], capture_output=True,
                              text=True)
         assert out.returncode == 1 and f"no MLflow store at {tmp_path}/mlflow.db" in out.stderr
+    else:
+        out = subprocess.run([exe, "--no-plots", f"paths.root={tmp_path}"], capture_output=True, text=True)
+        assert out.returncode == 2 and f"no tracking store at {tmp_path}/mlflow.db" in out.stderr
