@@ -4,7 +4,8 @@ the float one, for the default students (cnn_tiny on 28x28x1 Fashion-MNIST and o
     python benchmarks/export_latency.py            # ~1 min here
     python benchmarks/export_latency.py --quick    # smoke run
 
-Both runtimes use torch's thread count and the protocol of kdexp.measure.metrics.cpu_latency_ms (warm-up, median).
+Both runtimes use torch's thread count and kdexp.measure.latency's protocol: ONNX Runtime timed interleaved with
+torch (the int8 file with the float one) in repeated blocks, medians, and the speedup paired block by block.
 Latency does not depend on the weights: the students are freshly initialized (BN statistics from a few
 random batches). Results: outputs/bench/export_latency[_quick].{json,md}.
 """
@@ -21,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `kdexp` 
 import torch
 
 from benchmarks.common import REPO, loadavg, machine, md_table, write_results
-from kdexp.measure.metrics import cpu_latency_ms
+from kdexp.measure.latency import time_models
 from kdexp.models import create_model
 from kdexp.shipping.export import onnx_metrics
 from kdexp.shipping.int8 import int8_onnx_metrics
@@ -58,23 +59,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch, repeats = (16, 3) if args.quick else (256, 40)
+    batch, repeats = (16, 3) if args.quick else (256, 20)
     torch.manual_seed(0)
     results, rows = {"machine": machine(), "load_before": loadavg(), "cases": {}}, []
     for name, (arch, shape) in CASES.items():
         model = student(arch, shape)
-        torch_ms = {"latency_b1_ms": cpu_latency_ms(model, shape, 1, repeats),
-                    f"latency_b{batch}_ms": cpu_latency_ms(model, shape, batch, max(3, repeats // 4))}
-        m = onnx_metrics(model, torch.randn(256, *shape), batch, repeats=repeats, torch_latency=torch_ms)
+        torch_ms = time_models({"torch": model}, shape, (1, batch), repeats, reference=None).metrics("torch", "")
+        m = onnx_metrics(model, torch.randn(256, *shape), batch, repeats=repeats)
         q = int8_row(model, shape, batch, repeats)
         results["cases"][name] = {"arch": arch, **torch_ms, **m, **q}
         rows.append([f"{arch}, {name}", torch_ms["latency_b1_ms"], m["onnx_latency_b1_ms"],
                      q["onnx_int8_latency_b1_ms"], torch_ms[f"latency_b{batch}_ms"],
-                     m[f"onnx_latency_b{batch}_ms"], q[f"onnx_int8_latency_b{batch}_ms"], m["onnx_max_abs_diff"],
+                     m[f"onnx_latency_b{batch}_ms"], q[f"onnx_int8_latency_b{batch}_ms"], m["onnx_speedup_b1"],
+                     m[f"onnx_speedup_b{batch}"], q[f"onnx_int8_speedup_b{batch}"], m["onnx_max_abs_diff"],
                      int(q["onnx_float_size_bytes"]), int(q["onnx_int8_size_bytes"])])
     results["load_after"] = loadavg()
     table = md_table(["student", "torch b1 ms", "ONNX b1 ms", "ONNX int8 b1 ms", f"torch b{batch} ms",
-                      f"ONNX b{batch} ms", f"ONNX int8 b{batch} ms", "max abs diff", "float .onnx bytes",
+                      f"ONNX b{batch} ms", f"ONNX int8 b{batch} ms", "ONNX speedup b1 (paired)",
+                      f"ONNX speedup b{batch} (paired)", f"int8 vs float ONNX b{batch} (paired)", "max abs diff",
+                      "float .onnx bytes",
                       "int8 .onnx bytes"], rows)
     note = f"load average before/after: {results['load_before']} / {results['load_after']}; {results['machine']}"
     name = "export_latency" + ("_quick" if args.quick else "") + (f"_t{args.threads}" if args.threads else "")

@@ -52,13 +52,15 @@ def test_onnx_and_pt2_compute_what_torch_computes_at_any_batch(tmp_path, digits_
 
 def test_onnx_metrics_parity_size_and_latency(tmp_path, digits_student):
     model, x = digits_student
-    metrics = onnx_metrics(model, x, batch=16, path=tmp_path / "s.onnx", repeats=3,
-                           torch_latency={"latency_b1_ms": 2.0, "latency_b16_ms": 4.0})
+    metrics = onnx_metrics(model, x, batch=16, path=tmp_path / "s.onnx", repeats=3)
     assert metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["onnx_parity_ok"] == 1.0
     assert metrics["onnx_size_bytes"] == (tmp_path / "s.onnx").stat().st_size > 4 * 6000  # ~6k float weights
     assert 0 < metrics["onnx_latency_b1_ms"] <= metrics["onnx_latency_b16_ms"] < 1000
-    assert metrics["onnx_speedup_b1"] == pytest.approx(2.0 / metrics["onnx_latency_b1_ms"])
-    assert metrics["onnx_speedup_b16"] == pytest.approx(4.0 / metrics["onnx_latency_b16_ms"])
+    # timed interleaved with torch, as torch's latency is: median and IQR, speedup paired per block
+    for b in (1, 16):
+        assert 0 <= metrics[f"onnx_latency_b{b}_iqr_ms"] and metrics[f"onnx_speedup_b{b}"] > 0
+        assert metrics[f"onnx_speedup_b{b}_iqr"] >= 0
+    assert metrics["onnx_latency_noisy"] in (0.0, 1.0)
 
 
 def test_export_errors_are_clear():

@@ -28,6 +28,7 @@ train()
     ("recipe.lr=-1", "recipe.lr=-1.0 is invalid: must be > 0"),
     ("distill.weights.kd=-1", "distill.weights.kd=-1.0 is invalid"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is invalid"),
+    ("eval.latency_repeats=0", "eval.latency_repeats=0 is invalid: must be an integer >= 1"),
     ("teacher.arch=resnet9000", "teacher.arch='resnet9000' is invalid: unknown model; choose one of: "),
     ("data.name=imagenet", "data.name='imagenet' is invalid: unknown data set"),
     ("teacher.ckpt=/no/such/file.pt", "teacher.ckpt='/no/such/file.pt' is invalid: no such file"),

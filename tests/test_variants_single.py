@@ -18,6 +18,7 @@ from kdexp.experiments.quantized import int8_metrics
 from kdexp.measure.metrics import accuracy_metrics, size_on_disk
 from kdexp.models import create_model
 from kdexp.shipping.quantization import check_quantizable, convert_int8, float_view, prepare_qat_student
+from kdexp.training.evaluation import latency
 
 
 def batch(n=8, c=1, size=8, seed=0):
@@ -205,7 +206,7 @@ def test_int8_accuracy_is_measured_on_the_test_split(converted):
     dm = create_datamodule("synthetic", num_samples=200, num_test=64, image_size=16, in_channels=1, seed=0)
     dm.setup()
     model, _, int8 = converted
-    ctx = SimpleNamespace(dm=dm, test={}, input_shape=dm.input_shape,
+    ctx = SimpleNamespace(dm=dm, test={}, timed={}, input_shape=dm.input_shape,
                           conf={"data": {}, "eval": {"ece_bins": 15, "latency_batch": 8, "latency_repeats": 2}})
     metrics = int8_metrics(ctx, int8, model)
     x, y = dm.split_tensors("test")
@@ -215,7 +216,9 @@ def test_int8_accuracy_is_measured_on_the_test_split(converted):
     assert ctx.test["student"].shape == (64, 10)  # kept for agreement with the teacher
     assert metrics["size_bytes"] == size_on_disk(int8)
     assert metrics["params"] == sum(p.numel() for p in model.parameters())
-    assert metrics["latency_b1_ms"] > 0 and metrics["latency_b8_ms"] > 0
+    timed = latency(ctx, {"student": int8, "student/float": model})  # int8 and float in the same blocks
+    assert timed["student/latency_b1_ms"] > 0 and timed["student/float/latency_b8_ms"] > 0
+    assert timed["student/latency_b8_iqr_ms"] >= 0 and timed["student/float/latency_noisy"] in (0.0, 1.0)
 
 
 # -- through the pipeline: bad combinations fail before anything is trained -------------------------------

@@ -34,6 +34,8 @@ def validate_config(conf: dict) -> None:
     _positive_int(conf, "teacher.max_epochs", conf["teacher"]["max_epochs"])
     _positive_int(conf, "finetune.epochs", conf["finetune"]["epochs"], minimum=0)
     _positive_int(conf, "seed", conf["seed"], minimum=0)
+    for key in ("latency_batch", "latency_repeats"):  # repeats: the blocks of the latency protocol
+        _positive_int(conf, f"eval.{key}", conf["eval"][key])
     if not float(conf["recipe"]["lr"]) > 0:
         raise _bad("recipe.lr", conf["recipe"]["lr"], "must be > 0")
     validate_student_recipe(conf.get("student_recipe") or {}, conf["recipe"])

@@ -20,6 +20,7 @@ from kdexp.caching.fingerprint import fingerprint
 from kdexp.caching.models import ModelCache, load_weights
 from kdexp.config.errors import ConfigError
 from kdexp.config.parse import thaw
+from kdexp.measure.latency import time_models
 from kdexp.measure.metrics import cost_metrics, ratios
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
@@ -27,6 +28,8 @@ from kdexp.policy.nets import ActorCritic, PolicyMLP
 from kdexp.policy.ppo import PPOSettings, train_ppo
 from kdexp.tracking.redact import redact_config
 from kdexp.tracking.runs import Tracker, flatten
+from kdexp.tracking.summary import latency_lines
+from kdexp.training.evaluation import latency_flags, latency_tags
 from kdexp.training.lifecycle import tracked_run
 
 log = logging.getLogger("kdexp")
@@ -91,6 +94,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
         metrics = policy_metrics(conf, teacher, student, heldout)
         metrics["student/train_states"] = len(states)
         tracker.log_metrics(run_id, metrics)
+        tracker.set_tags(run_id, latency_tags(metrics))
         write_policy_results(conf, run_dir, tracker, run_id, metrics, student)
     return metrics
 
@@ -121,18 +125,23 @@ def policy_teacher(v: dict, ppo: PPOSettings, obs_dim: int, num_actions: int, tr
 
 
 def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout: torch.Tensor) -> dict:
-    """Greedy returns of both on the same fresh seeded episodes, agreement/KL on held-out states, costs."""
+    """Greedy returns of both on the same fresh seeded episodes, agreement/KL on held-out states, costs
+    (latency: both actors timed in the same blocks, kdexp.measure.latency)."""
     v, ev = conf["variant"], conf["eval"]
     out: dict[str, float] = {}
-    costs = {}
-    for role, actor in (("teacher", teacher.actor), ("student", student)):
+    costs, actors, shape = {}, {"teacher": teacher.actor, "student": student}, tuple(heldout.shape[1:])
+    for role, actor in actors.items():
         mean, std = mean_std(episode_returns(actor, v["env"], v["eval_episodes"], v["eval_seed"]))
-        costs[role] = {"test_return_mean": mean,
-                       **cost_metrics(actor, tuple(heldout.shape[1:]), ev["latency_batch"], ev["latency_repeats"])}
+        costs[role] = {"test_return_mean": mean, **cost_metrics(actor, shape)}
         out.update({f"{role}/{k}": float(x) for k, x in costs[role].items()})
         out[f"{role}/test_return_std"] = std
     out.update({f"student/{k}": x for k, x in agreement_metrics(student, teacher.actor, heldout).items()})
     out.update({f"student/{k}": x for k, x in ratios(costs["student"], costs["teacher"]).items()})
+    timed = time_models(actors, shape, (1, ev["latency_batch"]), ev["latency_repeats"], "teacher")
+    for role in actors:
+        out.update(timed.metrics(role, f"{role}/"))
+    out.update({"latency/threads": float(timed.threads), "latency/blocks": float(timed.blocks)})
+    out.update(latency_flags(out))
     return out
 
 
@@ -165,4 +174,4 @@ def summary(m: dict, conf: dict) -> str:
     caption = (f"env={v['env']} seed={conf['seed']} T={v['student']['temperature']} "
                f"dagger_rounds={v['student']['dagger_rounds']}; greedy returns on {v['eval_episodes']} episodes "
                f"seeded from {v['eval_seed']}; agreement/KL on {v['heldout_states']} held-out teacher states")
-    return "\n".join([*lines, "", caption])
+    return "\n".join([*lines, "", caption, *latency_lines(m, conf["eval"]["latency_batch"])])

@@ -14,7 +14,7 @@ from torch import nn
 from torch.ao import quantization as tq
 
 from kdexp.config.errors import ConfigError
-from kdexp.measure.metrics import accuracy_metrics, cost_metrics, count_flops, cpu_latency_ms, size_on_disk
+from kdexp.measure.metrics import accuracy_metrics, cost_metrics, count_flops, size_on_disk
 from kdexp.models.base import num_params
 from kdexp.modules.distill import DistillModule
 from kdexp.runtime import distributed
@@ -29,7 +29,7 @@ from kdexp.shipping.quantization import (
 )
 from kdexp.training.context import Context, make_context
 from kdexp.training.distilled import distillation_pair, finetune, train_distilled
-from kdexp.training.evaluation import agreement, evaluate
+from kdexp.training.evaluation import agreement, evaluate, latency
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import lineage_tags, method_label, student_run, teacher_metrics, write_results
 
@@ -48,7 +48,8 @@ class QATDistillModule(DistillModule):
 
 def int8_metrics(ctx: Context, int8: nn.Module, float_arch: nn.Module) -> dict[str, float]:
     """evaluate()'s metrics for a converted model (which has no parameters to count or to find a device by):
-    params and FLOPs of the float architecture (the same weights and operations), size and latency its own."""
+    params and FLOPs of the float architecture (the same weights and operations), size its own (latency: see
+    quantized_report)."""
     x, y = ctx.dm.split_tensors("test")
     logits = int8_logits(int8, x, ctx.conf["data"].get("eval_batch_size", 1024))
     ctx.test["student"] = logits
@@ -57,25 +58,22 @@ def int8_metrics(ctx: Context, int8: nn.Module, float_arch: nn.Module) -> dict[s
     out.update({
         "params": num_params(float_arch), "flops": count_flops(float_arch, ctx.input_shape),
         "size_bytes": size_on_disk(int8),
-        "latency_b1_ms": cpu_latency_ms(int8, ctx.input_shape, 1, ev["latency_repeats"]),
-        f"latency_b{ev['latency_batch']}_ms": cpu_latency_ms(int8, ctx.input_shape, ev["latency_batch"],
-                                                              max(3, ev["latency_repeats"] // 4)),
     })
     return out
 
 
 def quantized_report(ctx: Context, qat: nn.Module) -> tuple[nn.Module, dict[str, float]]:
     """Convert, then measure: student/* = the int8 model; student/float/* = the same weights in float (accuracy)
-    with the costs of the float architecture; student/fake_quant/* = the QAT model as trained."""
-    ev = ctx.conf["eval"]
+    with the costs of the float architecture; student/fake_quant/* = the QAT model as trained. The int8 and the
+    float student are timed with the teacher and baseline, in the same blocks."""
     float_arch, qat = ctx.build("student"), observed(qat)
     metrics = {f"student/fake_quant/{k}": v for k, v in evaluate(ctx, qat, "fake_quant", costs=False).items()}
     same_float = evaluate(ctx, float_view(qat), "float", costs=False)
     metrics.update({f"student/float/{k}": v for k, v in same_float.items()})
-    metrics.update({f"student/float/{k}": v for k, v in
-                    cost_metrics(float_arch, ctx.input_shape, ev["latency_batch"], ev["latency_repeats"]).items()})
+    metrics.update({f"student/float/{k}": v for k, v in cost_metrics(float_arch, ctx.input_shape).items()})
     int8 = convert_int8(qat)
     metrics.update({f"student/{k}": v for k, v in int8_metrics(ctx, int8, float_arch).items()})
+    metrics.update(latency(ctx, {"student": int8, "student/float": float_arch}))
     metrics["student/int8_size_ratio"] = metrics["student/size_bytes"] / metrics["student/float/size_bytes"]
     metrics["student/int8_speedup_b1"] = metrics["student/float/latency_b1_ms"] / metrics["student/latency_b1_ms"]
     return int8, metrics

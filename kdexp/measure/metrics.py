@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -60,25 +58,9 @@ def size_on_disk(model: nn.Module) -> int:
     return buffer.tell()
 
 
-@torch.inference_mode()
-def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int = 20) -> float:
-    """Median wall time of one forward pass on the CPU, after warm-up."""
-    model = model.to("cpu").eval()
-    x = torch.randn(batch, *input_shape)
-    warm_until, warm_runs = time.perf_counter() + 0.25, 0
-    while warm_runs < 3 or (time.perf_counter() < warm_until and warm_runs < 200):  # allocator/kernel warm-up
-        model(x)
-        warm_runs += 1
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-# Costs depend on the architecture, not on the weights: the trials of an in-process sweep (one student
-# architecture, new weights each trial) measure them once, which also keeps their latencies comparable.
+# Parameters, FLOPs and size depend on the architecture, not on the weights: the trials of an in-process sweep
+# (one student architecture, new weights each trial) count them once. Latency is never kept here: it is a
+# measurement of the machine at that moment (kdexp.measure.latency times it afresh, teacher and student together).
 _COSTS: dict[str, dict] = {}
 _COSTS_KEPT = 16
 
@@ -87,32 +69,24 @@ def architecture_key(model: nn.Module, *settings: object) -> str:
     """The module tree (with layer hyper-parameters) and every tensor's name, shape and dtype, + `settings`."""
     tensors = [(k, tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", type(v).__name__)))
                for k, v in model.state_dict().items()]
-    text = repr((type(model).__qualname__, repr(model), tensors, settings, torch.get_num_threads()))
+    text = repr((type(model).__qualname__, repr(model), tensors, settings))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def cost_metrics(model: nn.Module, input_shape: tuple[int, ...], latency_batch: int, repeats: int) -> dict:
-    """Parameters, FLOPs, size on disk and CPU latency at batch 1 and `latency_batch` (memoized per architecture)."""
-    key = architecture_key(model, tuple(input_shape), latency_batch, repeats)
+def cost_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """Parameters, FLOPs and size on disk (memoized per architecture and input shape)."""
+    key = architecture_key(model, tuple(input_shape))
     if key not in _COSTS:
-        remember(_COSTS, key, measure_costs(model, input_shape, latency_batch, repeats), _COSTS_KEPT)
+        remember(_COSTS, key, measure_costs(model, input_shape), _COSTS_KEPT)
     return dict(_COSTS[key])
 
 
-def measure_costs(model: nn.Module, input_shape: tuple[int, ...], latency_batch: int, repeats: int) -> dict:
-    device = next(model.parameters()).device
-    cpu_model = model.to("cpu")
-    out = {
-        "params": num_params(cpu_model),
-        "flops": count_flops(cpu_model, input_shape),
-        "size_bytes": size_on_disk(cpu_model),
-        "latency_b1_ms": cpu_latency_ms(cpu_model, input_shape, 1, repeats),
-        f"latency_b{latency_batch}_ms": cpu_latency_ms(cpu_model, input_shape, latency_batch, max(3, repeats // 4)),
-    }
-    model.to(device)
-    return out
+def measure_costs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    return {"params": num_params(model), "flops": count_flops(model, input_shape), "size_bytes": size_on_disk(model)}
 
 
 def ratios(student: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
-    """student/teacher for every cost and accuracy metric both have."""
-    return {f"{k}_ratio": student[k] / teacher[k] for k in student if k in teacher and teacher[k]}
+    """student/teacher for every cost and accuracy metric both have but latency, whose ratios come from
+    blocks timed together (kdexp.measure.latency)."""
+    return {f"{k}_ratio": student[k] / teacher[k] for k in student
+            if k in teacher and teacher[k] and not k.startswith("latency")}

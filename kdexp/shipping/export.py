@@ -1,5 +1,5 @@
 """Ship a trained model without kdexp: torch.export (`.pt2`) and ONNX files, the ONNX one checked against
-torch and timed with ONNX Runtime.
+torch and timed with ONNX Runtime (interleaved with torch: kdexp.measure.latency).
 
 Both formats start from one `torch.export` graph with a dynamic batch dimension. ONNX uses torch's
 torch.export-based ("dynamo") exporter: the TorchScript-based one (`dynamo=False`) is deprecated since
@@ -9,9 +9,7 @@ torch 2.9 and warns that it will be removed. The dynamo exporter costs ~1-3 s pe
 
 from __future__ import annotations
 
-import copy
 import logging
-import statistics
 import tempfile
 import time
 import warnings
@@ -22,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from kdexp.measure.latency import Runner, cpu_eval_copy, measure_latency, torch_runner
 
 log = logging.getLogger("kdexp")
 FORMATS = ("onnx", "pt2")
@@ -47,11 +47,6 @@ def quiet_export() -> Iterator[None]:
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-
-
-def cpu_eval_copy(model: nn.Module) -> nn.Module:
-    """A CPU copy in eval mode: exports must not move or switch the caller's (maybe still training) model."""
-    return copy.deepcopy(model).cpu().eval()
 
 
 def example_batch(example: Tensor, n: int = 2) -> Tensor:
@@ -125,39 +120,47 @@ def max_abs_diff(model: nn.Module, session, x: Tensor) -> float:
     return float(np.abs(onnx_predict(session, x) - expected).max())
 
 
-def onnx_latency_ms(session, input_shape: tuple[int, ...], batch: int, repeats: int = 20) -> float:
-    """Median wall time of one ONNX Runtime run after warm-up: kdexp.measure.metrics.cpu_latency_ms's protocol."""
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)}
-    warm_until, warm_runs = time.perf_counter() + 0.25, 0
-    while warm_runs < 3 or (time.perf_counter() < warm_until and warm_runs < 200):
-        session.run(None, feed)
-        warm_runs += 1
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def onnx_runner(session, input_shape: tuple[int, ...]) -> Runner:
+    """Runs of an ONNX Runtime session on a fixed random batch, for kdexp.measure.latency."""
+    name = session.get_inputs()[0].name
+
+    def at(batch: int):
+        feed = {name: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)}
+        return lambda: session.run(None, feed)
+
+    return at
 
 
-def latency_pair(session, input_shape, batch: int, repeats: int, prefix: str) -> dict[str, float]:
-    return {f"{prefix}_latency_b1_ms": onnx_latency_ms(session, input_shape, 1, repeats),
-            f"{prefix}_latency_b{batch}_ms": onnx_latency_ms(session, input_shape, batch, max(3, repeats // 4))}
+@torch.inference_mode()
+def session_latency(session, other: Runner, input_shape: tuple[int, ...], batch: int, repeats: int,
+                    prefix: str) -> dict[str, float]:
+    """`session` timed at batch 1 and `batch` interleaved with `other` (torch's model, or the float session of
+    an int8 one) in `repeats` blocks, kdexp.measure.latency's protocol (the same as torch's latency).
+
+    Returns:
+        {prefix}_latency_b<b>_ms (median) and _b<b>_iqr_ms, {prefix}_speedup_b<b> (other / session, median of
+        the per-block ratios) and _b<b>_iqr, and {prefix}_latency_noisy (1: either spread above the limit).
+    """
+    result = measure_latency({"session": onnx_runner(session, input_shape), "other": other}, (1, batch), repeats,
+                             reference="session")
+    out = {f"{prefix}_latency_noisy": float(bool(result.noisy))}
+    for b, take in result.takes.items():
+        spent, speedup = take.times["session"], take.ratios["other"]
+        out.update({f"{prefix}_latency_b{b}_ms": spent.median, f"{prefix}_latency_b{b}_iqr_ms": spent.iqr,
+                    f"{prefix}_speedup_b{b}": speedup.median, f"{prefix}_speedup_b{b}_iqr": speedup.iqr})
+    return out
 
 
 def onnx_metrics(model: nn.Module, example: Tensor, batch: int = 256, *, path: str | Path | None = None,
-                 repeats: int = 20, torch_latency: dict[str, float] | None = None,
-                 tolerance: float = PARITY_TOLERANCE, program=None) -> dict[str, float]:
+                 repeats: int = 20, tolerance: float = PARITY_TOLERANCE, program=None) -> dict[str, float]:
     """Export `model` to ONNX (at `path`, else a temporary file), check it on `example` (a test batch) and
-    time it at batch 1 and `batch`, beside torch's latencies: `torch_latency` as kdexp.measure.metrics.cost_metrics
-    reports them ({"latency_b1_ms", "latency_b<batch>_ms"}), measured here when not given.
+    time it at batch 1 and `batch` interleaved with torch's `model` in `repeats` blocks (session_latency).
 
     Returns onnx_max_abs_diff, onnx_parity_ok (1.0 when within `tolerance`), onnx_size_bytes, onnx_export_s,
-    onnx_latency_b1_ms, onnx_latency_b<batch>_ms and onnx_speedup_b1 / _b<batch> (torch ms / ONNX ms).
+    onnx_latency_b1_ms / _b<batch>_ms (median; + _iqr_ms), onnx_speedup_b1 / _b<batch> (torch / ONNX per
+    block, median; + _iqr) and onnx_latency_noisy.
     `program`: the model's export_program, when the caller has it already (saves one torch.export).
     """
-    from kdexp.measure.metrics import cpu_latency_ms
-
     input_shape = tuple(example.shape[1:])
     with tempfile.TemporaryDirectory(prefix="kdexp-onnx-") as tmp:
         target = Path(path) if path is not None else Path(tmp) / "model.onnx"
@@ -170,12 +173,6 @@ def onnx_metrics(model: nn.Module, example: Tensor, batch: int = 256, *, path: s
     if not out["onnx_parity_ok"]:
         log.warning("ONNX export differs from torch by %.3g (> %.0e) on the test batch",
                     out["onnx_max_abs_diff"], tolerance)
-    out.update(latency_pair(session, input_shape, batch, repeats, "onnx"))
-    if torch_latency is None:
-        cpu_model = cpu_eval_copy(model)
-        torch_latency = {"latency_b1_ms": cpu_latency_ms(cpu_model, input_shape, 1, repeats),
-                         f"latency_b{batch}_ms": cpu_latency_ms(cpu_model, input_shape, batch, max(3, repeats // 4))}
-    for b in (1, batch):
-        if f"latency_b{b}_ms" in torch_latency:
-            out[f"onnx_speedup_b{b}"] = torch_latency[f"latency_b{b}_ms"] / out[f"onnx_latency_b{b}_ms"]
+    out.update(session_latency(session, torch_runner(cpu_eval_copy(model), input_shape), input_shape, batch, repeats,
+                               "onnx"))
     return out

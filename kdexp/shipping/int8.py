@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdexp.shipping.export import export_onnx, latency_pair, onnx_predict, onnx_session, quiet_export
+from kdexp.shipping.export import export_onnx, onnx_predict, onnx_runner, onnx_session, quiet_export, session_latency
 
 CALIBRATION_BATCH = 64
 QAT_PACKAGES = ("torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat")
@@ -86,13 +86,15 @@ def int8_onnx_metrics(qat: nn.Module, int8: nn.Module, calibration: Tensor, x: T
 
     Returns onnx_int8_size_bytes, onnx_float_size_bytes (the float ONNX of the same weights),
     onnx_int8_size_ratio, onnx_int8_agreement (top-1 agreement with torch's int8 model), onnx_int8_top1 (when
-    labels `y` are given) and onnx_int8_latency_b1_ms / _b<batch>_ms.
+    labels `y` are given), and the int8 file timed interleaved with the float one (export.session_latency):
+    onnx_int8_latency_b1_ms / _b<batch>_ms (+ _iqr_ms), onnx_int8_speedup_b1 / _b<batch> (float / int8; + _iqr)
+    and onnx_int8_latency_noisy.
     """
     with tempfile.TemporaryDirectory(prefix="kdexp-int8-") as tmp:
         target = Path(path) if path is not None else Path(tmp) / "student_int8.onnx"
         float_target = Path(float_path) if float_path is not None else Path(tmp) / "student_float.onnx"
         export_int8_onnx(qat, calibration, target, float_target)
-        session = onnx_session(target)
+        session, float_session = onnx_session(target), onnx_session(float_target)
         out = {"onnx_int8_size_bytes": float(target.stat().st_size),
                "onnx_float_size_bytes": float(float_target.stat().st_size)}
     out["onnx_int8_size_ratio"] = out["onnx_int8_size_bytes"] / out["onnx_float_size_bytes"]
@@ -101,5 +103,6 @@ def int8_onnx_metrics(qat: nn.Module, int8: nn.Module, calibration: Tensor, x: T
     out["onnx_int8_agreement"] = float((predicted == torch_int8).mean())
     if y is not None:
         out["onnx_int8_top1"] = float((predicted == np.asarray(y.cpu())).mean())
-    out.update(latency_pair(session, tuple(x.shape[1:]), batch, repeats, "onnx_int8"))
+    shape = tuple(x.shape[1:])
+    out.update(session_latency(session, onnx_runner(float_session, shape), shape, batch, repeats, "onnx_int8"))
     return out

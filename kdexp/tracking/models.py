@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdexp.shipping.export import cpu_eval_copy, example_batch, quiet_export
+from kdexp.measure.latency import cpu_eval_copy
+from kdexp.shipping.export import example_batch, quiet_export
 
 MODEL_NAME = "model"  # runs:/<run id>/model
 
@@ -179,8 +180,7 @@ def log_dataset_input(tracker_or_client: Any, run_id: str, dm: Any, context: str
 
 
 def log_student_exports(tracker_or_client: Any, run_id: str, model: nn.Module, test_x: torch.Tensor, out_dir,
-                        *, batch: int = 256, repeats: int = 20,
-                        torch_latency: dict[str, float] | None = None) -> dict[str, float]:
+                        *, batch: int = 256, repeats: int = 20) -> dict[str, float]:
     """The student as `student.onnx` (checked on `test_x`, a test batch of ~256, and timed; see
     kdexp.shipping.export.onnx_metrics) and `student.pt2`, both logged as run artifacts under exports/."""
     from pathlib import Path
@@ -191,8 +191,7 @@ def log_student_exports(tracker_or_client: Any, run_id: str, model: nn.Module, t
     out_dir = Path(out_dir)
     program = export_program(model, test_x)
     onnx_path, pt2_path = out_dir / "student.onnx", export_pt2(program, None, out_dir / "student.pt2")
-    metrics = onnx_metrics(model, test_x, batch, path=onnx_path, repeats=repeats, torch_latency=torch_latency,
-                           program=program)
+    metrics = onnx_metrics(model, test_x, batch, path=onnx_path, repeats=repeats, program=program)
     for path in (onnx_path, pt2_path):
         client.log_artifact(run_id, str(path), "exports")
     return metrics

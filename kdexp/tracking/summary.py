@@ -50,7 +50,34 @@ def summary_table(metrics: dict[str, float], conf: dict) -> str:
     if "student/best_val/test_top1" in metrics:
         caption += (f"; best-val epoch {metrics['student/best_epoch']:.0f}: "
                     f"test top-1 {100 * metrics['student/best_val/test_top1']:.2f}")
-    return "\n".join([*lines, "", f"student/teacher: {ratio_text}", caption, *onnx_line(metrics, batch)])
+    return "\n".join([*lines, "", f"student/teacher: {ratio_text}", caption, *latency_lines(metrics, batch),
+                      *onnx_line(metrics, batch)])
+
+
+def noisy_roles(metrics: dict[str, float]) -> list[str]:
+    """The roles whose latency stayed noisy (<role>/latency_noisy = 1), sorted."""
+    return sorted(k.removesuffix("/latency_noisy") for k, v in metrics.items() if k.endswith("/latency_noisy") and v)
+
+
+def latency_lines(metrics: dict[str, float], batch: int) -> list[str]:
+    """How latency was measured (kdexp/measure/latency.py), the paired student/teacher ratios and the flags."""
+    if "latency/blocks" not in metrics:
+        return []
+    paired = ", ".join(f"b{b} {metrics[f'student/latency_b{b}_ms_ratio']:.3f} "
+                       f"(IQR {metrics[f'student/latency_b{b}_ratio_iqr']:.3f})"
+                       for b in dict.fromkeys((1, batch)) if f"student/latency_b{b}_ms_ratio" in metrics)
+    threads = metrics["latency/threads"]
+    clock = "thread CPU time" if threads == 1 else "wall time"
+    lines = [f"latency: median (IQR) of {metrics['latency/blocks']:.0f} interleaved blocks, every model above in the "
+             f"same blocks, {threads:.0f} torch thread(s), {clock}" + (f"; student/teacher per block: {paired}"
+                                                                       if paired else "")]
+    noisy = noisy_roles(metrics)
+    if noisy:
+        lines.append(f"LATENCY NOISY: {', '.join(noisy)} (IQR/median above the limit after retakes): the machine "
+                     "was busy; compare ratios, not milliseconds")
+    if metrics.get("student/latency_slower_than_teacher"):
+        lines.append("LATENCY FLAG: the student has fewer parameters and FLOPs than its teacher but measured slower")
+    return lines
 
 
 def onnx_line(metrics: dict[str, float], batch: int) -> list[str]:
@@ -59,5 +86,6 @@ def onnx_line(metrics: dict[str, float], batch: int) -> list[str]:
     if "latency_b1_ms" not in m:
         return []
     big = f"; b{batch} {m[f'latency_b{batch}_ms']:.2f} ms" if f"latency_b{batch}_ms" in m else ""
+    noisy = "; NOISY (IQR/median above the limit)" if m.get("latency_noisy") else ""
     return [f"student in ONNX Runtime: lat b1 {m['latency_b1_ms']:.3f} ms{big} "
-            f"(max |logit diff| vs torch {m.get('max_abs_diff', float('nan')):.1e})"]
+            f"(max |logit diff| vs torch {m.get('max_abs_diff', float('nan')):.1e}{noisy})"]

@@ -31,6 +31,7 @@ class Context:
     cache: ModelCache
     run_dir: Path
     test: dict = field(default_factory=dict)  # role -> test logits, for agreement
+    timed: dict = field(default_factory=dict)  # role -> model evaluated with costs, timed with the student
     memo: dict = field(default_factory=dict)  # teacher outputs / views already loaded in this experiment
     run_tags: dict = field(default_factory=dict)  # the experiment kind's own tags on its student runs
     position: str | None = None  # "cell i/N" / "trial i/N" of a multirun, shown in progress lines

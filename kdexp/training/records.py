@@ -47,16 +47,14 @@ def register(ctx: Context, model_id: str, name: str) -> None:
     log.info("registered the student as %s version %s", name, version.version)
 
 
-def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
-    """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student, as student/* metrics."""
+def student_exports(ctx: Context, run_id: str, student: nn.Module) -> dict[str, float]:
+    """ONNX (+ parity and ONNX Runtime latency, interleaved with torch's) and .pt2 of the student, as student/*
+    metrics."""
     if not ctx.conf["tracking"].get("export_student", True) or not _records_here(ctx):
         return {}
     from kdexp.tracking.models import log_student_exports
 
     ev, x = ctx.conf["eval"], ctx.dm.split_tensors("test")[0]
-    batch = ev["latency_batch"]
-    torch_latency = {k: metrics[f"student/{k}"] for k in ("latency_b1_ms", f"latency_b{batch}_ms")
-                     if f"student/{k}" in metrics}
-    out = log_student_exports(ctx.tracker, run_id, student, x[:256], ctx.run_dir / "exports", batch=batch,
-                              repeats=ev["latency_repeats"], torch_latency=torch_latency)
+    out = log_student_exports(ctx.tracker, run_id, student, x[:256], ctx.run_dir / "exports",
+                              batch=ev["latency_batch"], repeats=ev["latency_repeats"])
     return {f"student/{k}": float(v) for k, v in out.items()}

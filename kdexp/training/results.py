@@ -22,7 +22,7 @@ from kdexp.tracking.runs import flatten
 from kdexp.tracking.summary import summary_table
 from kdexp.training.context import Context
 from kdexp.training.distilled import finetune
-from kdexp.training.evaluation import agreement, evaluate
+from kdexp.training.evaluation import agreement, evaluate, latency, latency_flags, latency_tags
 from kdexp.training.lifecycle import tracked_run
 from kdexp.training.records import record_model, student_exports
 from kdexp.training.trainer import drop_checkpoints, resuming, save_weights
@@ -101,6 +101,7 @@ def report_student(ctx: Context, run_id: str, student: nn.Module, train_metrics:
     if teacher_meta is not None:
         metrics.update(agreement(ctx, "student"))
     metrics.update(extra or {})
+    metrics.update(latency(ctx))  # the student with the teacher (and baseline) in the same blocks
     ctx.tracker.log_metrics(run_id, metrics)
     write_results(ctx, run_id, metrics, student, labels, shown)
     return metrics
@@ -117,19 +118,22 @@ def summary_conf(conf: Mapping, labels: dict[str, str] | None, shown: dict[str, 
 def write_results(ctx: Context, run_id: str, metrics: dict, student: nn.Module,
                   labels: dict[str, str] | None = None, shown: dict[str, dict] | None = None,
                   exported: bool = True) -> None:
-    """student/*_ratio metrics, the student's MLflow Model and exports (`exported`: the float student; a
-    kind that ships another form records it itself), metrics.json, summary.md (printed) and the weights, as
-    artifacts (rank 0)."""
+    """student/*_ratio metrics and latency flags (+ tags), the student's MLflow Model and exports (`exported`:
+    the float student; a kind that ships another form records it itself), metrics.json, summary.md (printed)
+    and the weights, as artifacts (rank 0)."""
     teacher = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("teacher/")}
     student_m = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.count("/") == 1 and k.startswith("student/")}
-    ratio = {f"student/{k}": v for k, v in ratios(student_m, teacher).items()}
-    metrics.update(ratio)
+    derived = {f"student/{k}": v for k, v in ratios(student_m, teacher).items()}
+    metrics.update(derived)
+    derived.update(latency_flags(metrics))
+    metrics.update(derived)
     if not distributed.is_rank_zero():
         return
-    ctx.tracker.log_metrics(run_id, ratio)
+    ctx.tracker.log_metrics(run_id, derived)
+    ctx.tracker.set_tags(run_id, latency_tags(metrics))
     if exported:
         record_model(ctx, run_id, student, "student")
-        exports = student_exports(ctx, run_id, student, metrics)
+        exports = student_exports(ctx, run_id, student)
         metrics.update(exports)
         ctx.tracker.log_metrics(run_id, exports)
     (ctx.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

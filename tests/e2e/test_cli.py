@@ -56,6 +56,7 @@ def test_summary_table_is_printed(two_runs):
         assert row in out
     for column in ("test top-1", "agree w/ T", "params", "FLOPs", "lat b1 ms", "size"):
         assert column in out
+    assert "latency: median (IQR) of 2 interleaved blocks, every model above in the same blocks" in out
 
 
 def test_teacher_trained_once_then_reused(two_runs):
@@ -89,6 +90,14 @@ def test_mlflow_run_has_params_tags_metrics_and_artifacts(two_runs):
                 "student/latency_b1_ms", "student/size_bytes", "student/params_ratio", "student/best_val_acc"):
         assert key in metrics, key
     assert 0 <= metrics["student/test_top1"] <= 1 and metrics["student/params_ratio"] < 1
+    # latency: teacher, baseline and student timed in the same blocks of this run, with spread and flags
+    for role in ("teacher", "baseline", "student"):
+        assert metrics[f"{role}/latency_b8_ms"] > 0 and metrics[f"{role}/latency_b8_iqr_ms"] >= 0
+        assert metrics[f"{role}/latency_noisy"] in (0.0, 1.0)
+    assert metrics["student/latency_b1_ms_ratio"] > 0 and metrics["student/latency_b1_ratio_iqr"] >= 0
+    assert metrics["student/latency_slower_than_teacher"] in (0.0, 1.0) and metrics["latency/blocks"] == 2
+    assert student.data.tags["kdexp.latency_threads"] == str(int(metrics["latency/threads"]))
+    assert student.data.tags["kdexp.latency_flags"]
     artifacts = {a.path for a in client.list_artifacts(student.info.run_id)}
     assert {"config.yaml", "metrics.json", "summary.md", "student.pt"} <= artifacts
 
