@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from kdexp.caching.fingerprint import remember
-from kdexp.models.base import num_params
+from kdexp.models.base import example_input, num_params
 
 
 @torch.inference_mode()
@@ -50,7 +50,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
+        model(example_input(model, input_shape, 1, device=device))
     return int(counter.get_total_flops())
 
 
@@ -64,7 +64,7 @@ def size_on_disk(model: nn.Module) -> int:
 def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int = 20) -> float:
     """Median wall time of one forward pass on the CPU, after warm-up."""
     model = model.to("cpu").eval()
-    x = torch.randn(batch, *input_shape)
+    x = example_input(model, input_shape, batch, random=True)
     warm_until, warm_runs = time.perf_counter() + 0.25, 0
     while warm_runs < 3 or (time.perf_counter() < warm_until and warm_runs < 200):  # allocator/kernel warm-up
         model(x)
