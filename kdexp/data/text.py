@@ -57,16 +57,23 @@ def load_tokenizer(source: str):
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
-    """A lower-cased WordPiece tokenizer trained on `texts` (deterministic), as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-cased WordPiece tokenizer for `texts`, as a transformers fast tokenizer. Deterministic (tokenizers'
+    own WordPiece trainer is not: equal texts gave other vocabularies): the special tokens, every character seen
+    (alone and as a ##continuation, so no word is unknown), then the most frequent words, ties by spelling."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                                             show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for t in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in words for c in w})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    ranked = sorted((w for w in words if len(w) > 1), key=lambda w: (-words[w], w))
+    vocab += ranked[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, splitter
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
@@ -320,7 +327,12 @@ def tokenizer_digest(tokenizer) -> str | None:
     """Hash of the tokenizer's full definition (vocabulary, normalizer, templates)."""
     if tokenizer is None:
         return None
-    text = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    if hasattr(tokenizer, "backend_tokenizer"):  # less the padding/truncation state a call leaves behind
+        spec = {k: v for k, v in json.loads(tokenizer.backend_tokenizer.to_str()).items()
+                if k not in ("padding", "truncation")}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = repr(tokenizer)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
