@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,9 @@ def load_tokenizer(source: str):
     """AutoTokenizer from a local folder, or a hub id when the hub is reachable; ConfigError otherwise."""
     from transformers import AutoTokenizer
 
+    offline = os.environ.get("KDEXP_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"data.tokenizer={source!r}: no tokenizer could be loaded ({str(exc).splitlines()[0][:160]}); without "
@@ -341,6 +343,8 @@ def load_hub_dataset(name: str, config: str | None):
     from datasets import load_dataset
 
     try:
+        if os.environ.get("KDEXP_OFFLINE") == "1":
+            raise ConnectionError("KDEXP_OFFLINE=1")
         return load_dataset(name, config)
     except Exception as exc:  # noqa: BLE001 - offline, unknown name, ...: all mean "not here"
         raise ConfigError(

@@ -13,6 +13,7 @@ transformers is imported only when an `hf` model is built.
 from __future__ import annotations
 
 import inspect
+import os
 
 import torch
 import torch.nn.functional as F
@@ -79,10 +80,10 @@ def build_hf_model(source: str | None, overrides: dict, num_classes: int, vocab_
 
     if source is None:
         config = BertConfig(**{**BERT_DEFAULTS, "vocab_size": vocab_size or 30522, "pad_token_id": pad_token_id,
-                               "max_position_embeddings": max_length, **overrides})
+                               "max_position_embeddings": max_length})
     else:
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, local_files_only=hub_offline())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"arch=hf:{source}: not a reachable hub id or a local model folder "
                               f"({str(exc).splitlines()[0][:120]}); offline, pass a folder saved with "
@@ -92,10 +93,10 @@ def build_hf_model(source: str | None, overrides: dict, num_classes: int, vocab_
         if trained_head and head != num_classes and not overrides:
             raise ConfigError(f"arch=hf:{source}: its classification head has {head} classes, the data has "
                               f"{num_classes}; use a model with a head of {num_classes} or its base model")
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise ConfigError(f"hf_config.{key}={value!r}: {type(config).__name__} has no such setting")
-            setattr(config, key, value)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"hf_config.{key}={value!r}: {type(config).__name__} has no such setting")
+        setattr(config, key, value)
     config.num_labels = num_classes
     config._attn_implementation = "eager"  # attention maps for TinyBERT/MiniLM; also what exports cleanly
     if vocab_size is not None and vocab_size > config.vocab_size:
@@ -106,7 +107,12 @@ def build_hf_model(source: str | None, overrides: dict, num_classes: int, vocab_
                           "positions; lower data.max_length")
     if source is None or overrides:
         return AutoModelForSequenceClassification.from_config(config)
-    return AutoModelForSequenceClassification.from_pretrained(source, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(source, config=config, local_files_only=hub_offline())
+
+
+def hub_offline() -> bool:
+    """KDEXP_OFFLINE=1 (or HF_HUB_OFFLINE=1): look in local folders and the local cache only, no retries."""
+    return os.environ.get("KDEXP_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
 @register_model()
