@@ -13,6 +13,8 @@ from kdexp.distill import IncompatiblePairError, create_method
 from kdexp.distill.transformer import layer_map
 from kdexp.models import create_model
 
+pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
+
 VOCAB, LENGTH = 50, 12
 
 

@@ -16,6 +16,8 @@ from kdexp.data import create_datamodule
 from kdexp.data.text import trim_padding
 from tests.text_helpers import corpus, tiny_bert_folder, write_files, write_split
 
+pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
+
 
 def text_dm(files, tmp_path, **kw):
     kw = {"tokenizer": "train", "vocab_size": 100, "max_length": 24, "cache_dir": str(tmp_path / "tok"), **kw}

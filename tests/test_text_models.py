@@ -11,6 +11,8 @@ from kdexp.models import create_model, example_input
 from kdexp.models.text import init_from_teacher
 from tests.text_helpers import tiny_bert_folder
 
+pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
+
 VOCAB, LENGTH = 60, 16
 
 

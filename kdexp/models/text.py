@@ -4,6 +4,8 @@
               label count from the data); `hf_config` overrides build one from scratch from that model's config
               (or, for plain `arch=hf`, from a BERT config): num_hidden_layers, hidden_size, num_attention_heads,
               intermediate_size, ...
+  bert_l6, bert_l4   `hf` with 6 / 4 layers of kwargs.source's config (the GLUE matrices' students: a pair axis
+              names architectures)
   text_cnn    a CNN over word embeddings (Kim 2014; the small non-transformer student of Tang et al. 2019),
               max-pooled over the real tokens only, so its output does not depend on the padding
 
@@ -23,7 +25,8 @@ from kdexp.config.errors import ConfigError
 from kdexp.models import register_model
 from kdexp.models.base import FeatureOutput, ZooModel
 
-TEXT_MODELS = ("hf", "text_cnn")
+HF_FAMILIES = ("hf", "bert_l4", "bert_l6")  # Hugging Face models: they take hf_config
+TEXT_MODELS = (*HF_FAMILIES, "text_cnn")
 BERT_DEFAULTS = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 VALUE_SUFFIXES = (".self.value", ".v_lin", ".self_attn.v_proj", ".attention.v_proj")  # BERT, DistilBERT, others
 
@@ -118,6 +121,22 @@ def hub_offline() -> bool:
 @register_model()
 def hf(num_classes: int = 2, in_channels: int = 3, **kwargs) -> HFClassifier:
     return HFClassifier(num_classes, in_channels, **kwargs)
+
+
+def with_layers(layers: int, kwargs: dict) -> dict:
+    return {**kwargs, "hf_config": {"num_hidden_layers": layers, **(kwargs.get("hf_config") or {})}}
+
+
+@register_model()
+def bert_l6(num_classes: int = 2, in_channels: int = 3, **kwargs) -> HFClassifier:
+    """`hf` with 6 layers (DistilBERT's depth): its `source`'s config (kwargs.source) with 6 layers, from scratch."""
+    return HFClassifier(num_classes, in_channels, **with_layers(6, kwargs))
+
+
+@register_model()
+def bert_l4(num_classes: int = 2, in_channels: int = 3, **kwargs) -> HFClassifier:
+    """`hf` with 4 layers (TinyBERT-4's depth; its width stays the source's)."""
+    return HFClassifier(num_classes, in_channels, **with_layers(4, kwargs))
 
 
 class TextCNN(TextModel):

@@ -91,7 +91,7 @@ class Context:
 def model_kwargs(dm, node: Mapping, role: str) -> dict:
     """The constructor arguments of the `role` node's model: its kwargs; for text data also the vocabulary and
     sequence length, and `hf_config`. A model of the other modality is refused here, before any training."""
-    from kdexp.models.text import TEXT_MODELS
+    from kdexp.models.text import HF_FAMILIES, TEXT_MODELS
 
     kwargs = dict(node.get("kwargs") or {})
     family = node["arch"].partition(":")[0]
@@ -103,7 +103,7 @@ def model_kwargs(dm, node: Mapping, role: str) -> dict:
                                                    "choose an image model (kdexp.models.list_models())"))
     if text_data:
         kwargs.update(dm.model_kwargs())
-        if family == "hf":
+        if family in HF_FAMILIES:
             kwargs["hf_config"] = dict(node.get("hf_config") or {})
     return kwargs
 
