@@ -280,7 +280,8 @@ def test_download_and_unpack_cifar_tarball(tmp_path, monkeypatch):
 
 # --- configuration errors --------------------------------------------------------------------------
 def test_config_errors():
-    assert list_datasets() == ["cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "mnist", "synthetic"]
+    assert list_datasets() == ["cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "mnist", "synthetic",
+                               "text", "text_synthetic"]
     with pytest.raises(
         ValueError, match="unknown data set 'imagenet'; choose one of: cifar10, cifar100, digits"
     ):

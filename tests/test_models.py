@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdexp.models import FeatureOutput, ZooModel, create_model, list_models, num_params
+from kdexp.models.text import TEXT_MODELS
 from kdexp.models.wrn import wrn
 
-MODELS = list_models()
+MODELS = [m for m in list_models() if m not in TEXT_MODELS]  # image models; text ones: test_text_models.py
 SIZES = (8, 28, 32)
 CHANNELS = (1, 3)
 NUM_CLASSES = 7  # not 10 or 100, so a hard-coded class count would show

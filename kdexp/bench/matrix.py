@@ -24,7 +24,7 @@ MATRIX_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "matrix"  # shippe
 # `imports`: where code comes from; what it trains is in the other keys (a plug-in model's name, ...).
 CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair", "tune", "imports")
 CELL_IGNORED_SUBKEYS = {
-    "data": ("root", "eval_batch_size", "device", "pin_memory"),
+    "data": ("root", "eval_batch_size", "device", "pin_memory", "cache_dir"),
     "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last",
                 "logger"),
     "teacher_cache": ("mode", "max_gb"),  # cached or online teacher outputs: the same numbers

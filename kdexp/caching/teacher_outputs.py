@@ -37,6 +37,7 @@ FEATURES = ("stages", "preact", "embedding")
 FILL_BATCH = 256  # teacher batch while filling: fastest on CPU here (1024 falls out of cache); fixed
 VIEW_CHUNK = 4096  # augmentation chunk while building views; fixed, it is part of what a view seed means
 MODES = ("auto", "on", "off")
+PER_TOKEN = frozenset({"attentions", "values", "mask"})  # transformer features: not cached (kdexp.distill.transformer)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,10 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
     if settings.mode == "off":
         return None
     views = settings.views if dm.augment else 0
+    if needs & PER_TOKEN:
+        log.info("teacher runs online: its per-token features %s follow each batch's padding",
+                 sorted(needs & PER_TOKEN))
+        return None
     if dm.augment and not views:
         log.info("teacher runs online: random augmentation (data.augment=true, teacher_cache.views=0)")
         return None

@@ -159,11 +159,19 @@ def teacher_node(arch: str) -> dict:
         "ckpt": None,                           # a weights file to load instead of training
         "max_epochs": "${trainer.max_epochs}",  # epochs when kdexp trains the teacher itself
         "seed": "${seed}",
+        **hf_keys(arch),
     }
 
 
 def student_node(arch: str) -> dict:
-    return {"arch": arch, "kwargs": {}}
+    return {"arch": arch, "kwargs": {}, **hf_keys(arch),
+            **({"init_from_teacher": False} if arch == "hf" else {})}  # true: DistilBERT's every-k-th-layer init
+
+
+def hf_keys(arch: str) -> dict:
+    """`teacher=hf` / `student=hf` (arch hf:<hub id or folder>, or a BERT from scratch): config overrides
+    (num_hidden_layers, hidden_size, ...) that build the model from scratch; the other models have no such key."""
+    return {"hf_config": {}} if arch == "hf" else {}
 
 
 def register_configs(models: list[str] | None = None) -> None:

@@ -46,7 +46,7 @@ def validate_config(conf: dict) -> None:
     models = known_names("kdexp.models", "register_model", "kdexp.models", "MODELS")
     for role in ("teacher", "student"):
         arch = conf[role]["arch"]
-        if arch not in models:
+        if arch.partition(":")[0] not in models:  # family:source (hf:<hub id or folder>) names its family
             raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {', '.join(models)}")
     datasets = known_names("kdexp.data", "DATASETS.register", "kdexp.data", "DATASETS")
     if conf["data"]["name"] not in datasets:

@@ -18,6 +18,8 @@ from .idx import FashionMNISTDataModule, MNISTDataModule, read_idx, read_idx_pai
 from .image_folder import ImageFolderDataModule
 from .locate import SYSTEM_DIRS, FileDataModule, find_data_dir
 from .synthetic import SyntheticDataModule
+from .text import TextDataModule
+from .text_synthetic import SyntheticTextDataModule
 
 __all__ = [
     "DATASETS",
@@ -32,6 +34,8 @@ __all__ = [
     "ImageFolderDataModule",
     "MNISTDataModule",
     "SyntheticDataModule",
+    "SyntheticTextDataModule",
+    "TextDataModule",
     "TensorBatchLoader",
     "TensorDataModule",
     "create_datamodule",

@@ -90,6 +90,7 @@ class TensorDataModule(L.LightningDataModule):
     class_names: tuple[str, ...] | None = None
     flip: bool = True  # does a horizontally flipped sample keep its class?
     crop_padding: int = 4
+    finish_batch = None  # a method (x) -> x applied to every loader batch (text: dynamic padding)
 
     def __init__(
         self,
@@ -262,6 +263,7 @@ class TensorDataModule(L.LightningDataModule):
             epoch_fn=self.trainer_epoch if training else None,
             pin_memory=self._pin,
             pad_shards=training,
+            finish=self.finish_batch,
         )
 
     def view_loader(self, x_views: Tensor, views: int) -> TensorBatchLoader:
@@ -270,6 +272,7 @@ class TensorDataModule(L.LightningDataModule):
         return TensorBatchLoader(
             x_views.to(self._batch_device), y, self.batch_size, shuffle=True, seed=self.seed,
             drop_last=self.drop_last, epoch_fn=self.trainer_epoch, pin_memory=self._pin, views=views,
+            finish=self.finish_batch,
         )
 
     def trainer_epoch(self) -> int | None:

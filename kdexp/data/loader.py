@@ -77,6 +77,7 @@ class TensorBatchLoader:
         pin_memory: bool = False,
         views: int = 0,
         pad_shards: bool = True,
+        finish: Callable[[Tensor], Tensor] | None = None,
     ):
         check_int("batch_size", batch_size, 1)
         check_int("views", views, 0)
@@ -86,6 +87,7 @@ class TensorBatchLoader:
         self.x, self.y, self.pin_memory, self.views = x, y, pin_memory, views
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.augment, self.epoch_fn, self.pad_shards = augment, epoch_fn, pad_shards
+        self.finish = finish  # last touch on every batch's x (text: cut to the batch's longest sequence)
         self._next_epoch = 0
         self._shard: tuple[int, int] | None = None
 
@@ -147,6 +149,8 @@ class TensorBatchLoader:
             xb = self.x[batch_rows]
             if self.augment is not None:
                 xb = self.augment(xb, gen)
+            if self.finish is not None:
+                xb = self.finish(xb)
             batch = (xb, self.y[index], batch_rows)
             # page-locked host batches: the trainer's non-blocking copy to the GPU overlaps the step
             yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch

@@ -49,7 +49,7 @@ def method_terms(name: str) -> tuple[str, ...]:
 
 
 # Method families register themselves on import (kept after the registry they import).
-from kdexp.distill import crd, hint, logit, relation, reviewkd, two_stage  # noqa: E402, F401
+from kdexp.distill import crd, hint, logit, relation, reviewkd, transformer, two_stage  # noqa: E402, F401
 
 __all__ = [
     "BUILTIN_TERMS", "Distiller", "IncompatiblePairError", "create_method",

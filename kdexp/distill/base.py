@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdexp.models.base import FeatureOutput
 
-FEATURES = frozenset({"logits", "stages", "preact", "embedding", "index"})
+FEATURES = frozenset({"logits", "stages", "preact", "embedding", "index", "attentions", "values", "mask"})
 
 
 class IncompatiblePairError(ValueError):
@@ -38,6 +38,8 @@ class Distiller(nn.Module):
     # False: the init stage trains only the method's own modules, and the student stays in eval mode
     # there (its BatchNorm running statistics must not drift on a stage that does not train it: FT)
     init_trains_student: ClassVar[bool] = True
+    # True: reads what only transformers give (attention maps, per-token hidden states; kdexp.distill.transformer)
+    transformer_only: ClassVar[bool] = False
 
     def build(
         self, student: FeatureOutput, teacher: FeatureOutput, num_classes: int, num_samples: int

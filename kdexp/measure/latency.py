@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdexp.models.base import example_input
+
 # IQR/median above which a median is re-taken, then flagged. With n blocks the median's standard error is
 # about 0.93 IQR/sqrt(n) (normal samples): at 0.25 and 20 blocks it is ~5 % of the median, a 95 % interval of
 # ~±10 %, well inside the 25 % by which a teacher/student ratio may move under load (docs/latency.md).
@@ -181,7 +183,7 @@ def torch_runner(model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
     """Forward passes of `model` as it is (call under torch.inference_mode, on the CPU: see time_models)."""
 
     def at(batch: int) -> Callable[[], object]:
-        x = torch.randn(batch, *input_shape)
+        x = example_input(model, input_shape, batch, random=True)  # token ids for a text model
         return lambda: model(x)
 
     return at

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from kdexp.caching.fingerprint import remember
-from kdexp.models.base import num_params
+from kdexp.models.base import example_input, num_params
 
 
 @torch.inference_mode()
@@ -48,7 +48,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
+        model(example_input(model, input_shape, 1, device=device))
     return int(counter.get_total_flops())
 
 

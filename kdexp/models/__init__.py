@@ -7,13 +7,17 @@ Each architecture family lives in its own module and registers its constructors 
 from __future__ import annotations
 
 from kdexp.config.registry import Registry
-from kdexp.models.base import FeatureOutput, ZooModel, num_params
+from kdexp.models.base import FeatureOutput, ZooModel, example_input, num_params
 
 MODELS: Registry[ZooModel] = Registry("model")
 register_model = MODELS.register
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> ZooModel:
+    """The zoo model `name`; `family:source` (hf:<hub id or folder>) passes `source` to the family."""
+    name, _, source = name.partition(":")
+    if source:
+        kwargs["source"] = source
     model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
     model.num_classes, model.in_channels = num_classes, in_channels
     return model
@@ -30,8 +34,10 @@ from kdexp.models import (  # noqa: E402,F401
     resnet_imagenet,
     shufflenet,
     small,
+    text,
     vgg,
     wrn,
 )
 
-__all__ = ["FeatureOutput", "ZooModel", "create_model", "list_models", "num_params", "register_model"]
+__all__ = ["FeatureOutput", "ZooModel", "create_model", "example_input", "list_models", "num_params",
+           "register_model"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -15,12 +15,19 @@ class FeatureOutput:
     stages:    output of the stem and of each stage, post-activation, in forward order
     preact:    the same points before their last ReLU (== stages where the architecture has none)
     embedding: the pooled, flattened vector fed to the classifier
+    Transformers (kdexp.models.text) also give, with stages = every hidden state (B, L, H), embeddings first:
+    attentions: each layer's attention probabilities (B, heads, L, L)
+    values:     each layer's value projection (B, L, H), for MiniLM's value relation
+    mask:       the attention mask (B, L), 1 on real tokens
     """
 
     logits: Tensor
     stages: list[Tensor]
     preact: list[Tensor]
     embedding: Tensor
+    attentions: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    mask: Tensor | None = None
 
 
 class ZooModel(nn.Module):
@@ -29,6 +36,7 @@ class ZooModel(nn.Module):
 
     num_classes: int
     in_channels: int
+    input_dtype: torch.dtype = torch.float32  # int64 for models of token ids
 
     def forward_intermediates(self, x: Tensor) -> FeatureOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -41,7 +49,7 @@ class ZooModel(nn.Module):
         """Shapes of every feature for one sample of `input_shape` (C, H, W); used to build adapters."""
         was_training = self.training
         self.eval()
-        probe = torch.zeros(2, *input_shape, device=next(self.parameters()).device)
+        probe = example_input(self, input_shape, 2, device=next(self.parameters()).device)
         out = self.forward_intermediates(probe)
         self.train(was_training)
         return out
@@ -49,3 +57,26 @@ class ZooModel(nn.Module):
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int, device=None,
+                  random: bool = False) -> Tensor:
+    """A batch of `input_shape` that `model` accepts: zeros (or N(0, 1) with `random`) for image models; for models
+    of token ids (input_dtype int64, rows ids/mask/types) token 0 at every position, all unmasked (full length).
+
+    Args:
+        model: the model the batch is for; its `input_dtype` (default float32) decides the kind of input.
+        input_shape: one sample's shape.
+        batch: the batch size.
+        device: where to make it (default CPU).
+        random: normal noise instead of zeros, for image models (latency runs).
+    Returns:
+        the batch tensor.
+    """
+    dtype = getattr(model, "input_dtype", torch.float32)
+    if dtype.is_floating_point:
+        make = torch.randn if random else torch.zeros
+        return make(batch, *input_shape, device=device)
+    x = torch.zeros(batch, *input_shape, dtype=dtype, device=device)
+    x[:, 1] = 1  # attention mask
+    return x

@@ -51,7 +51,8 @@ def quiet_export() -> Iterator[None]:
 
 def example_batch(example: Tensor, n: int = 2) -> Tensor:
     """At least 2 samples: torch.export specializes a batch of 1 to a constant, so the batch would not be dynamic."""
-    example = torch.as_tensor(example).detach().float().cpu()
+    example = torch.as_tensor(example).detach().cpu()
+    example = example if not example.is_floating_point() else example.float()  # token ids stay int64
     return example[:n] if len(example) >= n else example[:1].repeat(n, *([1] * (example.dim() - 1)))
 
 
@@ -82,7 +83,8 @@ def export_pt2(model, example: Tensor | None, path: str | Path) -> Path:
 
 
 def export_onnx(model, example: Tensor | None, path: str | Path) -> Path:
-    """One self-contained ONNX file (weights inside), input "input" (N, C, H, W) float32, output "logits"."""
+    """One self-contained ONNX file (weights inside), input "input" (N, C, H, W) float32 (text: (N, 3, L) int64 ids,
+    mask, token types, padded to L), output "logits"."""
     program = as_program(model, example)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,16 +109,21 @@ def onnx_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def input_dtype(session) -> type:
+    """numpy type of the session's input: int64 for token ids, float32 for images."""
+    return np.int64 if session.get_inputs()[0].type == "tensor(int64)" else np.float32
+
+
 def onnx_predict(session, x: Tensor | np.ndarray, batch_size: int = 1024) -> np.ndarray:
     x = x.detach().cpu().numpy() if isinstance(x, Tensor) else x
     name = session.get_inputs()[0].name
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=input_dtype(session))
     return np.concatenate([session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
 @torch.inference_mode()
 def max_abs_diff(model: nn.Module, session, x: Tensor) -> float:
-    expected = cpu_eval_copy(model)(x.float().cpu()).numpy()
+    expected = cpu_eval_copy(model)(x.cpu() if not x.is_floating_point() else x.float().cpu()).numpy()
     return float(np.abs(onnx_predict(session, x) - expected).max())
 
 
@@ -125,7 +132,12 @@ def onnx_runner(session, input_shape: tuple[int, ...]) -> Runner:
     name = session.get_inputs()[0].name
 
     def at(batch: int):
-        feed = {name: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)}
+        if input_dtype(session) == np.int64:  # token ids: token 0 everywhere, unmasked (example_input's batch)
+            x = np.zeros((batch, *input_shape), np.int64)
+            x[:, 1] = 1
+        else:
+            x = np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)
+        feed = {name: x}
         return lambda: session.run(None, feed)
 
     return at

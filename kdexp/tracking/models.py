@@ -150,7 +150,8 @@ def dataset_entity(dm: Any):
 
     fingerprint = dm.fingerprint()
     sizes = {split: len(dm.split_tensors(split)[1]) for split in ("train", "val", "test")}
-    schema = TensorDatasetSchema(features=Schema([TensorSpec(np.dtype(np.float32), (-1, *dm.input_shape))]),
+    dtype = np.dtype(str(getattr(dm, "input_dtype", "float32")).removeprefix("torch."))  # text: int64 token ids
+    schema = TensorDatasetSchema(features=Schema([TensorSpec(dtype, (-1, *dm.input_shape))]),
                                  targets=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
     profile = {"num_rows": sum(sizes.values()), **{f"{k}_rows": v for k, v in sizes.items()},
                "num_classes": dm.num_classes, "input_shape": list(dm.input_shape), "limit": fingerprint["limit"],

@@ -14,6 +14,7 @@ from torch import nn
 from kdexp.bench.matrix import settings_key
 from kdexp.caching.models import ModelCache
 from kdexp.caching.teacher_outputs import TeacherCacheSettings
+from kdexp.config.errors import ConfigError
 from kdexp.config.parse import recipe_for
 from kdexp.distill import method_from_config
 from kdexp.models import create_model
@@ -62,9 +63,8 @@ class Context:
 
     def build(self, role: str) -> nn.Module:
         node = self.conf[role]
-        return create_model(
-            node["arch"], num_classes=self.dm.num_classes, in_channels=self.dm.in_channels, **(node.get("kwargs") or {})
-        )
+        return create_model(node["arch"], num_classes=self.dm.num_classes, in_channels=self.dm.in_channels,
+                            **model_kwargs(self.dm, node, role))
 
     def recipe_for(self, role: str, arch: str | None = None) -> dict:
         return recipe_for(self.conf, role, arch)
@@ -87,6 +87,26 @@ class Context:
     def settings(self) -> str:
         """kdexp.settings of the student run: what every cell of one benchmark table shares."""
         return settings_key(self.conf)
+
+
+def model_kwargs(dm, node: Mapping, role: str) -> dict:
+    """The constructor arguments of the `role` node's model: its kwargs; for text data also the vocabulary and
+    sequence length, and `hf_config`. A model of the other modality is refused here, before any training."""
+    from kdexp.models.text import HF_FAMILIES, TEXT_MODELS
+
+    kwargs = dict(node.get("kwargs") or {})
+    family = node["arch"].partition(":")[0]
+    text_data = hasattr(dm, "model_kwargs")
+    if text_data != (family in TEXT_MODELS):
+        allowed = ", ".join(f"{m}" for m in TEXT_MODELS) + ", hf:<hub id or folder>"
+        raise ConfigError(f"{role}.arch={node['arch']!r} does not take {'text' if text_data else 'images'} "
+                          f"(data={dm.name}); " + (f"text models: {allowed}" if text_data else
+                                                   "choose an image model (kdexp.models.list_models())"))
+    if text_data:
+        kwargs.update(dm.model_kwargs())
+        if family in HF_FAMILIES:
+            kwargs["hf_config"] = dict(node.get("hf_config") or {})
+    return kwargs
 
 
 def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | None = None,

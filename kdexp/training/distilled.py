@@ -43,7 +43,12 @@ def distillation_pair(ctx: Context, check: Callable | None = None) -> Distillati
     method = build_method(ctx, student, teacher)
     if check is not None:
         check(method)
-    return DistillationPair(teacher, student, method, resolve_teacher(ctx, teacher), vanilla_baseline(ctx))
+    teacher_meta = resolve_teacher(ctx, teacher)
+    if ctx.conf["student"].get("init_from_teacher"):  # DistilBERT: layers of the trained teacher, before distilling
+        from kdexp.models.text import init_from_teacher
+
+        log.info("student initialised from teacher layers %s", [j for _, j in init_from_teacher(student, teacher)])
+    return DistillationPair(teacher, student, method, teacher_meta, vanilla_baseline(ctx))
 
 
 def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module | None, method, *,

@@ -1,0 +1,72 @@
+"""The real `kdexp-train` CLI on text: a saved BERT teacher + KD student on local CSV files, a transformer pair with
+TinyBERT's losses, and bad text input (one line, exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.test_cli import kdexp_train, runs
+from tests.text_helpers import tiny_bert_folder, write_files
+
+pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+QUICK = ["trainer.max_epochs=1", "eval.latency_repeats=2", "eval.latency_batch=8", "data.max_length=24"]
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("text_cli")
+    files = write_files(cwd / "data")
+    folder = tiny_bert_folder(cwd / "bert")
+    out = kdexp_train("data=text", f"data.files.train={files['train']}", f"data.files.test={files['test']}",
+                      "teacher=hf", f"teacher.arch=hf:{folder}", "student=text_cnn", "distill=kd", *QUICK, cwd=cwd)
+    return cwd, out, files
+
+
+def test_teacher_and_kd_student_on_csv_files(csv_run):
+    cwd, out, _ = csv_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "| student text_cnn (kd)" in out.stdout and "| teacher hf:" in out.stdout
+    assert "filled teacher outputs ('logits',)" in log  # logit methods use the teacher-output cache
+    client, all_runs = runs(cwd)
+    roles = sorted(r.data.tags["kdexp.role"] for r in all_runs)
+    assert roles == ["baseline", "student", "teacher"]
+    student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
+    assert student.info.status == "FINISHED"
+    assert student.data.metrics["student/onnx_parity_ok"] == 1.0
+    assert student.data.metrics["student/onnx_latency_b1_ms"] > 0 and student.data.metrics["student/latency_b1_ms"] > 0
+    dataset = client.get_run(student.info.run_id).inputs.dataset_inputs[0].dataset
+    features = json.loads(json.loads(dataset.schema)["mlflow_tensorspec"]["features"])[0]["tensor-spec"]
+    assert dataset.name == "text" and features == {"dtype": "int64", "shape": [-1, 3, 24]}
+    assert json.loads(dataset.profile)["num_classes"] == 2
+    assert student.data.tags["kdexp.data.train_rows"] == "180"
+
+
+def test_a_transformer_pair_trains_with_tinybert_losses(tmp_path):
+    out = kdexp_train("data=text_synthetic", "data.num_samples=200", "data.num_test=60", "teacher=hf", "student=hf",
+                      "student.hf_config.num_hidden_layers=1", "distill=tinybert", "baseline=false",
+                      "tracking.export_student=false", "tracking.log_model=false", *QUICK, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "teacher runs online: its per-token features" in out.stdout + out.stderr
+    _, all_runs = runs(tmp_path)
+    student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
+    metrics = student.data.metrics
+    assert metrics["train/hidden"] > 0 and metrics["train/attention"] > 0 and 0 <= metrics["student/test_top1"] <= 1
+
+
+def test_bad_text_input_is_one_line_and_exit_2(csv_run):
+    cwd, _, files = csv_run
+    common = ["data=text", f"data.files.train={files['train']}", f"data.files.test={files['test']}", *QUICK]
+    missing = kdexp_train(*common, "data.text_field=sentence", "teacher=hf", "student=text_cnn", cwd=cwd)
+    assert missing.returncode == 2
+    assert "kdexp-train: error: data.text_field='sentence' is not a column of the train split; its columns: text, " \
+           "label" in missing.stderr
+    hub = kdexp_train(*common, "teacher=hf", "teacher.arch=hf:no-such-org/bert", "student=text_cnn", cwd=cwd)
+    assert hub.returncode == 2 and "pass a local folder saved with save_pretrained" in hub.stderr
+    image = kdexp_train(*common, "teacher=hf", "student=cnn_tiny", cwd=cwd)
+    assert image.returncode == 2 and "student.arch='cnn_tiny' does not take text" in image.stderr
+    assert len(runs(cwd)[1]) == 3  # nothing recorded beyond the first run's three
