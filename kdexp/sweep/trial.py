@@ -39,13 +39,14 @@ def trial_context(cfg: Mapping) -> dict[str, Any] | None:
     if node is None:
         return None
     ctx = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    return ctx if ctx.get("storage") and ctx.get("study_name") and ctx.get("trial_id") is not None else None
+    return ctx if ctx.get("study_name") and ctx.get("trial_id") is not None else None
 
 
 def trial_from_cfg(cfg: Mapping) -> optuna.Trial | None:
-    """Rebuild the running trial from the storage (with the study's pruner), or None."""
+    """Rebuild the running trial from the storage (with the study's pruner), or None: outside a sweep, or in a
+    sweep of an in-memory study (storage null), which no job can reach."""
     ctx = trial_context(cfg)
-    if ctx is None:
+    if ctx is None or not ctx.get("storage"):
         return None
     # A cheap sampler: the job never samples, the sweeper did that at ask() time.
     study = optuna.load_study(

@@ -117,7 +117,10 @@ def resume_key(conf: Mapping, cell: str) -> str:
     from kdexp.caching.fingerprint import fingerprint
     from kdexp.sweep.trial import resume_origin
 
-    study, origin = resume_origin(conf)
+    origin = resume_origin(conf)
+    if origin is None:  # a trial of an in-memory study: nothing to resume from
+        return cell
+    study, origin = origin
     view = {k: v for k, v in conf.items() if k != "optuna_trial"}
     return fingerprint({"what": "trial-resume", "cell": cell_key(view), "study": study, "trial": origin})
 
