@@ -77,7 +77,7 @@ def test_sweep_composes_with_its_search_space(name):
     space = parse_search_space(param_overrides(s["params"]))
     assert space.distributions == EXPECTED[name] and not space.fixed
     # kdexp's own behaviour, stated in the files where the official defaults differ
-    assert (s["n_jobs"], s["max_failure_rate"], s["max_failures"], s["sampler"]["seed"]) == (1, 1.0, 3, 0)
+    assert (s["max_failure_rate"], s["max_failures"], s["sampler"]["seed"]) == (1.0, 3, 0)
     if len(s["objectives"]) > 1:
         assert cfg.hydra.runtime.choices["hydra/sweeper/sampler"] in ("nsgaii", "motpe")
         assert s["pruner"]["name"] == "none"
