@@ -65,6 +65,16 @@ def test_a_bad_sampler_is_one_line_exit_2_and_nothing_written(tmp_path, override
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "multirun").exists()
 
 
+def test_an_unknown_sampler_choice_of_kdexp_train_is_one_line_exit_2(tmp_path):
+    done = subprocess.run([str(Path(sys.executable).parent / "kdexp-train"), "-m", "+sweep=kd_temperature",
+                           "hydra/sweeper/sampler=bayes", f"paths.root={tmp_path / 'out'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("kdexp-train: error: hydra/sweeper/sampler=bayes: unknown sampler; choose one of: "
+                                   "tpe, random, cmaes, nsgaii, motpe, grid, qmc")
+    assert not (tmp_path / "out").exists()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
