@@ -238,3 +238,7 @@ def test_samplers_from_the_group_target_or_short_name():
         sampler_spec({"_target_": "collections.OrderedDict"})
     with pytest.raises(ConfigError, match=r"n_startup: not an argument of TPESampler; it takes: .*constant_liar"):
         sampler_spec({**SAMPLERS["tpe"], "n_startup": 3})
+    from kdexp.sweep.factories import pruner_spec
+
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.pruner.name=asha: unknown pruner; choose one of: median, "):
+        pruner_spec({"name": "asha"}, 1)

@@ -151,7 +151,8 @@ def pruner_spec(spec: Mapping[str, Any], n_objectives: int) -> dict[str, Any]:
     out = {k: spec[k] for k in spec}
     out["name"] = str(out.get("name", "median")).lower()
     if out["name"] not in PRUNERS:
-        raise ValueError(f"unknown pruner {out['name']!r}; choose one of: {', '.join(PRUNERS)}")
+        raise ConfigError(f"hydra.sweeper.pruner.name={out['name']}: unknown pruner; choose one of: "
+                          f"{', '.join(PRUNERS)}")
     if n_objectives > 1 and out["name"] != "none":
         log.warning(
             "Optuna cannot prune multi-objective studies: pruner %r is replaced by 'none'", out["name"]
