@@ -105,3 +105,26 @@ def test_a_debug_run_carries_user_source_and_template_tags(tmp_path):
         assert (tags["tags"], tags["note"]) == ("dev, smoke", "first-try")
         assert tags["mlflow.source.name"] == "kdexp-train" and tags["mlflow.source.type"] == "LOCAL"
         assert tags["mlflow.user"] and not any(k.startswith("system/") for k in run.data.metrics)  # off in tests
+
+
+def test_system_metrics_without_psutil_are_off_with_one_warning(tmp_path, monkeypatch, caplog):
+    import builtins
+
+    import kdexp.tracking.runs as runs
+
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    monkeypatch.setattr(runs._psutil, "said", False, raising=False)
+    trackers = [runs.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", system_metrics=True) for _ in range(2)]
+    assert not any(t.system_metrics for t in trackers)
+    assert [r.message for r in caplog.records].count(
+        "tracking.system_metrics: MLflow's system metrics need psutil (pip install psutil); runs are recorded "
+        "without them") == 1
+    run_id = trackers[0].start("r", {})
+    assert trackers[0]._monitors == {} and trackers[0].client.get_run(run_id).data.metrics == {}
