@@ -37,7 +37,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
 def train() -> None:
     from kdexp.config.plugins import load_plugins, requested_imports
+    from kdexp.sweep.samplers import sampler_choice_error
 
+    error = sampler_choice_error(sys.argv[1:])  # before Hydra, whose message is several lines and exit 1
+    if error:
+        print(f"kdexp-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         load_plugins(requested_imports(sys.argv[1:]))  # before the zoo's names become config choices
     except ValueError as exc:

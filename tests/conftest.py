@@ -38,6 +38,7 @@ def _isolated_globals():
 def _offline(monkeypatch):
     """Tests never touch the network and never see the user's tracking server."""
     monkeypatch.setenv("KDEXP_OFFLINE", "1")
+    monkeypatch.setenv("KDEXP_SYSTEM_METRICS", "false")  # tracking.system_metrics: sampler threads off in tests
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -79,16 +80,20 @@ def test_values_are_written_so_hydra_parses_them_back(value):
 
 def test_trial_overrides_keep_choice_text_and_prefixes():
     space = parse_search_space(["+opt=choice('1', [1,2], b)", "lr=interval(0,1)"])
-    overrides = space.trial_overrides({"opt": "[1,2]", "lr": 0.1})
+    assert list(space.distributions) == ["+opt", "lr"]  # named by the override key, as the official plugin does
+    overrides = space.trial_overrides({"+opt": "[1,2]", "lr": 0.1})
     assert overrides == ["+opt=[1,2]", "lr=0.1"]
-    assert space.trial_overrides({"opt": "1", "lr": 0.5})[0] == "+opt='1'"
+    assert space.trial_overrides({"+opt": "1", "lr": 0.5})[0] == "+opt='1'"
+    # a param a custom_search_space suggested (not in the space) is passed as its own override
+    assert space.trial_overrides({"+opt": "1", "lr": 0.5, "+w": 0.25})[2] == "+w=0.25"
 
 
 def test_grid_space_needs_finite_params():
     grid = grid_search_space(
-        parse_search_space(["a=choice(x,y)", "b=range(0,1,0.25)", "c=int(interval(1,3))"])
+        parse_search_space(["a=choice(x,y)", "b=range(0,1,0.25)", "c=int(interval(1,3))", "d=range(1,7,2)"])
     )
-    assert grid == {"a": ["x", "y"], "b": [0.0, 0.25, 0.5, 0.75, 1.0], "c": [1, 2, 3]}
+    # range() lists Hydra's range (end excluded), as the official plugin's grid does; an interval is closed
+    assert grid == {"a": ["x", "y"], "b": [0.0, 0.25, 0.5, 0.75], "c": [1, 2, 3], "d": [1, 3, 5]}
     with pytest.raises(ValueError, match="sampler 'grid' needs a finite space, but 'lr'"):
         grid_search_space(parse_search_space(["lr=interval(0,1)"]))
 
@@ -133,11 +138,15 @@ def test_config_store_and_defaults():
         cfg = compose("config", overrides=["hydra/sweeper=kdexp_optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("KdexpOptunaSweeper")
-    assert sweeper.sampler.name == "tpe" and sweeper.sampler.seed == 42
-    assert sweeper.pruner.name == "median"
-    assert sweeper.storage == "sqlite:///outputs/optuna.db" and sweeper.study_name == "kdexp"
-    assert [dict(o) for o in sweeper.objectives] == [{"metric": "student/val_acc", "direction": "maximize"}]
-    assert sweeper.max_failures == 3
+    # the official plugin's defaults
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is None
+    assert cfg.hydra.runtime.choices["hydra/sweeper/sampler"] == "tpe"
+    assert sweeper.direction == "minimize" and sweeper.storage is None and sweeper.study_name is None
+    assert (sweeper.n_trials, sweeper.n_jobs, sweeper.max_failure_rate) == (20, 2, 0.0)
+    assert sweeper.params is None and sweeper.search_space is None and sweeper.custom_search_space is None
+    # kdexp's extras, off or neutral unless asked for
+    assert sweeper.pruner.name == "median" and sweeper.objectives is None and sweeper.max_failures is None
+    assert sweeper.mlflow is None
 
 
 def test_job_side_helpers_outside_a_sweep():
@@ -178,3 +187,58 @@ def test_job_side_helpers_inside_a_sweep_accept_dicts(tmp_path):
         "optuna.trial_number": "1",
         "mlflow.parentRunId": "abc",
     }
+
+
+def test_official_results_without_named_objectives():
+    """Official semantics: a number for one objective, a tuple/list for several; a dict needs objectives."""
+    from kdexp.config.errors import ConfigError
+
+    assert job_outcome(_ret(JobStatus.COMPLETED, 2.5), None).values == [2.5]
+    assert job_outcome(_ret(JobStatus.COMPLETED, (1, 2.5)), None, 2).values == [1.0, 2.5]
+    assert job_outcome(_ret(JobStatus.COMPLETED, [1.0]), None, 2).state == TrialState.FAIL  # one of two
+    assert job_outcome(_ret(JobStatus.COMPLETED, "x"), None).state == TrialState.FAIL
+    with pytest.raises(ConfigError, match=r"returned a dict \(keys: acc\).*objectives=\[\{metric:acc,direction"):
+        job_outcome(_ret(JobStatus.COMPLETED, {"acc": 1.0}), None)
+
+
+def test_directions_from_direction_or_objectives():
+    from hydra_plugins.kdexp_optuna_sweeper.config import Direction
+    from kdexp.config.errors import ConfigError
+    from kdexp.sweep.engine import directions_and_metrics
+
+    assert directions_and_metrics({}) == (["minimize"], None)
+    assert directions_and_metrics({"direction": ["maximize", Direction.minimize]}) == (["maximize", "minimize"], None)
+    objectives = [{"metric": "a", "direction": "maximize"}, {"metric": "b", "direction": "minimize"}]
+    assert directions_and_metrics({"objectives": objectives}) == (["maximize", "minimize"], ["a", "b"])
+    with pytest.raises(ConfigError, match="contradicts"):
+        directions_and_metrics({"objectives": objectives, "direction": "maximize"})
+    with pytest.raises(ConfigError, match=r"direction=\['up'\]: choose minimize or maximize"):
+        directions_and_metrics({"direction": "up"})
+
+
+def test_samplers_from_the_group_target_or_short_name():
+    from kdexp.config.errors import ConfigError
+    from kdexp.sweep.factories import build_sampler, describe_sampler, sampler_spec
+    from kdexp.sweep.samplers import SAMPLERS
+
+    tpe = build_sampler(sampler_spec({**SAMPLERS["tpe"], "seed": 3, "constant_liar": False, "n_startup_trials": 4}), 2)
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert (tpe._constant_liar, tpe._n_startup_trials) == (False, 4)
+    assert tpe._rng.rng.randint(10**9) == np.random.RandomState(5).randint(10**9)  # seed 3 + 2 trials done
+    assert describe_sampler(sampler_spec({"name": "random", "seed": 0})) == "RandomSampler(seed=0)"
+    qmc = build_sampler(sampler_spec({**SAMPLERS["qmc"], "qmc_type": "halton"}))
+    assert isinstance(qmc, optuna.samplers.QMCSampler) and qmc._qmc_type == "halton"
+    for name in ("random", "nsgaii", "motpe", "qmc"):
+        assert isinstance(build_sampler(sampler_spec(SAMPLERS[name])), optuna.samplers.BaseSampler)
+    grid = build_sampler(sampler_spec(SAMPLERS["grid"]), grid={"x": [1, 2]})
+    assert isinstance(grid, optuna.samplers.GridSampler)
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.sampler.name=bayes: unknown sampler; choose one of: tpe, "):
+        sampler_spec({"name": "bayes"})
+    with pytest.raises(ConfigError, match=r"_target_=collections.OrderedDict: not an Optuna sampler; choose .*grid"):
+        sampler_spec({"_target_": "collections.OrderedDict"})
+    with pytest.raises(ConfigError, match=r"n_startup: not an argument of TPESampler; it takes: .*constant_liar"):
+        sampler_spec({**SAMPLERS["tpe"], "n_startup": 3})
+    from kdexp.sweep.factories import pruner_spec
+
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.pruner.name=asha: unknown pruner; choose one of: median, "):
+        pruner_spec({"name": "asha"}, 1)

@@ -1,5 +1,10 @@
 """Structured config of the kdexp Optuna sweeper, registered as ``hydra/sweeper=kdexp_optuna``.
 
+A drop-in for Hydra's official Optuna sweeper (hydra-optuna-sweeper 1.3): the same keys, defaults and
+``hydra/sweeper/sampler`` group, so a config written for ``hydra/sweeper=optuna`` runs with only the name
+changed. kdexp's extras (objectives by metric name, pruner, failure budget, heartbeats, retry of killed
+trials, MLflow parent run) come after them.
+
 No ``from __future__ import annotations`` here: Hydra's plugin scanner runs this module before
 it is in sys.modules, where dataclasses would look string annotations up. The typing forms
 (Optional, List, Dict) are what OmegaConf 2.3's structured configs understand.
@@ -7,20 +12,20 @@ it is in sys.modules, where dataclasses would look string annotations up. The ty
 # ruff: noqa: UP006, UP035, UP045
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from kdexp.sweep.samplers import SAMPLERS  # a plain table: keeps the plugin scan light
 
 
-@dataclass
-class SamplerConf:
-    # tpe | random | grid | cmaes | nsgaii | motpe. TPE: good default for mixed spaces of a few params.
-    name: str = "tpe"
-    # Seeded so a sweep is reproducible; each invocation adds the study's trial count to it,
-    # so a resumed sweep or a second worker does not replay the same random draws. null: unseeded.
-    seed: Optional[int] = 42
-    # Random trials before TPE/CMA-ES model the space (Optuna's default for TPE).
-    n_startup_trials: int = 10
+class Direction(Enum):
+    """The official plugin's enum; ``direction`` takes these names as plain strings too."""
+
+    minimize = 1
+    maximize = 2
 
 
 @dataclass
@@ -45,42 +50,61 @@ class PrunerConf:
 @dataclass
 class ObjectiveConf:
     # A key of the dict the task function returns.
-    metric: str = "student/val_acc"
+    metric: str = MISSING
     # maximize | minimize
-    direction: str = "maximize"
+    direction: str = "minimize"
 
 
 @dataclass
 class KdexpOptunaSweeperConf:
     _target_: str = "hydra_plugins.kdexp_optuna_sweeper.optuna_sweeper.KdexpOptunaSweeper"
-    sampler: SamplerConf = field(default_factory=SamplerConf)
-    pruner: PrunerConf = field(default_factory=PrunerConf)
-    # Any SQLAlchemy URL. SQLite needs no server and survives the sweeper (resume); a relative
-    # path is taken from the launch directory and handed to the jobs as an absolute one.
-    storage: str = "sqlite:///outputs/optuna.db"
-    # Same name + same storage = same study: re-running a command resumes it.
-    study_name: str = "kdexp"
-    # TOTAL trials in the study (resume stops there). 20: TPE's 10 random trials + 10 guided ones.
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    # The sweeper builds the sampler itself (validated arguments, a per-run seed): Hydra must not.
+    _recursive_: bool = False
+
+    # ---- the official plugin's keys, with its defaults ----
+    # hydra/sweeper/sampler=tpe|random|cmaes|nsgaii|motpe|grid|qmc, or sampler._target_ with any arguments.
+    sampler: Any = MISSING
+    # minimize | maximize, or a list of them (one per value of a returned tuple/list).
+    direction: Any = "minimize"
+    # null: a fresh in-memory study (no resume, no pruning in the job). Any SQLAlchemy URL keeps it: SQLite
+    # needs no server; a relative path is taken from the launch directory and handed to the jobs absolute.
+    storage: Optional[Any] = None
+    # null: a generated name. Same name + same storage = same study: re-running a command resumes it.
+    study_name: Optional[str] = None
+    # Trials in the study in TOTAL: a persistent study resumes up to it (the same as the official plugin
+    # for a fresh study).
     n_trials: int = 20
-    # Trials per launcher batch. 1: every result informs the next ask; raise with a parallel launcher.
-    n_jobs: int = 1
-    # Single-objective by default: the student's validation accuracy.
-    objectives: List[ObjectiveConf] = field(default_factory=lambda: [ObjectiveConf()])
+    # Trials per launcher batch (asked at once; run in parallel with a parallel launcher).
+    n_jobs: int = 2
+    # A batch whose share of failed trials exceeds this stops the sweep with the failing job's error.
+    max_failure_rate: float = 0.0
+    # Deprecated in Hydra 1.2 for params: {name: {type: int|float|categorical, low, high, step, log, choices}}.
+    search_space: Optional[Dict[str, Any]] = None
     # Search space, same grammar as command-line sweeps: interval(), int(interval()), tag(log, ...),
     # range(), choice(); plain values are fixed for every trial.
     params: Optional[Dict[str, Any]] = None
-    # Stop once more than this many trials of this invocation FAILED: a broken pipeline fails every
-    # trial, so a small budget stops it within a batch or two. null: never stop.
-    max_failures: Optional[int] = 3
-    # Seconds between heartbeats of the sweeper's running trials. Stale trials (killed sweeper)
-    # are failed after grace_period; 30/120 tolerate a busy SQLite file without false alarms.
+    # Dotpath of a callable (cfg, trial) -> None that suggests more params after those of `params`.
+    custom_search_space: Optional[str] = None
+
+    # ---- kdexp's extras ----
+    # Objectives by name, for a task function that returns a dict (kdexp-train does): e.g.
+    # [{metric: student/val_acc, direction: maximize}]. Given, they set the directions (`direction` then
+    # must agree with them or stay at its default). null: the task returns a number or a tuple/list.
+    objectives: Optional[List[ObjectiveConf]] = None
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    # Stop once more than this many trials of this invocation FAILED (beside max_failure_rate). null: never.
+    max_failures: Optional[int] = None
+    # Seconds between heartbeats of the sweeper's running trials (persistent storage). Stale trials (killed
+    # sweeper) are failed after grace_period; 30/120 tolerate a busy SQLite file without false alarms.
     heartbeat_interval: int = 30
     grace_period: int = 120
     # A trial failed that way (its sweeper was killed) is asked again with the same params, up to this many
     # times; its job resumes the killed one's training from its checkpoint. 0: a killed trial stays failed.
     retry_killed: int = 1
-    # Parent MLflow run for the sweep (URI/experiment from the app's tracking node).
-    mlflow: bool = True
+    # Parent MLflow run for the sweep (URI/experiment from the app's tracking node). null: on when the app
+    # has a `tracking.uri` (kdexp-train) or MLFLOW_TRACKING_URI is set, else off (no stray ./mlflow.db).
+    mlflow: Optional[bool] = None
 
 
 ConfigStore.instance().store(
@@ -89,3 +113,5 @@ ConfigStore.instance().store(
     node=KdexpOptunaSweeperConf,
     provider="kdexp",
 )
+for _name, _node in SAMPLERS.items():
+    ConfigStore.instance().store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="kdexp")

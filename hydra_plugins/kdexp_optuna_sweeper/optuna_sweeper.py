@@ -32,13 +32,21 @@ class KdexpOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def _process_searchspace_config(self) -> None:
+        """The official plugin's check of params/search_space (its warnings), without a sweep."""
+        from kdexp.sweep.search_space import legacy_search_space
+
+        legacy_search_space(self.settings.get("params"), self.settings.get("search_space"))
+
+    def sweep(self, arguments: list[str]) -> None:
+        """Runs the study; returns None, as the official plugin does (the results file is the outcome)."""
+        from kdexp.config.errors import ConfigError
         from kdexp.sweep.engine import OptunaSweep
         from kdexp.tracking.stores import StoreError
 
         assert self.hydra_context is not None and self.config is not None and self.launcher is not None
         try:
-            return OptunaSweep(self.settings, self, self.config, self.hydra_context.config_loader).run(arguments)
-        except StoreError as exc:  # bad input, not a bug: one line and exit 2, as kdexp-train does
-            print(f"kdexp-train: error: {exc}", file=sys.stderr)
+            OptunaSweep(self.settings, self, self.config, self.hydra_context.config_loader).run(arguments)
+        except (StoreError, ConfigError) as exc:  # bad input, not a bug: one line and exit 2, as kdexp-train does
+            print(f"kdexp_optuna: error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -22,7 +22,7 @@ MATRIX_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "matrix"  # shippe
 # Keys that do not change what a cell trains: where things go, how it is measured or logged, how fast.
 # `tune`: how settings were chosen; the chosen ones are merged into `distill`, which the key includes.
 # `imports`: where code comes from; what it trains is in the other keys (a plug-in model's name, ...).
-CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair", "tune", "imports")
+CELL_IGNORED_KEYS = ("paths", "tracking", "eval", "skip_finished", "baseline", "pair", "tune", "imports", "tags")
 CELL_IGNORED_SUBKEYS = {
     "data": ("root", "eval_batch_size", "device", "pin_memory", "cache_dir"),
     "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "compile", "channels_last",

@@ -308,7 +308,8 @@ def _run_study(conf: dict, s: dict, params: dict[str, str], url: str, name: str,
     settings = {"storage": url, "study_name": name, "n_trials": s["n_trials"], "n_jobs": 1,
                 "sampler": s["sampler"], "pruner": s["pruner"],
                 "objectives": [{"metric": s["metric"], "direction": "maximize"}], "params": params,
-                "max_failures": 3, "heartbeat_interval": 30, "grace_period": 120, "mlflow": True}
+                "max_failure_rate": 1.0, "max_failures": 3, "heartbeat_interval": 30, "grace_period": 120,
+                "mlflow": True}
     root = Path(conf["paths"]["root"]) / "tuning" / name.replace(">", "")
     app = OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}},
                             "tracking": {"uri": base["tracking"]["uri"], "experiment": base["tracking"]["experiment"]}})

@@ -113,6 +113,8 @@ class TrackingSchema:
     log_model: bool = MISSING
     export_student: bool = MISSING
     register: Optional[str] = MISSING
+    system_metrics: bool = MISSING
+    tags: Dict[str, Any] = field(default_factory=dict)  # the user's MLflow tags: +tracking.tags.note=x
 
 
 @dataclass
@@ -133,6 +135,7 @@ class TrainSchema:
     # recipe keys (and label_smoothing) of the student stages only; {}: none (kdexp.config.parse.recipe_for)
     student_recipe: Dict[str, Any] = field(default_factory=dict)
     imports: List[str] = field(default_factory=list)  # plug-in modules (kdexp/config/plugins.py)
+    tags: List[str] = field(default_factory=list)  # lightning-hydra-template's tags=[dev,mnist]: one MLflow tag
     seed: int = MISSING
     baseline: bool = MISSING
     pair: Optional[str] = MISSING

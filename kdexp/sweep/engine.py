@@ -1,17 +1,20 @@
 """Ask-and-tell loop of the kdexp Optuna sweeper.
 
-Each invocation runs until the study holds ``n_trials`` trials in total (any state), so
-re-running the same command resumes a study and concurrent workers share one budget.
+The official plugin's semantics (directions, samplers, in-memory study when storage is null, failure rate,
+custom search space, results file) with kdexp's extras: a persistent study runs until it holds
+``n_trials`` trials in total (any state), so re-running the same command resumes it and concurrent
+workers share one budget; heartbeats and retries of killed trials; pruning; an MLflow parent run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +22,21 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from kdexp.config.errors import ConfigError
 from kdexp.tracking.redact import redact_text
 from kdexp.tracking.stores import check_apart, check_store, normalize_uri
 
 from . import factories
 from .outcomes import job_outcome
 from .report import best_summary, summary_text
-from .search_space import SearchSpace, format_value, grid_search_space, param_overrides, parse_search_space
+from .search_space import (
+    SearchSpace,
+    format_value,
+    grid_search_space,
+    legacy_search_space,
+    param_overrides,
+    parse_search_space,
+)
 from .storage import (
     STORAGE_ENV,
     HeartbeatKeeper,
@@ -42,50 +53,80 @@ from .trial import PRUNER_ATTR
 
 log = logging.getLogger(__name__)
 SPACE_ATTR, OBJECTIVES_ATTR = "kdexp.search_space", "kdexp.objectives"
+DIRECTIONS = ("minimize", "maximize")
 
 
 class FailureBudgetExceeded(RuntimeError):
     pass
 
 
+def directions_and_metrics(settings: Mapping[str, Any]) -> tuple[list[str], list[str] | None]:
+    """(directions, metric names or None) from ``objectives`` (kdexp) or ``direction`` (official).
+
+    Args:
+        settings: the sweeper settings.
+
+    Returns:
+        One direction per objective; the metric names when the task returns a dict, else None.
+    """
+    raw = settings.get("direction", "minimize")
+    raw = raw if isinstance(raw, (list, tuple)) else [raw]
+    directions = [str(getattr(d, "name", d)).lower() for d in raw]
+    metrics = None
+    if settings.get("objectives"):
+        objectives = list(settings["objectives"])
+        named = [str(o.get("direction", "minimize")).lower() for o in objectives]
+        if directions != ["minimize"] and directions != named:
+            raise ConfigError(f"hydra.sweeper.direction={directions} contradicts hydra.sweeper.objectives "
+                              f"{objectives}; give the directions in one of them")
+        directions, metrics = named, [str(o["metric"]) for o in objectives]
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise ConfigError(f"hydra.sweeper.direction={bad or directions}: choose {' or '.join(DIRECTIONS)} "
+                          "(or a list of them)")
+    return directions, metrics
+
+
 class OptunaSweep:
     def __init__(self, settings: Mapping[str, Any], sweeper: Any, config: DictConfig, config_loader: Any):
         self.s = dict(settings)
         self.sweeper, self.config, self.config_loader = sweeper, config, config_loader
-        self.objectives = [(o["metric"], str(o["direction"]).lower()) for o in self.s["objectives"]]
-        if not self.objectives or any(d not in ("maximize", "minimize") for _, d in self.objectives):
-            raise ValueError(
-                f"objectives need a metric and direction maximize|minimize, got {self.s['objectives']}"
-            )
-        self.metrics = [m for m, _ in self.objectives]
-        if not self.s.get("storage"):
-            raise ValueError("kdexp_optuna needs a storage URL (jobs reach the study through it)")
-        self.url = absolute_sqlite_url(normalize_uri(self.s["storage"]))
-        self.n_trials, self.n_jobs = int(self.s["n_trials"]), max(1, int(self.s["n_jobs"]))
+        self.directions, self.metrics = directions_and_metrics(self.s)
+        n = len(self.directions)
+        self.names = self.metrics or (["value"] if n == 1 else [f"value_{i}" for i in range(n)])
+        storage = self.s.get("storage")
+        self.url = absolute_sqlite_url(normalize_uri(str(storage))) if storage else None  # None: in memory
+        self.n_trials, self.n_jobs = int(self.s.get("n_trials", 20)), max(1, int(self.s.get("n_jobs", 2)))
         self.max_failures = self.s.get("max_failures")
-        self.pruner_spec = factories.pruner_spec(self.s["pruner"], len(self.objectives))
-        self.sampler_spec = dict(self.s["sampler"], name=str(self.s["sampler"]["name"]).lower())
-        if self.sampler_spec["name"] not in factories.SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {self.sampler_spec['name']!r}; choose one of: {factories.SAMPLERS}"
-            )
+        self.max_failure_rate = float(self.s.get("max_failure_rate", 0.0))
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: choose a value in [0, 1]")
+        self.pruner_spec = factories.pruner_spec(self.s.get("pruner") or {"name": "none"}, n)
+        self.sampler_spec = factories.sampler_spec(self.s.get("sampler") or {"name": "tpe"})
+        self.custom_space = None
+        if self.s.get("custom_search_space"):
+            from hydra.utils import get_method
+
+            self.custom_space = get_method(self.s["custom_search_space"])
+        mlflow = self.s.get("mlflow")
+        if mlflow is None:  # on for an app that tracks (kdexp-train), off for any other Hydra app
+            mlflow = bool(OmegaConf.select(config, "tracking.uri", default=None)
+                          or os.environ.get("MLFLOW_TRACKING_URI"))
+        self.mlflow = bool(mlflow)
         self.failures: list[str] = []
         self.in_flight: dict[int, optuna.Trial] = {}
+
+    def lock(self):
+        return study_lock(self.url) if self.url else contextlib.nullcontext()
 
     def run(self, arguments: list[str]) -> list[Any]:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # We keep heartbeats ourselves (HeartbeatKeeper) in the ask-and-tell loop.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        space = parse_search_space(
-            param_overrides(self.s.get("params")) + list(arguments), self.config_loader
-        )
-        if not space.distributions:
-            raise ValueError(
-                "kdexp_optuna: no search space; give e.g. 'x=interval(0,1)' or hydra.sweeper.params"
-            )
-        sampler_spec = self.sampler_spec
-        grid = grid_search_space(space) if sampler_spec["name"] == "grid" else None
-        if grid is not None:
+        space = self._search_space(arguments)
+        grid = None
+        if factories.is_grid(self.sampler_spec):
+            grid = grid_search_space(space)
             size = math.prod(len(values) for values in grid.values())
             if size < self.n_trials:
                 log.info("grid has %d points: n_trials %d -> %d", size, self.n_trials, size)
@@ -96,32 +137,29 @@ class OptunaSweep:
         # Unresolved, as Hydra writes it (hydra.job.* resolve only in a job), passwords masked.
         (sweep_dir / "multirun.yaml").write_text(redact_text(OmegaConf.to_yaml(self.config)))
         self._validate_keys(space)  # a mistyped key fails here, before any trial exists
-        os.environ[STORAGE_ENV] = self.url  # the jobs' way to the password (storage.job_url)
+        if self.url:
+            os.environ[STORAGE_ENV] = self.url  # the jobs' way to the password (storage.job_url)
 
-        self.parent = ParentRun(self.config) if self.s.get("mlflow", True) else None
+        self.parent = ParentRun(self.config) if self.mlflow else None
         # One worker at a time creates the tables, the study and the parent run.
-        with study_lock(self.url):
-            storage = rdb_storage(self.url, int(self.s["heartbeat_interval"]), int(self.s["grace_period"]),
-                                  int(self.s.get("retry_killed", 1)))
+        with self.lock():
+            storage = self._storage()
             study = self._open_study(storage, space)
-            seed = sampler_spec.get("seed")
-            study.sampler = factories.build_sampler(
-                sampler_spec,
-                None if seed is None else int(seed) + len(study.get_trials(deepcopy=False)),
-                grid,
-            )
-            parent_id = (
-                self.parent.open(study, self._run_params(space, sampler_spec)) if self.parent else None
-            )
+            offset = len(study.get_trials(deepcopy=False)) if self.url else 0
+            study.sampler = factories.build_sampler(self.sampler_spec, offset, grid)
+            parent_id = self.parent.open(study, self._run_params(space)) if self.parent else None
         log.info(
-            "kdexp_optuna: study %r (%s), %d trials in total; search space: %s",
+            "kdexp_optuna: study %r (%s), %d trials in total; sampler %s; directions %s; search space: %s",
             study.study_name,
-            display_url(self.url),
+            display_url(self.url) if self.url else "in memory",
             self.n_trials,
+            factories.describe_sampler(self.sampler_spec),
+            self.directions,
             space.describe(),
         )
+        self._say_if_complete(study)
 
-        heartbeat = HeartbeatKeeper(storage, float(self.s["heartbeat_interval"]))
+        heartbeat = HeartbeatKeeper(storage, float(self.s.get("heartbeat_interval", 30))) if self.url else None
         status, returns = "FAILED", []
         try:
             returns = self._loop(study, space, heartbeat, parent_id)
@@ -135,28 +173,54 @@ class OptunaSweep:
             status = "KILLED"
             raise
         finally:
-            heartbeat.close()
+            if heartbeat is not None:
+                heartbeat.close()
             self._report(study, sweep_dir, parent_id, status)
+
+    def _search_space(self, arguments: list[str]) -> SearchSpace:
+        """params (or the deprecated search_space), then the command line; a later key wins."""
+        legacy = legacy_search_space(self.s.get("params"), self.s.get("search_space"))
+        space = parse_search_space(param_overrides(self.s.get("params")) + list(arguments), self.config_loader)
+        space.distributions = {**{k: v for k, v in legacy.items() if k not in space.fixed}, **space.distributions}
+        return space
+
+    def _storage(self) -> Any:
+        if not self.url:
+            return optuna.storages.InMemoryStorage()
+        return rdb_storage(self.url, int(self.s.get("heartbeat_interval", 30)),
+                           int(self.s.get("grace_period", 120)), int(self.s.get("retry_killed", 1)))
+
+    def _say_if_complete(self, study: optuna.Study) -> None:
+        """A persistent study that already holds n_trials runs nothing: say so, and how to go on."""
+        done = counted_trials(study)
+        if self.url and done >= self.n_trials and not retries(study, (TrialState.WAITING,)):
+            log.warning(
+                "kdexp_optuna: study %r already holds %d of n_trials=%d trials: nothing to run. More: "
+                "hydra.sweeper.n_trials=%d (the total); a new study: another hydra.sweeper.study_name",
+                study.study_name, done, self.n_trials, done + self.n_trials,
+            )
 
     def _report(self, study: optuna.Study, sweep_dir: Path, parent_id: str | None, status: str) -> None:
         # Runs on the way out of errors too: it must not hide the original exception.
         try:
             for trial in self.in_flight.values():  # interrupted: do not leave them RUNNING
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                if status == "KILLED":  # stopped, not failed: asked again, as a kill -9'd trial is
+                if status == "KILLED" and self.url:  # stopped, not failed: asked again, as a kill -9'd trial is
                     retry_interrupted(study, trial._trial_id, int(self.s.get("retry_killed", 1)))
             if self.parent:
-                self.parent.finish(study, self.metrics, status)
+                self.parent.finish(study, self.names, status)
             self._write_results(study, sweep_dir)
-            log.info("\n%s", summary_text(study, self.metrics, display_url(self.url), parent_id))
+            where = display_url(self.url) if self.url else "memory"
+            log.info("\n%s", summary_text(study, self.names, where, parent_id))
         except Exception as exc:  # noqa: BLE001
             log.warning("kdexp_optuna: could not report the sweep: %s", exc)
 
     def _check_stores(self) -> None:
         """The study storage and, with MLflow, the tracking store: reachable, and not one database."""
-        uri = tracking_target(self.config)[0] if self.s.get("mlflow", True) else None
-        check_apart(self.url, uri, "hydra.sweeper.storage", "tracking.uri")
-        check_store(self.url, "hydra.sweeper.storage", "optuna")
+        uri = tracking_target(self.config)[0] if self.mlflow else None
+        if self.url:
+            check_apart(self.url, uri, "hydra.sweeper.storage", "tracking.uri")
+            check_store(self.url, "hydra.sweeper.storage", "optuna")
         if uri:
             check_store(uri, "tracking.uri", "mlflow")
 
@@ -168,18 +232,19 @@ class OptunaSweep:
         self.sweeper.validate_batch_is_legal([overrides])
 
     def _open_study(self, storage: Any, space: SearchSpace) -> optuna.Study:
-        directions = [d for _, d in self.objectives]
         study = optuna.create_study(
-            storage=storage, study_name=self.s["study_name"], directions=directions, load_if_exists=True
+            storage=storage, study_name=self.s.get("study_name"), directions=self.directions, load_if_exists=True
         )
+        objectives = [list(o) for o in zip(self.names, self.directions)]
         stored = study.user_attrs.get(OBJECTIVES_ATTR)
-        if stored is not None and [list(o) for o in stored] != [list(o) for o in self.objectives]:
-            raise ValueError(
-                f"study {study.study_name!r} was created for objectives {stored}, not "
-                f"{self.objectives}; choose another hydra.sweeper.study_name"
+        if stored is not None and [list(o) for o in stored] != objectives:
+            raise ConfigError(
+                f"hydra.sweeper.study_name={study.study_name}: the study was created for objectives {stored}, "
+                f"not {objectives}; choose another study_name"
             )
         if stored is None:
-            study.set_user_attr(OBJECTIVES_ATTR, [list(o) for o in self.objectives])
+            study.set_user_attr(OBJECTIVES_ATTR, objectives)
+            study.set_metric_names(self.names)  # dashboards show them instead of "Objective 0"
         old_space = study.user_attrs.get(SPACE_ATTR)
         if old_space is not None and old_space != space.describe():
             log.warning(
@@ -194,28 +259,25 @@ class OptunaSweep:
         optuna.storages.fail_stale_trials(study)
         return study
 
-    def _run_params(self, space: SearchSpace, sampler_spec: dict) -> dict[str, str]:
+    def _run_params(self, space: SearchSpace) -> dict[str, str]:
         pruner_spec = self.pruner_spec
         params = {
-            "study_name": str(self.s["study_name"]),
-            "storage": display_url(self.url),
-            "sampler": factories.describe(
-                sampler_spec, factories.SAMPLER_ARGS.get(sampler_spec["name"], ("seed",))
-            ),
+            "study_name": str(self.s.get("study_name")),
+            "storage": display_url(self.url) if self.url else "memory",
+            "sampler": factories.describe_sampler(self.sampler_spec),
             "pruner": factories.describe(pruner_spec, factories.PRUNER_ARGS.get(pruner_spec["name"], ())),
             "n_trials": str(self.n_trials),
             "n_jobs": str(self.n_jobs),
-            "objectives": ", ".join(f"{m}:{d}" for m, d in self.objectives),
+            "objectives": ", ".join(f"{m}:{d}" for m, d in zip(self.names, self.directions)),
         }
         params.update({f"space.{name}": text for name, text in space.texts.items()})
         return params
 
-    def _loop(
-        self, study: optuna.Study, space: SearchSpace, heartbeat: HeartbeatKeeper, parent_id: str | None
-    ):
+    def _loop(self, study: optuna.Study, space: SearchSpace, heartbeat: HeartbeatKeeper | None,
+              parent_id: str | None):
         returns = []
         while True:
-            with study_lock(self.url):  # count + ask atomically across workers
+            with self.lock():  # count + ask atomically across workers
                 optuna.storages.fail_stale_trials(study)
                 free = self.n_trials - counted_trials(study)
                 free = max(free, min(retries(study, (TrialState.WAITING,)), self.n_jobs))  # retries always run
@@ -223,48 +285,60 @@ class OptunaSweep:
                     return returns
                 for _ in range(min(self.n_jobs, free)):
                     trial = study.ask(space.distributions)
-                    heartbeat.add(trial._trial_id)
+                    if heartbeat is not None:
+                        heartbeat.add(trial._trial_id)
                     self.in_flight[trial.number] = trial
             trials = list(self.in_flight.values())
+            for trial in trials:
+                if self.custom_space is not None:
+                    self.custom_space(self.config, trial)
             batch = [
                 space.fixed_overrides() + space.trial_overrides(t.params) + self._context(t, parent_id)
                 for t in trials
             ]
-            self.sweeper.validate_batch_is_legal(batch)
+            # The keys were checked at start-up (_validate_keys); a custom_search_space adds keys unknown then.
+            # Checking every batch again costs one more compose per trial (40% of a small job's time).
+            if self.custom_space is not None:
+                self.sweeper.validate_batch_is_legal(batch)
             results = self.sweeper.launcher.launch(batch, initial_job_idx=trials[0].number)
+            failed = 0
             for trial, ret in zip(trials, results):
-                self._tell(study, trial, ret)
-                heartbeat.discard(trial._trial_id)
+                failed += self._tell(study, trial, ret) == TrialState.FAIL
+                if heartbeat is not None:
+                    heartbeat.discard(trial._trial_id)
                 del self.in_flight[trial.number]
             returns.append(results)
+            self._check_failure_rate(failed, results)
             self._check_failure_budget(study)
 
     def _context(self, trial: optuna.Trial | None, parent_id: str | None) -> list[str]:
         number, trial_id = (trial.number, trial._trial_id) if trial is not None else (0, 0)
+        name = trial.study.study_name if trial is not None else str(self.s.get("study_name") or "probe")
+        storage = display_url(self.url) if self.url else None  # no password: see job_url
         return [
-            f"++optuna_trial.storage={format_value(display_url(self.url))}",  # no password: see job_url
-            f"++optuna_trial.study_name={format_value(str(self.s['study_name']))}",
+            f"++optuna_trial.storage={format_value(storage)}",
+            f"++optuna_trial.study_name={format_value(name)}",
             f"++optuna_trial.trial_number={number}",
             f"++optuna_trial.trial_id={trial_id}",
             f"++optuna_trial.parent_run_id={format_value(parent_id)}",
         ]
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
-        outcome = job_outcome(ret, self.metrics)
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> TrialState:
+        outcome = job_outcome(ret, self.metrics, len(self.directions))
         if outcome.state == TrialState.COMPLETE:
             study.tell(trial, outcome.values, skip_if_finished=True)
             log.info(
                 "trial %d complete: %s with params %s",
                 trial.number,
-                dict(zip(self.metrics, outcome.values)),
+                dict(zip(self.names, outcome.values)),
                 trial.params,
             )
-            return
+            return outcome.state
         trial.set_user_attr("kdexp.reason", outcome.reason[:2000])  # kept in the storage for later digging
         study.tell(trial, state=outcome.state, skip_if_finished=True)
         if outcome.state == TrialState.PRUNED:
             log.info("trial %d pruned: %s", trial.number, outcome.reason)
-            return
+            return outcome.state
         self.failures.append(f"trial {trial.number}: {outcome.reason}")
         log.warning(
             "trial %d FAILED (%s) with params %s%s",
@@ -273,6 +347,17 @@ class OptunaSweep:
             trial.params,
             f"\n{outcome.details}" if outcome.details else "",
         )
+        return outcome.state
+
+    def _check_failure_rate(self, failed: int, results: Sequence[Any]) -> None:
+        """The official rule: a batch with a larger share of failed trials than max_failure_rate stops the
+        sweep with the first failed job's own error (a trial failed by its value goes on, as there)."""
+        if not results or failed / len(results) <= self.max_failure_rate:
+            return
+        log.error("Failed %d times out of %d with max_failure_rate=%s.", failed, len(results),
+                  self.max_failure_rate)
+        for ret in results:
+            ret.return_value  # noqa: B018 - re-raises a failed job's exception, with its traceback
 
     def _check_failure_budget(self, study: optuna.Study) -> None:
         if self.max_failures is None or len(self.failures) <= int(self.max_failures):
@@ -280,13 +365,15 @@ class OptunaSweep:
         raise FailureBudgetExceeded(
             f"kdexp_optuna: {len(self.failures)} trials of this sweep failed, more than "
             f"max_failures={self.max_failures}; stopping study {study.study_name!r} "
-            f"({display_url(self.url)}). Last failure: {self.failures[-1]}. "
+            f"({display_url(self.url) if self.url else 'in memory'}). Last failure: {self.failures[-1]}. "
             "Fix it and re-run the same command to resume."
         )
 
     def _wait_for_others(self, study: optuna.Study) -> None:
         """Trials of other workers, or of a killed sweeper (failed once their heartbeat is stale)."""
-        poll = max(1.0, min(5.0, float(self.s["heartbeat_interval"])))
+        if not self.url:
+            return
+        poll = max(1.0, min(5.0, float(self.s.get("heartbeat_interval", 30))))
         last_note = 0.0
         while True:
             optuna.storages.fail_stale_trials(study)
@@ -299,19 +386,25 @@ class OptunaSweep:
                     "(failed after grace_period=%ss without heartbeat)",
                     len(running),
                     [t.number for t in running],
-                    self.s["grace_period"],
+                    self.s.get("grace_period", 120),
                 )
                 last_note = time.monotonic()
             time.sleep(poll)
 
     def _write_results(self, study: optuna.Study, sweep_dir: Path) -> None:
-        best = best_summary(study, self.metrics)
-        results = {
-            "name": "kdexp_optuna",
+        """The official plugin's file (name: optuna; best_params/best_value, or the Pareto front as
+        solutions), plus the study's name and storage and kdexp's per-objective bests."""
+        best = best_summary(study, self.names)
+        results: dict[str, Any] = {"name": "optuna"}
+        if len(self.directions) == 1:
+            results.update({k: best[k] for k in ("best_params", "best_value") if k in best})
+        elif best:
+            results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
+        results.update({
             "study_name": study.study_name,
-            "storage": display_url(self.url),
-            **best,
-        }
+            "storage": display_url(self.url) if self.url else None,
+            **{k: v for k, v in best.items() if k not in ("best_params", "best_value")},
+        })
         OmegaConf.save(OmegaConf.create(_plain(results)), sweep_dir / "optimization_results.yaml")
 
 

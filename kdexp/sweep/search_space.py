@@ -2,15 +2,17 @@
 
 Grammar (same as the official hydra-optuna-sweeper, command line or ``hydra.sweeper.params``):
 ``interval(a,b)`` float, ``int(interval(a,b))`` int, ``tag(log, ...)`` log scale,
-``range(a,b[,step])`` stepped int/float with ``b`` INCLUDED (Optuna's low/high, as in the official
-plugin; Hydra's basic sweeper excludes it), ``choice(...)``/``a,b,c``/``shuffle(range())`` categorical.
-Anything else is a fixed override passed unchanged to every trial.
+``range(a,b[,step])`` stepped int/float with ``b`` INCLUDED for the samplers (Optuna's low/high, as in
+the official plugin) but EXCLUDED from the grid sampler's list (Hydra's range(), as in the official plugin),
+``choice(...)``/``a,b,c``/``shuffle(range())`` categorical. Anything else is a fixed override passed unchanged
+to every trial. A param is named by its override key, as in the official plugin (``+w``, ``db@pkg``).
 """
 
 from __future__ import annotations
 
 import decimal
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,26 +38,27 @@ _PRIMITIVES = (str, int, float, bool)
 
 @dataclass
 class SearchSpace:
+    # Param name = override key ("x", "+x", "db@pkg"), as the official plugin names them.
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
-    # Override key per param ("+x", "db@pkg"): the param name itself drops the prefix.
-    override_keys: dict[str, str] = field(default_factory=dict)
     # Exact override text of each categorical choice, aligned with the distribution's choices.
     choice_texts: dict[str, list[str]] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)  # key -> "key=value", unchanged
     texts: dict[str, str] = field(default_factory=dict)  # param -> the grammar as written
+    ranges: set[str] = field(default_factory=set)  # params written as range(): the grid leaves out the end
 
     def fixed_overrides(self) -> list[str]:
         return list(self.fixed.values())
 
     def trial_overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """Overrides of one trial: its space's params, then any other param a custom_search_space suggested."""
         out = []
-        for name, dist in self.distributions.items():
-            value = params[name]
-            if isinstance(dist, CategoricalDistribution):
+        for name, value in params.items():
+            dist = self.distributions.get(name)
+            if isinstance(dist, CategoricalDistribution) and name in self.choice_texts:
                 text = self.choice_texts[name][dist.to_internal_repr(value)]
             else:
                 text = format_value(value)
-            out.append(f"{self.override_keys[name]}={text}")
+            out.append(f"{name}={text}")
         return out
 
     def describe(self) -> dict[str, str]:
@@ -71,25 +74,87 @@ def parse_search_space(overrides: Iterable[str], config_loader: Any = None) -> S
     """Later overrides of the same key win (command line after ``hydra.sweeper.params``)."""
     space = SearchSpace()
     for override in OverridesParser.create(config_loader=config_loader).parse_overrides(list(overrides)):
-        name = (
-            override.key_or_group
-            if override.package is None
-            else f"{override.key_or_group}@{override.package}"
-        )
+        name = override.get_key_element()
         for entries in (space.distributions, space.fixed, space.texts):
             entries.pop(name, None)
+        space.ranges.discard(name)
         if not override.is_sweep_override():  # passed on unchanged; a bare "~key" has no value
             key = override.get_key_element()
             bare_delete = override.is_delete() and override.value() is None
             space.fixed[name] = key if bare_delete else f"{key}={override.get_value_element_as_str()}"
             continue
-        try:
-            space.distributions[name] = _distribution(override, name, space)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"search space of {name!r} ({override.input_line}): {exc}") from exc
-        space.override_keys[name] = override.get_key_element()
+        space.distributions[name] = distribution_of(override, space)
         space.texts[name] = override.get_value_string()
+        if isinstance(override.value(), RangeSweep) and not override.value().shuffle:
+            space.ranges.add(name)
     return space
+
+
+_SPACE_URL = "https://hydra.cc/docs/upgrades/1.1_to_1.2/changes_to_sweeper_config/"
+
+
+def legacy_search_space(params: Mapping | None, search_space: Mapping | None) -> dict[str, BaseDistribution]:
+    """Distributions of the deprecated ``hydra.sweeper.search_space``, with the official plugin's warnings.
+
+    Args:
+        params: ``hydra.sweeper.params`` (it wins over ``search_space`` when both are given).
+        search_space: ``{name: {type: int|float|categorical, low, high, step, log, choices}}``.
+
+    Returns:
+        The distributions by name; {} when ``params`` is given or there is no ``search_space``.
+    """
+    if search_space is None:
+        return {}
+    if params is not None:
+        warnings.warn(
+            "Both hydra.sweeper.params and hydra.sweeper.search_space are configured.\n"
+            f"Hydra will use hydra.sweeper.params for defining search space.\n{_SPACE_URL}",
+            UserWarning, stacklevel=2,
+        )
+        return {}
+    warnings.warn(
+        "`hydra.sweeper.search_space` is deprecated and will be removed in the next major release.\n"
+        f"Please configure with `hydra.sweeper.params`.\n{_SPACE_URL}",
+        UserWarning, stacklevel=2,
+    )
+    return {str(name): distribution_from_config(spec) for name, spec in search_space.items()}
+
+
+def distribution_from_config(spec: Mapping[str, Any]) -> BaseDistribution:
+    """One entry of the deprecated ``search_space``: ``{type, low, high, step, log, choices}``.
+
+    Args:
+        spec: the entry; ``type`` is int, float or categorical (a string, or the official enum).
+
+    Returns:
+        The Optuna distribution.
+    """
+    kind = getattr(spec.get("type"), "name", spec.get("type"))
+    if kind == "categorical":
+        return CategoricalDistribution(list(spec["choices"]))
+    if kind not in ("int", "float"):
+        raise ValueError(f"search_space type {kind!r}: choose one of int, float, categorical")
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), bool(spec.get("log", False))
+    if kind == "int":
+        return IntDistribution(int(low), int(high), log=log, step=1 if log or step is None else int(step))
+    return FloatDistribution(float(low), float(high), log=log, step=None if log or step is None else float(step))
+
+
+def distribution_of(override: Override, space: SearchSpace) -> BaseDistribution:
+    """The Optuna distribution of one sweep override (the text of its choices goes into ``space``).
+
+    Args:
+        override: a parsed sweep override (interval, range, choice, ...).
+        space: the search space it belongs to.
+
+    Returns:
+        The distribution; ValueError naming the key for one Optuna cannot take.
+    """
+    name = override.get_key_element()
+    try:
+        return _distribution(override, name, space)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"search space of {name!r} ({override.input_line}): {exc}") from exc
 
 
 def _distribution(override: Override, name: str, space: SearchSpace) -> BaseDistribution:
@@ -163,10 +228,12 @@ def grid_search_space(space: SearchSpace) -> dict[str, list[Any]]:
         if isinstance(dist, CategoricalDistribution):
             grid[name] = list(dist.choices)
         elif isinstance(dist, IntDistribution) and not dist.log:
-            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
+            end = dist.high if name in space.ranges else dist.high + 1  # range(): Hydra's, end excluded
+            grid[name] = list(range(dist.low, end, dist.step))
         elif isinstance(dist, FloatDistribution) and dist.step is not None:
             low, step = decimal.Decimal(repr(dist.low)), decimal.Decimal(repr(dist.step))
-            count = int((decimal.Decimal(repr(dist.high)) - low) / step) + 1
+            span = (decimal.Decimal(repr(dist.high)) - low) / step
+            count = math.ceil(span) if name in space.ranges else int(span) + 1
             grid[name] = [float(low + i * step) for i in range(count)]
         else:
             raise ValueError(

@@ -30,6 +30,7 @@ from .storage import job_url, rdb_storage
 
 PRUNER_ATTR = "kdexp.pruner"
 TRIAL_STATE_TAG = "kdexp.trial_state"
+RUN_ID_ATTR = "mlflow_run_id"
 
 
 def trial_context(cfg: Mapping) -> dict[str, Any] | None:
@@ -39,13 +40,14 @@ def trial_context(cfg: Mapping) -> dict[str, Any] | None:
     if node is None:
         return None
     ctx = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    return ctx if ctx.get("storage") and ctx.get("study_name") and ctx.get("trial_id") is not None else None
+    return ctx if ctx.get("study_name") and ctx.get("trial_id") is not None else None
 
 
 def trial_from_cfg(cfg: Mapping) -> optuna.Trial | None:
-    """Rebuild the running trial from the storage (with the study's pruner), or None."""
+    """Rebuild the running trial from the storage (with the study's pruner), or None: outside a sweep, or in a
+    sweep of an in-memory study (storage null), which no job can reach."""
     ctx = trial_context(cfg)
-    if ctx is None:
+    if ctx is None or not ctx.get("storage"):
         return None
     # A cheap sampler: the job never samples, the sweeper did that at ask() time.
     study = optuna.load_study(
@@ -90,6 +92,20 @@ def child_run_tags(cfg: Mapping) -> dict[str, str]:
     if ctx.get("parent_run_id"):
         tags["mlflow.parentRunId"] = str(ctx["parent_run_id"])
     return tags
+
+
+def trial_run_name(cfg: Mapping, name: str) -> str:
+    """``trial-007 <name>``: the trial's number first, so that every trial's run has its own name."""
+    ctx = trial_context(cfg)
+    return name if ctx is None else f"trial-{int(ctx['trial_number']):03d} {name}"
+
+
+def link_run(cfg: Mapping, run_id: str) -> None:
+    """Store the trial's MLflow run id in its user attributes (``mlflow_run_id``), for dashboards and scripts
+    that go from a trial to its run. Nothing for an in-memory study (no job reaches it) or outside a sweep."""
+    trial = trial_from_cfg(cfg)
+    if trial is not None:
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
 
 
 def end_pruned_run(run_id: str | None = None, client: Any = None) -> None:

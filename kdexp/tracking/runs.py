@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import json
+import logging
 import os
 import platform
 import subprocess
+import sys
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +19,7 @@ import kdexp
 from kdexp.tracking.redact import redact_text
 from kdexp.tracking.stores import artifact_location, check_store, store_lock
 
+log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 TAG_KEYS = ("data", "teacher", "student", "distill", "seed")
 
@@ -41,13 +45,36 @@ def _git(*args: str) -> str | None:
 
 
 def source_tags() -> dict[str, str]:
-    """The commit of the code this process loaded and whether tracked files differed from it."""
+    """MLflow's User and Source columns (who ran which program), the commit of the code this process loaded
+    and whether tracked files differed from it."""
+    tags = {"mlflow.source.name": Path(sys.argv[0]).name or "kdexp", "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        pass
     commit = _git("rev-parse", "HEAD")
     if not commit:
-        return {}  # an installed package, or no git
+        return tags  # an installed package, or no git
     changes = _git("status", "--porcelain", "--untracked-files=no")
     dirty = "unknown" if changes is None else str(bool(changes)).lower()
-    return {"mlflow.source.git.commit": commit, "kdexp.source.dirty": dirty}
+    return {**tags, "mlflow.source.git.commit": commit, "kdexp.source.dirty": dirty}
+
+
+def user_tags(tracking: dict, tags: list | None = None) -> dict[str, str]:
+    """The user's own tags: ``tracking.tags`` (``+tracking.tags.note=x``; nested keys joined with dots) and
+    the top-level ``tags`` list (lightning-hydra-template's ``tags=[dev,mnist]``) as one ``tags`` tag.
+
+    Args:
+        tracking: the ``tracking`` node.
+        tags: the top-level ``tags`` list.
+
+    Returns:
+        MLflow tags.
+    """
+    out = flatten(dict(tracking.get("tags") or {}))
+    if tags:
+        out["tags"] = ", ".join(str(t) for t in tags)
+    return out
 
 
 # Read once, as the code is loaded: a long multirun must not tag its runs with commits made after it started.
@@ -80,11 +107,15 @@ class Tracker:
     its artifacts; a tracking server (http/https) keeps them in its own artifact store instead.
     """
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None,
+                 tags: dict[str, str] | None = None, system_metrics: bool = False):
         from mlflow.tracking import MlflowClient  # heavy import, kept off module import
 
         self.uri = check_store(uri, "tracking.uri", "mlflow")  # a bad store: StoreError (one line), no run made
         self.client = MlflowClient(tracking_uri=self.uri)
+        self.user_tags = dict(tags or {})
+        self.system_metrics = system_metrics and _psutil()
+        self._monitors: dict[str, Any] = {}
         # Parallel jobs on a new store would both create its tables (and the experiment).
         with store_lock(self.uri, "mlflow-setup"):
             self.experiment_id = self._experiment(experiment, artifact_location(self.uri, artifact_root))
@@ -102,14 +133,31 @@ class Tracker:
             return found.experiment_id
 
     def start(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
-        tags = {"kdexp.version": kdexp.__version__, **{k: redact_text(str(v)) for k, v in tags.items()}}
+        tags = {**self.user_tags, "kdexp.version": kdexp.__version__, **tags}  # kdexp's own keys win
+        tags = {k: redact_text(str(v)) for k, v in tags.items()}
         requirements, library_tags = environment()
         tags.update({**SOURCE_TAGS, **library_tags})
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.client.log_text(run.info.run_id, requirements, REQUIREMENTS_ARTIFACT)
         if params:
             self.log_params(run.info.run_id, params)
+        self.monitor(run.info.run_id)
         return run.info.run_id
+
+    def monitor(self, run_id: str) -> None:
+        """MLflow's system metrics (CPU, memory, disk, network, GPU: ``system/*``) for the run's life."""
+        if not self.system_metrics or run_id in self._monitors:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def _unmonitor(self, run_id: str) -> None:
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -146,15 +194,30 @@ class Tracker:
             self.client.set_tag(run_id, k, redact_text(str(v)))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._unmonitor(run_id)
         self.client.set_terminated(run_id, status=status)
 
     def fail(self, run_id: str, exc: BaseException) -> None:
         """Record a crash: FAILED status, the error as a tag, the traceback as an artifact."""
+        self._unmonitor(run_id)
         try:
             self.client.set_tag(run_id, "kdexp.error", redact_text(f"{type(exc).__name__}: {exc}")[:5000])
             self.client.log_text(run_id, redact_text("".join(traceback.format_exception(exc))), "error.txt")
         finally:
             self.client.set_terminated(run_id, status="FAILED")
+
+
+def _psutil() -> bool:
+    """MLflow's system metrics need psutil (not a kdexp dependency): without it, say so once and go on."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        if not getattr(_psutil, "said", False):
+            log.warning("tracking.system_metrics: MLflow's system metrics need psutil (pip install psutil); "
+                        "runs are recorded without them")
+            _psutil.said = True
+        return False
+    return True
 
 
 TEXT_ARTIFACTS = (".yaml", ".yml", ".json", ".md", ".txt", ".csv", ".tex", ".log")

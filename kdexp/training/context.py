@@ -20,7 +20,7 @@ from kdexp.distill import method_from_config
 from kdexp.models import create_model
 from kdexp.runtime import distributed
 from kdexp.tracking.progress import sweep_position
-from kdexp.tracking.runs import Tracker
+from kdexp.tracking.runs import Tracker, user_tags
 from kdexp.training.lifecycle import NullTracker
 
 
@@ -119,7 +119,9 @@ def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | 
     dm.setup()  # bad roots and corrupt files fail here, before any training
     if distributed.is_rank_zero():  # only rank 0 records: MLflow runs, artifacts, summaries
         tracking = conf["tracking"]
-        tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root=tracking.get("artifact_root"))
+        tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root=tracking.get("artifact_root"),
+                          tags=user_tags(tracking, conf.get("tags")),
+                          system_metrics=tracking.get("system_metrics", False))
     else:
         tracker = NullTracker()
     cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
@@ -138,7 +140,10 @@ def resume_key(conf: Mapping, cell: str) -> str:
     from kdexp.caching.fingerprint import fingerprint
     from kdexp.sweep.trial import resume_origin
 
-    study, origin = resume_origin(conf)
+    origin = resume_origin(conf)
+    if origin is None:  # a trial of an in-memory study: nothing to resume from
+        return cell
+    study, origin = origin
     view = {k: v for k, v in conf.items() if k != "optuna_trial"}
     return fingerprint({"what": "trial-resume", "cell": cell_key(view), "study": study, "trial": origin})
 

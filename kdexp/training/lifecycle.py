@@ -51,7 +51,7 @@ class NullTracker:
     def _nothing(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    log_params = log_metrics = log_artifact = set_tags = finish = fail = _nothing
+    log_params = log_metrics = log_artifact = set_tags = finish = fail = monitor = _nothing
 
 
 INTERRUPTED = "kdexp.interrupted"
@@ -82,17 +82,23 @@ def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Ma
     nested = trial_conf is not None and in_trial(trial_conf)
     tags = dict(tags)
     if nested:
-        from kdexp.sweep.trial import child_run_tags
+        from kdexp.sweep.trial import child_run_tags, trial_run_name
 
         tags.update(child_run_tags(trial_conf))
+        name = trial_run_name(trial_conf, name)  # "trial-007 kd:cnn_tiny": one name per trial in the UI
     run_id = running_run(tracker, resume) if resume else None
     if run_id is not None:
         tracker.set_tags(run_id, {**tags, "kdexp.resumed": "true"})  # a retried sweep trial's number, ...
+        tracker.monitor(run_id)
         name = f"{name} (resumed)"
     else:
         run_id = tracker.start(name, tags, dict(params) if params else None)
     if tracker.client is not None:  # rank 0
         print_run_start(run_id, tracker.experiment_id, tracker.uri, name, position=position)
+        if nested:
+            from kdexp.sweep.trial import link_run
+
+            link_run(trial_conf, run_id)  # the study's trial -> this run (user attr mlflow_run_id)
     try:
         yield run_id
     except BaseException as exc:

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 GOOD_LR, BAD_LR = 0.01, 50.0  # Adam at lr 50 wrecks the student in its first steps: chance accuracy
 LR = "student_lr.cnn_tiny"  # the student's lr only: recipe.lr would also give every lr its own teacher
+PARAM = f"+{LR}"  # a param is named by its override key, as in the official plugin
 TINY = ["data=synthetic", "data.num_samples=300", "data.image_size=8", "teacher=cnn_small",
         "student=cnn_tiny", "trainer.max_epochs=3", "teacher.max_epochs=3", "eval.latency_repeats=2",
         "eval.latency_batch=8"]
@@ -40,7 +41,7 @@ def sweep(tmp_path_factory):
     # at epoch 0 whatever the sampler draws for trials 3-5. ask() serves enqueued trials first.
     study = optuna.create_study(storage=storage, study_name="e2e", direction="maximize")
     for lr in (GOOD_LR, GOOD_LR, BAD_LR):
-        study.enqueue_trial({LR: lr})
+        study.enqueue_trial({PARAM: lr})
     proc = run([str(Path(sys.executable).parent / "kdexp-train"), "-m", "+sweep=kd_temperature", *TINY,
                 f"paths.root={root}", "hydra.sweeper.study_name=e2e", "hydra.sweeper.n_trials=6",
                 "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
@@ -64,10 +65,10 @@ def test_destructive_trials_are_pruned_in_optuna(sweep):
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     assert list(trials[2].intermediate_values) == [0]  # stopped after its first epoch
     for t in trials:
-        if t.params[LR] == BAD_LR and t.number >= 2:
+        if t.params[PARAM] == BAD_LR and t.number >= 2:
             assert t.state == TrialState.PRUNED
     assert all(len(t.intermediate_values) == 3 for t in trials if t.state == TrialState.COMPLETE)
-    assert study.best_trial.params[LR] == GOOD_LR
+    assert study.best_trial.params[PARAM] == GOOD_LR
 
 
 def test_pruned_trials_are_killed_and_tagged_in_mlflow(sweep):
@@ -76,6 +77,9 @@ def test_pruned_trials_are_killed_and_tagged_in_mlflow(sweep):
     assert sorted(students) == list(range(6))  # one student run per trial
     for t in study.get_trials():
         run = students[t.number]
+        # one name per trial in the UI, and the trial's link to its run (optuna-dashboard shows user attrs)
+        assert run.info.run_name.startswith(f"trial-{t.number:03d} ")
+        assert t.user_attrs["mlflow_run_id"] == run.info.run_id
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED" and run.data.tags["kdexp.trial_state"] == "PRUNED"
         else:

@@ -15,7 +15,14 @@ import hydra
 import optuna
 from omegaconf import DictConfig
 
-from kdexp.sweep.trial import child_run_tags, end_pruned_run, is_pruned_error, trial_from_cfg
+from kdexp.sweep.trial import (
+    child_run_tags,
+    end_pruned_run,
+    is_pruned_error,
+    link_run,
+    trial_from_cfg,
+    trial_run_name,
+)
 
 METRIC = "student/val_acc"
 
@@ -111,7 +118,8 @@ def child_run(cfg: DictConfig, number: int):
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     mlflow.set_experiment(cfg.tracking.experiment)
-    with mlflow.start_run(run_name=f"trial-{number}", tags=child_run_tags(cfg)):
+    with mlflow.start_run(run_name=trial_run_name(cfg, "toy"), tags=child_run_tags(cfg)) as run:
+        link_run(cfg, run.info.run_id)
         mlflow.log_params({"x": cfg.x, "y": cfg.y})
         yield mlflow
 
