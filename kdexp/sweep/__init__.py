@@ -26,7 +26,7 @@ YAML (e.g. a ``conf/experiment/*.yaml`` or a sweep file); a config written for H
           distill.alpha: range(0.1, 0.9, step=0.1)
 
 Modules: ``engine`` (ask-and-tell loop), ``search_space`` (grammar), ``samplers`` (the sampler group),
-``factories`` (samplers and pruners), ``storage`` (URLs, study lock, heartbeats), ``outcomes`` (job result -> trial state),
-``tracking``/``report`` (MLflow parent run, summary) and ``trial`` (the job-side API).
+``factories`` (samplers and pruners), ``storage`` (URLs, study lock, heartbeats), ``outcomes`` (job result ->
+trial state), ``tracking``/``report`` (MLflow parent run, summary) and ``trial`` (the job-side API).
 Nothing is imported here, so that Hydra's plugin scan stays fast.
 """
