@@ -32,9 +32,11 @@ def conf(*overrides: str) -> dict:
 def test_every_method_declares_a_search_space_over_keys_it_has(method):
     space = tuning.search_space(method)
     parsed = parse_search_space(param_overrides(tuning.search_params(method)))
-    assert set(parsed.distributions) == set(space) and space and not parsed.fixed
+    # the sweeper names a param by its override key (`++student_recipe.lr`), as Hydra's official plugin does
+    assert {k.lstrip("+") for k in parsed.distributions} == set(space) and space and not parsed.fixed
     c = conf(f"distill={method}")
-    for key, dist in parsed.distributions.items():
+    for override, dist in parsed.distributions.items():
+        key = override.lstrip("+")
         if key.startswith("student_recipe."):  # the student's recipe: a key of `recipe`, or label smoothing
             assert key.split(".")[1] in (*c["recipe"], "label_smoothing"), key
         else:
@@ -42,7 +44,7 @@ def test_every_method_declares_a_search_space_over_keys_it_has(method):
         low = dist.choices[0] if hasattr(dist, "choices") else dist.low
         high = dist.choices[-1] if hasattr(dist, "choices") else dist.high
         for value in (low, high):  # both ends make a valid config
-            probe = tuning.apply_overrides(c, [f"{parsed.override_keys[key]}={value!r}"])
+            probe = tuning.apply_overrides(c, [f"{override}={value!r}"])
             validate_config(probe)
 
 
