@@ -90,3 +90,21 @@ def test_a_checkpoint_that_does_not_map_names_the_first_mismatch_and_loads_nothi
         path = tmp_path / "mobile.pth"
         torch.save({"model": field_nets.build("MobileNetV2", num_classes=100).state_dict()}, path)
         load_weights(create_model("mobilenetv2", num_classes=10), path, "teacher.ckpt")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_cli_distills_from_a_published_checkpoint_and_refuses_one_that_does_not_map(tmp_path):
+    from tests.e2e.test_cli import kdexp_train
+
+    path = tmp_path / "vgg8_vanilla.pth"
+    torch.save({"model": field_nets.build("vgg8", num_classes=10).state_dict()}, path)
+    tiny = ["data=synthetic", "data.num_samples=200", "data.num_test=64", "data.image_size=32", "student=cnn_tiny",
+            "trainer=debug", "baseline=false", "eval.latency_repeats=1", "eval.latency_batch=4",
+            "tracking.export_student=false", f"teacher.ckpt={path}"]
+    good = kdexp_train(*tiny, "teacher=vgg8", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    bad = kdexp_train(*tiny, "teacher=vgg13", cwd=tmp_path)
+    assert bad.returncode == 2
+    (line,) = [x for x in bad.stderr.splitlines() if x.startswith("kdexp-train: error:")]
+    assert "teacher.ckpt (vgg13, 10 classes)" in line and "(128, 64, 3, 3)" in line and "(64, 64, 3, 3)" in line
