@@ -43,8 +43,13 @@ def validate_config(conf: dict) -> None:
     models = known_names("kdexp.models", "register_model", "kdexp.models", "MODELS")
     for role in ("teacher", "student"):
         arch = conf[role]["arch"]
-        if arch not in models:
-            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {', '.join(models)}")
+        if ":" in arch:  # timm:NAME / tv:NAME: checked against the library (torch is imported only for these)
+            from kdexp.models.hub import check_name
+
+            check_name(f"{role}.arch", arch)
+        elif arch not in models:
+            choices = f"{', '.join(models)}, or timm:NAME, tv:NAME"
+            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {choices}")
     datasets = known_names("kdexp.data", "DATASETS.register", "kdexp.data", "DATASETS")
     if conf["data"]["name"] not in datasets:
         raise _bad("data.name", conf["data"]["name"], f"unknown data set; choose one of: {', '.join(datasets)}")
