@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from torch import Tensor
 
 # Sub-dicts a checkpoint may keep its weights in, and the module prefixes a training wrapper adds: a
-# Lightning checkpoint of kdexp's own modules (student./teacher./model.), DataParallel (module.).
+# Lightning checkpoint of kdexp's own modules (student./teacher./model.), mdistiller's whole distiller
+# (module.student./module.teacher.: DataParallel's module. comes first and is dropped).
 CONTAINERS = ("state_dict", "model", "net")
-PREFIXES = ("student.", "teacher.", "model.", "module.", "net.")
+PREFIXES = ("student.", "teacher.", "model.", "net.")
+PARALLEL = "module."
 COUNTER = "num_batches_tracked"  # absent from old torchvision files; the model's own is kept then
 
 
@@ -31,6 +33,8 @@ def candidates(obj) -> list[dict[str, Tensor]]:
         if isinstance(obj.get(key), Mapping):
             found += candidates(obj[key])
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if tensors and all(k.startswith(PARALLEL) for k in tensors):
+        tensors = {k[len(PARALLEL):]: v for k, v in tensors.items()}
     if tensors:
         for prefix in PREFIXES:
             sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

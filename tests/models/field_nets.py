@@ -268,11 +268,14 @@ class ResNet50(nn.Module):
 def build(name: str, num_classes: int) -> nn.Module:
     """The field's model `name` (RepDistiller's names; "tv_resnet50" for torchvision's), randomly initialised
     with random BN statistics, so that equal logits mean every tensor landed in its place."""
-    resnets = {"resnet8": (8, (16, 16, 32, 64)), "resnet20": (20, (16, 16, 32, 64)),
-               "resnet8x4": (8, (32, 64, 128, 256)), "resnet32x4": (32, (32, 64, 128, 256))}
-    wrns = {"wrn_16_2": (16, 2), "wrn_40_1": (40, 1)}
-    vggs = {"vgg8": [[64], [128], [256], [512], [512]], "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512],
-                                                                   [512, 512]]}
+    base, x4 = (16, 16, 32, 64), (32, 64, 128, 256)
+    resnets = {**{f"resnet{d}": (d, base) for d in (8, 14, 20, 32, 44, 56, 110)},
+               "resnet8x4": (8, x4), "resnet32x4": (32, x4)}
+    wrns = {f"wrn_{d}_{k}": (d, k) for d in (16, 40) for k in (1, 2)}
+    vggs = {"vgg8": [[64], [128], [256], [512], [512]], "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+            "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+            "vgg16": [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3],
+            "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4]}
     if name in resnets:
         net = CifarResNet(*resnets[name], num_classes)
     elif name in wrns:

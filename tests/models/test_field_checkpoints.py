@@ -11,11 +11,11 @@ from kdexp.models import create_model
 from tests.models import field_nets
 
 # RepDistiller/mdistiller name -> the zoo's (their model_dict keys; mdistiller's cifar_model_dict is the same).
-ZOO = {"resnet8": "resnet8", "resnet20": "resnet20", "resnet8x4": "resnet8x4", "resnet32x4": "resnet32x4",
-       "wrn_16_2": "wrn_16_2", "wrn_40_1": "wrn_40_1", "vgg8": "vgg8", "vgg13": "vgg13",
-       "MobileNetV2": "mobilenetv2", "ShuffleV1": "shufflenetv1", "ShuffleV2": "shufflenetv2",
-       "ResNet50": "resnet50"}  # fmt: skip
-SLOW = {"resnet32x4", "vgg13", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50"}
+ZOO = {**{n: n for n in ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                          "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
+                          "vgg8", "vgg11", "vgg13", "vgg16", "vgg19")},
+       "MobileNetV2": "mobilenetv2", "ShuffleV1": "shufflenetv1", "ShuffleV2": "shufflenetv2", "ResNet50": "resnet50"}
+FAST = {"resnet8", "resnet20", "resnet8x4", "wrn_16_1", "wrn_16_2", "vgg8"}  # one or two of each family
 
 
 def logits_after_loading(field: torch.nn.Module, zoo: torch.nn.Module, path, x):
@@ -30,7 +30,7 @@ def assert_same_logits(theirs, ours):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ZOO])
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
 def test_published_cifar_checkpoint_loads_with_equal_logits(tmp_path, name):
     torch.manual_seed(0)
     field = field_nets.build(name, num_classes=100)
@@ -48,6 +48,13 @@ def test_dataparallel_prefix_and_lightning_checkpoints_load(tmp_path):
     wrapped = tmp_path / "dp.pth"  # saved from nn.DataParallel: every name under module.
     torch.save({"model": {f"module.{k}": v for k, v in field.state_dict().items()}}, wrapped)
     assert_same_logits(*logits_after_loading(field, create_model("resnet8x4"), wrapped, x))
+    # mdistiller's whole-distiller checkpoint: the student and the teacher under module.; the teacher fits here.
+    distiller = tmp_path / "best"
+    student = create_model("resnet8")
+    torch.save({"epoch": 240, "model": {**{f"module.student.{k}": v for k, v in student.state_dict().items()},
+                                        **{f"module.teacher.{k}": v for k, v in field.state_dict().items()}}},
+               distiller)
+    assert_same_logits(*logits_after_loading(field, create_model("resnet8x4"), distiller, x))
     # A Lightning checkpoint of a distillation: the student (another architecture) is tried first, then teacher.
     student = create_model("resnet8")
     lightning = tmp_path / "last.ckpt"
