@@ -106,3 +106,18 @@ def test_the_core_install_does_not_import_timm_or_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_a_hub_name_without_its_library_or_with_an_unknown_prefix_is_one_config_error():
+    from kdexp.models.hub import check_name
+
+    with pytest.raises(ConfigError, match=r"teacher.arch='hf:bert' is invalid: unknown library 'hf'; use timm:NAME"):
+        check_name("teacher.arch", "hf:bert")
+    try:
+        importlib.import_module("timm")
+    except Exception:
+        needs = r"teacher.arch='timm:resnet18' needs timm, .* pip install 'kdexp\[vision\]'"
+        with pytest.raises(ConfigError, match=needs):
+            check_name("teacher.arch", "timm:resnet18")
+    else:
+        check_name("teacher.arch", "timm:resnet18")  # where timm imports, the name is accepted
