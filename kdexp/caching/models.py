@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from kdexp.caching.state_map import candidates, map_state
 from kdexp.runtime import distributed
 
 
@@ -134,30 +135,41 @@ def file_lock(path: str | os.PathLike) -> FileLock:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, what: str) -> nn.Module:
-    """Load a state dict safely (weights only) into `model`; a mismatch is a clear error."""
+    """Load a weights file safely (weights only, no pickled code) into `model`.
+
+    Takes kdexp's own files, Lightning checkpoints (`state_dict` under a student./teacher./model. prefix),
+    RepDistiller/mdistiller's `{'model': state_dict}` and torchvision's bare state dicts: names that differ
+    are matched by position and shape (kdexp.caching.state_map). Nothing is loaded unless every tensor maps.
+
+    Args:
+        model: the model to fill, built for the data (classes, input channels).
+        path: the weights file.
+        what: the setting it came from, for messages (e.g. "teacher.ckpt (resnet32x4, 100 classes)").
+
+    Returns:
+        `model`, loaded. Raises FileNotFoundError, or ValueError naming the first tensor that does not fit.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{what}: {str(path)!r} is not a readable weights file ({exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a Lightning checkpoint
-        state = {k.split(".", 1)[1]: v for k, v in state["state_dict"].items() if k.startswith("student.")} or state[
-            "state_dict"
-        ]
-    if not isinstance(state, dict):
-        raise ValueError(f"{what}: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    found = candidates(obj)
+    if not found:
+        raise ValueError(f"{what}: {str(path)!r} holds a {type(obj).__name__} without tensors, not a state dict")
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{what}: checkpoint {str(path)!r} does not fit this model "
-            f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]}, "
-            f"shape mismatches e.g. {wrong[:3]}); check the architecture, num_classes and in_channels"
-        )
-    model.load_state_dict(state)
-    return model
+    first_error = None
+    for state in found:
+        try:
+            mapped = map_state(state, own)
+        except ValueError as exc:
+            first_error = first_error or exc
+            continue
+        model.load_state_dict(mapped)
+        return model
+    raise ValueError(
+        f"{what}: checkpoint {str(path)!r} does not fit this model: {first_error}; "
+        "check the architecture, num_classes and in_channels"
+    )

@@ -1,6 +1,6 @@
 """ShuffleNet V1 (Zhang et al. 2018) and V2 (Ma et al. 2018) for CIFAR, in the configurations of the
-KD benchmarks (CRD/RepDistiller's ShuffleV1 with 3 groups, ShuffleV2 at net size 1): no stem
-max-pool, 3 stages that each halve the resolution.
+KD benchmarks (CRD/RepDistiller's ShuffleV1 with 3 groups, ShuffleV2 at net size 1): a 1x1 stem conv
+without max-pool, 3 stages that each halve the resolution, so their published checkpoints load.
 
 Blocks return their output *before* the final ReLU and the stage applies it (see layers.py). For
 V2 that is exact because the untouched half of the channels is already non-negative, so
@@ -112,9 +112,11 @@ class ShuffleNetV2(StagedModel):
         last_channels: int = 1024,
         num_classes: int = 10,
         in_channels: int = 3,
+        stem_kernel: int = 1,
     ):
         stem_ch = 24
-        stem = ReluOutput(*conv_bn(in_channels, stem_ch, 3))
+        # 1x1 as in the benchmark code (before 2026-12 kdexp used 3x3: stem_kernel=3 loads those weights)
+        stem = ReluOutput(*conv_bn(in_channels, stem_ch, stem_kernel))
         stages, in_ch = [], stem_ch
         for out_ch, num_blocks in zip(stage_channels, stage_blocks):
             units = [ShuffleV2Down(in_ch, out_ch)] + [ShuffleV2Unit(out_ch) for _ in range(num_blocks)]
@@ -132,5 +134,6 @@ def shufflenetv1(num_classes: int = 10, in_channels: int = 3, **kwargs) -> Shuff
 
 @register_model()
 def shufflenetv2(num_classes: int = 10, in_channels: int = 3, **kwargs) -> ShuffleNetV2:
-    """ShuffleNet V2 1x: stage widths 116-232-464, 1024-channel head (RepDistiller's ShuffleV2)."""
+    """ShuffleNet V2 1x: stage widths 116-232-464, 1024-channel head (RepDistiller's ShuffleV2); kwargs:
+    stem_kernel (1)."""
     return ShuffleNetV2(num_classes=num_classes, in_channels=in_channels, **kwargs)
