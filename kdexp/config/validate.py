@@ -52,7 +52,8 @@ def validate_config(conf: dict) -> None:
             check_name(f"{role}.arch", arch)
         elif arch.partition(":")[0] not in models:  # family:source (hf:<hub id or folder>) names its family
             choices = f"{', '.join(models)}, or timm:NAME, tv:NAME"
-            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {choices}")    datasets = known_names("kdexp.data", "DATASETS.register", "kdexp.data", "DATASETS")
+            raise _bad(f"{role}.arch", arch, f"unknown model; choose one of: {choices}")
+    datasets = known_names("kdexp.data", "DATASETS.register", "kdexp.data", "DATASETS")
     if conf["data"]["name"] not in datasets:
         raise _bad("data.name", conf["data"]["name"], f"unknown data set; choose one of: {', '.join(datasets)}")
     methods = known_names("kdexp.distill", "register_method", "kdexp.distill", "METHODS")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from kdexp.config.registry import Registry
 from kdexp.models.base import FeatureOutput, ZooModel, example_input, num_params
 from kdexp.models.hub import create_hub_model, is_hub_name
+
 MODELS: Registry[ZooModel] = Registry("model")
 register_model = MODELS.register
 
@@ -22,7 +23,8 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
         name, _, source = name.partition(":")
         if source:
             kwargs["source"] = source
-        model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)    model.num_classes, model.in_channels = num_classes, in_channels
+        model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model.num_classes, model.in_channels = num_classes, in_channels
     return model
 
 
