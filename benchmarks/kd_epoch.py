@@ -17,7 +17,8 @@ from kdexp.caching.teacher_outputs import TeacherOutputs, prepare_cached_teacher
 from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.models import create_model
-from kdexp.modules.distill import DistillModule, build_optimizer
+from kdexp.modules.distill import DistillModule
+from kdexp.modules.optim import build_optimizer
 from kdexp.training.context import Context, quiet_lightning
 from kdexp.training.trainer import fit
 

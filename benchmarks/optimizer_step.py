@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import REPO, loadavg, machine, md_table, median_ms, write_results
 from kdexp.models import create_model
-from kdexp.modules.distill import build_optimizer
+from kdexp.modules.optim import build_optimizer
 
 RECIPES = {"sgd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
            "adam": {"optimizer": "adam", "lr": 1e-3}}
