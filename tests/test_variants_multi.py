@@ -17,6 +17,7 @@ from kdexp.experiments.mutual import MutualModule, mutual_loss
 from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.training import distilled as links
 from kdexp.training.context import Context
+from kdexp.training.run import RunIdentity
 from tests.conftest import compose_train
 
 
@@ -185,14 +186,13 @@ def link_ctx(tmp_path, tiny_overrides, monkeypatch):
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()
     monkeypatch.setattr(links, "train_distilled", lambda *a, **k: {"val_acc": 0.5})  # keys, not training, under test
-    return Context(conf, dm, NoTracker(), ModelCache(tmp_path / "models"), tmp_path)
+    return Context(RunIdentity(conf, NoTracker(), ModelCache(tmp_path / "models"), tmp_path), dm)
 
 
 def chain_keys(ctx, root_key: str, archs: list[str]) -> list[tuple[str, bool]]:
     teacher, meta, out = ctx.build("teacher"), {"key": root_key, "run_id": "root"}, []
     for i, arch in enumerate(archs):
-        model, meta = links.distilled_link(ctx, teacher, meta, {"arch": arch, "kwargs": {}}, ctx.conf["recipe"],
-                                           f"link{i}", {})
+        model, meta = links.distilled_link(ctx, teacher, meta, {"arch": arch, "kwargs": {}}, f"link{i}", {})
         teacher = model
         out.append((meta["key"], meta["cached"]))
     return out
@@ -201,9 +201,9 @@ def chain_keys(ctx, root_key: str, archs: list[str]) -> list[tuple[str, bool]]:
 def test_link_keys_follow_every_upstream_change(link_ctx):
     first = chain_keys(link_ctx, "teacher-a", ["cnn_small", "cnn_tiny"])
     assert [cached for _, cached in first] == [False, False]
-    assert [t["kdexp.teacher_run_id"] for t in link_ctx.tracker.started] == ["root", "run1"]  # lineage
+    assert [t["kdexp.teacher_run_id"] for t in link_ctx.run.tracker.started] == ["root", "run1"]  # lineage
     again = chain_keys(link_ctx, "teacher-a", ["cnn_small", "cnn_tiny"])
-    assert again == [(key, True) for key, _ in first] and len(link_ctx.tracker.started) == 2  # nothing retrained
+    assert again == [(key, True) for key, _ in first] and len(link_ctx.run.tracker.started) == 2  # nothing retrained
     other_root = chain_keys(link_ctx, "teacher-b", ["cnn_small", "cnn_tiny"])
     other_assistant = chain_keys(link_ctx, "teacher-a", ["cnn_tiny", "cnn_tiny"])
     assert len({k for k, _ in first + other_root}) == 4  # a new teacher: every link below it is new

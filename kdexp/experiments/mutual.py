@@ -30,8 +30,9 @@ from kdexp.training.alone import vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import trial_callbacks
-from kdexp.training.results import accuracy_table, lineage_tags, log_table, report_student, student_run
-from kdexp.training.trainer import fit, save_weights
+from kdexp.training.results import ReportSpec, accuracy_table, lineage_tags, report_student, student_run
+from kdexp.training.run import log_table, save_weights
+from kdexp.training.trainer import fit
 
 
 def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temperature: float
@@ -149,10 +150,10 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
         students.append(ctx.with_nodes(student=node).build("student"))
     lrs = [ctx.recipe_for("student", a)["lr"] for a in archs]
     baseline_meta = vanilla_baseline(ctx)
-    with student_run(ctx, f"{label}:{'+'.join(archs)}", cell, label, lineage_tags(None, baseline_meta)) as run_id:
+    with student_run(ctx, f"{label}:{'+'.join(archs)}", label, lineage_tags(None, baseline_meta)) as run_id:
         epochs = conf["trainer"]["max_epochs"]
         module = MutualModule(students, weights=weights, temperature=temperature, recipe=ctx.recipe_for("teacher"),
-                              lrs=lrs, max_epochs=epochs, metric_sink=ctx.tracker.sink(run_id))
+                              lrs=lrs, max_epochs=epochs, metric_sink=ctx.run.tracker.sink(run_id))
         fit(ctx, module, epochs, trial_callbacks(conf), stage=f"students {label}")
         return report_peers(ctx, run_id, module, archs, conf["student"]["arch"], baseline_meta, label)
 
@@ -175,12 +176,13 @@ def report_peers(ctx, run_id: str, module: MutualModule, archs: list[str], stude
     if module.best_state[chosen] is not None:
         best = evaluate(ctx, module.best_copy(chosen), "student_best", costs=False)
         train_metrics.update({f"best_val/{k}": v for k, v in best.items()})
-    metrics = report_student(ctx, run_id, students[chosen], train_metrics, None, baseline_meta, extra,
-                             {"distill": label, "teacher": "none (mutual learning)"},
-                             {"distill": {"weights": module.weights, "temperature": module.temperature}},
-                             copy_student=True)
+    report = ReportSpec(baseline=baseline_meta, extra=extra,
+                        labels={"distill": label, "teacher": "none (mutual learning)"},
+                        shown={"distill": {"weights": module.weights, "temperature": module.temperature}},
+                        copy_student=True)
+    metrics = report_student(ctx, run_id, students[chosen], train_metrics, report)
     if ctx.conf["tracking"].get("log_checkpoints", True):
         for k, s in enumerate(students):
-            ctx.tracker.log_artifact(run_id, save_weights(ctx, s, f"peer{k}.pt"))
-    log_table(ctx, run_id, accuracy_table("mutual learning", rows))
+            ctx.run.tracker.log_artifact(run_id, save_weights(ctx.run, s, f"peer{k}.pt"))
+    log_table(ctx.run, run_id, accuracy_table("mutual learning", rows))
     return metrics

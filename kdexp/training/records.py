@@ -17,7 +17,7 @@ log = logging.getLogger("kdexp")
 
 def _records_here(ctx: Context) -> bool:
     """Rank 0 with a store: other ranks and store-less trackers record nothing."""
-    return distributed.is_rank_zero() and ctx.tracker.client is not None
+    return distributed.is_rank_zero() and ctx.run.tracker.client is not None
 
 
 def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
@@ -27,11 +27,11 @@ def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str 
     from kdexp.tracking.models import log_dataset_input, log_model
 
     tracking = ctx.conf["tracking"]
-    log_dataset_input(ctx.tracker, run_id, ctx.dm, context="training")
+    log_dataset_input(ctx.run.tracker, run_id, ctx.dm, context="training")
     if not tracking.get("log_model", True):
         return None
     x, _ = ctx.dm.split_tensors("test")
-    model_id = log_model(ctx.tracker, run_id, model, x[:8], tags={"kdexp.role": role})
+    model_id = log_model(ctx.run.tracker, run_id, model, x[:8], tags={"kdexp.role": role})
     if role == "student" and tracking.get("register"):
         register(ctx, model_id, tracking["register"])
     return model_id
@@ -42,7 +42,7 @@ def register(ctx: Context, model_id: str, name: str) -> None:
 
     from kdexp.tracking.models import tracking_uri
 
-    with tracking_uri(ctx.tracker.uri):
+    with tracking_uri(ctx.run.tracker.uri):
         version = mlflow.register_model(f"models:/{model_id}", name)
     log.info("registered the student as %s version %s", name, version.version)
 
@@ -57,6 +57,6 @@ def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict
     batch = ev["latency_batch"]
     torch_latency = {k: metrics[f"student/{k}"] for k in ("latency_b1_ms", f"latency_b{batch}_ms")
                      if f"student/{k}" in metrics}
-    out = log_student_exports(ctx.tracker, run_id, student, x[:256], ctx.run_dir / "exports", batch=batch,
+    out = log_student_exports(ctx.run.tracker, run_id, student, x[:256], ctx.run.folder / "exports", batch=batch,
                               repeats=ev["latency_repeats"], torch_latency=torch_latency)
     return {f"student/{k}": float(v) for k, v in out.items()}
