@@ -153,6 +153,27 @@ def test_mutual_module_fits_and_reports_per_student_epochs():
     assert all(state is not None for state in module.best_state) and len(module.last_val_acc) == 2
 
 
+
+def test_the_skeleton_checkpoints_each_peers_best_state_and_restores_it():
+    from kdexp.modules.base import CHECKPOINT_KEY
+
+    module = MutualModule(tiny_students(2), max_epochs=1)
+    for k, (acc, epoch) in enumerate([(0.5, 0), (0.75, 1)]):
+        best = module.best[k]
+        best.best_val_acc, best.best_epoch, best.last_val_acc = acc, epoch, acc - 0.25
+        best.best_state = {n: v + k for n, v in module.students[k].state_dict().items()}
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[CHECKPOINT_KEY]["best_epoch"] == [0, 1]  # one entry per peer
+    resumed = MutualModule(tiny_students(2), max_epochs=1)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.best_val_acc == [0.5, 0.75] and resumed.best_epoch == [0, 1] and resumed.last_val_acc == [0.25, 0.5]
+    for k in range(2):
+        copy = resumed.best_copy(k)
+        assert copy is not resumed.students[k]
+        assert all(torch.equal(v, module.best[k].best_state[n]) for n, v in copy.state_dict().items())
+
+
 # -- cached links: fingerprints follow the teacher -------------------------------------------------------------
 
 class NoTracker:
