@@ -123,7 +123,16 @@ def announce_processes(trainer: Mapping) -> None:
 
 
 def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
-    """The configured method, built for this (student, teacher) pair: adapters depend on both."""
+    """The configured method, built for this (student, teacher) pair: adapters depend on both.
+
+    Args:
+        ctx: the experiment (its `distill:` node, input shape, classes, training-set size).
+        student: the student model.
+        teacher: the teacher model.
+
+    Returns:
+        A kdexp.distill.Distiller with its adapters built.
+    """
     method = method_from_config(ctx.conf["distill"])
     method.build(student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
                  ctx.dm.num_classes, ctx.dm.num_train)

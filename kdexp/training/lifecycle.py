@@ -23,7 +23,14 @@ def active_trial(conf: Mapping):
 
 
 def trial_callbacks(conf: Mapping) -> list:
-    """Lightning callbacks of a sweep trial: report val/acc each epoch, stop when the pruner says so."""
+    """Lightning callbacks of a sweep trial: report val/acc each epoch, stop when the pruner says so.
+
+    Args:
+        conf: the run's config (its `optuna_trial` node).
+
+    Returns:
+        [the pruning callback] in a sweep trial, else [].
+    """
     trial = active_trial(conf)
     if trial is None:
         return []

@@ -21,7 +21,17 @@ def _records_here(ctx: Context) -> bool:
 
 
 def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
-    """Dataset input + MLflow Model of one trained model; returns the logged model's id (None if off)."""
+    """Dataset input + MLflow Model of one trained model (and a registry version for a registered student).
+
+    Args:
+        ctx: the experiment (its data set, `tracking:` switches).
+        run_id: the model's run.
+        model: the trained model.
+        role: its kdexp.role ("teacher", "baseline", "link", "student").
+
+    Returns:
+        The logged model's id, or None when off or not recorded on this rank.
+    """
     if not _records_here(ctx):
         return None
     from kdexp.tracking.models import log_dataset_input, log_model
@@ -48,7 +58,17 @@ def register(ctx: Context, model_id: str, name: str) -> None:
 
 
 def student_exports(ctx: Context, run_id: str, student: nn.Module, metrics: dict[str, float]) -> dict[str, float]:
-    """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student, as student/* metrics."""
+    """ONNX (+ parity and ONNX Runtime latency beside torch's) and .pt2 of the student.
+
+    Args:
+        ctx: the experiment (test inputs, `eval:` and `tracking:` settings, run folder).
+        run_id: the student run the exports are logged to.
+        student: the float student.
+        metrics: the run's metrics so far (torch latencies to compare with).
+
+    Returns:
+        The exports' student/* metrics ({} when off).
+    """
     if not ctx.conf["tracking"].get("export_student", True) or not _records_here(ctx):
         return {}
     from kdexp.tracking.models import log_student_exports

@@ -68,8 +68,15 @@ def student_run(ctx: Context, name: str, label: str, tags: Mapping[str, str],
 
 
 def method_label(conf: Mapping, suffix: str | None = None) -> str:
-    """Row label in reports (tag kdexp.method): the distill config chosen (`method`), or for an experiment
-    kind `variant.label`, else e.g. `kd+chain`."""
+    """Row label in reports (tag kdexp.method).
+
+    Args:
+        conf: the run's config.
+        suffix: the experiment kind's suffix (e.g. "chain"); None for the standard kind.
+
+    Returns:
+        The distill config chosen (`method`); for a kind `variant.label`, else e.g. `kd+chain`.
+    """
     base = conf.get("method") or conf["distill"]["name"]
     if suffix is None:
         return base
@@ -78,8 +85,18 @@ def method_label(conf: Mapping, suffix: str | None = None) -> str:
 
 def lineage_tags(teacher_meta: dict | None, baseline_meta: dict | None, root_meta: dict | None = None,
                  link_meta: dict | None = None) -> dict[str, str]:
-    """Which teacher (and vanilla baseline) runs a student run relates to; for a chain of links also the
-    root teacher and the student's own cached link run."""
+    """Which runs a student run relates to, as tags.
+
+    Args:
+        teacher_meta: its teacher's meta (run_id, key); None: no teacher.
+        baseline_meta: the vanilla baseline's meta, if trained.
+        root_meta: a line's first teacher (chain, born-again).
+        link_meta: the student's own cached link (run_id, key).
+
+    Returns:
+        kdexp.teacher_run_id / teacher_fingerprint / root_teacher_run_id / link_run_id / fingerprint /
+        baseline_run_id, those that apply.
+    """
     tags = {}
     if teacher_meta is not None:
         tags = {"kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
@@ -94,6 +111,15 @@ def lineage_tags(teacher_meta: dict | None, baseline_meta: dict | None, root_met
 
 
 def teacher_metrics(teacher_meta: dict | None, baseline_meta: dict | None) -> dict[str, float]:
+    """The teacher's and the baseline's test metrics as teacher/* and baseline/* rows of the student run.
+
+    Args:
+        teacher_meta: meta with `metrics` (None: no teacher rows).
+        baseline_meta: meta with `metrics` (None: no baseline rows).
+
+    Returns:
+        teacher/* and baseline/* metrics.
+    """
     out = {f"teacher/{k}": v for k, v in (teacher_meta or {}).get("metrics", {}).items()}
     if baseline_meta:
         out.update({f"baseline/{k}": v for k, v in baseline_meta["metrics"].items()})
@@ -189,7 +215,15 @@ def write_results(ctx: Context, run_id: str, metrics: dict, student: nn.Module, 
 
 
 def accuracy_table(title: str, rows: list[tuple[str, str, float | None]]) -> str:
-    """A markdown table of (name, architecture, test top-1) rows."""
+    """A markdown table of the models of a kind (links, generations, peers).
+
+    Args:
+        title: the first column's heading.
+        rows: (name, architecture, test top-1 or None).
+
+    Returns:
+        The table, in markdown.
+    """
     lines = [f"| {title} | arch | test top-1 |", "|---|---|---|"]
     lines += [f"| {name} | {arch} | {'–' if acc is None else f'{100 * acc:.2f}'} |" for name, arch, acc in rows]
     return "\n".join(lines)

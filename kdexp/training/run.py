@@ -146,7 +146,16 @@ def drop_checkpoints(ckpt_dir: Path | None) -> None:
 
 
 def save_weights(run: RunIdentity, model: nn.Module, name: str) -> Path:
-    """The model's state_dict as `name` in the run folder; returns its path."""
+    """The model's weights in the run folder.
+
+    Args:
+        run: the experiment's identity (its folder).
+        model: the model whose state_dict is saved.
+        name: the file name, e.g. "student.pt".
+
+    Returns:
+        The file's path.
+    """
     path = run.folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -154,7 +163,13 @@ def save_weights(run: RunIdentity, model: nn.Module, name: str) -> Path:
 
 
 def log_config(run: RunIdentity, run_id: str, conf: Mapping) -> None:
-    """`conf` (secrets redacted) as the run's config.yaml (rank 0)."""
+    """`conf`, secrets redacted, as the run's config.yaml artifact (rank 0).
+
+    Args:
+        run: the experiment's identity (tracker, folder).
+        run_id: the run the file is logged to.
+        conf: what the run was configured with (a kind that reads only some nodes gives those).
+    """
     if not distributed.is_rank_zero():
         return
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -164,8 +179,16 @@ def log_config(run: RunIdentity, run_id: str, conf: Mapping) -> None:
 
 def write_summary(run: RunIdentity, run_id: str, metrics: Mapping[str, float], table: str,
                   model: nn.Module) -> None:
-    """metrics.json, summary.md (`table`, also printed) and, with tracking.log_checkpoints, the reported
-    model's weights as student.pt: written to the run folder and logged as artifacts (rank 0)."""
+    """metrics.json, summary.md and, with tracking.log_checkpoints, the reported model's weights as
+    student.pt: written to the run folder and logged as artifacts; the table is printed (rank 0).
+
+    Args:
+        run: the experiment's identity (tracker, folder, `tracking:` switches).
+        run_id: the run the files are logged to.
+        metrics: every metric of the run.
+        table: the summary, in markdown.
+        model: the reported model.
+    """
     if not distributed.is_rank_zero():
         return
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +202,13 @@ def write_summary(run: RunIdentity, run_id: str, metrics: Mapping[str, float], t
 
 
 def log_table(run: RunIdentity, run_id: str, table: str) -> None:
-    """An experiment kind's own table (per link / generation / peer): printed and logged as variant.md."""
+    """An experiment kind's own table (per link / generation / peer): printed and logged as variant.md (rank 0).
+
+    Args:
+        run: the experiment's identity (tracker, folder).
+        run_id: the run the table is logged to.
+        table: the table, in markdown.
+    """
     if not distributed.is_rank_zero():
         return
     (run.folder / "variant.md").write_text(table + "\n")
