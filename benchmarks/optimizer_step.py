@@ -1,5 +1,5 @@
 """The optimizer step: torch's per-tensor implementation (its CPU default) against the fused kernels that
-kdexp.modules.distill.build_optimizer picks (one kernel over all parameters), alone and inside a training step.
+kdexp.modules.optim.build_optimizer picks (one kernel over all parameters), alone and inside a training step.
 
     python benchmarks/optimizer_step.py          # 2.5 min here
     python benchmarks/optimizer_step.py --quick  # smoke run
