@@ -17,8 +17,10 @@ from kdexp.caching.teacher_outputs import TeacherOutputs, prepare_cached_teacher
 from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.models import create_model
-from kdexp.modules.distill import DistillModule, build_optimizer
+from kdexp.modules.distill import DistillModule
+from kdexp.modules.optim import build_optimizer
 from kdexp.training.context import Context, quiet_lightning
+from kdexp.training.run import RunIdentity
 from kdexp.training.trainer import fit
 
 MODES = ("none", "online", "cached")
@@ -51,7 +53,7 @@ def frozen_teacher(arch: str = "cnn_medium", in_channels: int = 1) -> torch.nn.M
 def context(dm, epochs: int, mode: str, cache_root: str | Path, **trainer) -> Context:
     conf = {"trainer": {**TRAINER, "max_epochs": epochs, "accelerator": "cpu", **trainer},
             "teacher_cache": {"mode": "on" if mode == "cached" else "off"}, "paths": {"cache": str(cache_root)}}
-    return Context(conf, dm, None, None, Path(tempfile.gettempdir()))
+    return Context(RunIdentity(conf, None, None, Path(tempfile.gettempdir())), dm)
 
 
 def cached_logits(dm, teacher, cache_root) -> TeacherOutputs:

@@ -1,5 +1,5 @@
 """The optimizer step: torch's per-tensor implementation (its CPU default) against the fused kernels that
-kdexp.modules.distill.build_optimizer picks (one kernel over all parameters), alone and inside a training step.
+kdexp.modules.optim.build_optimizer picks (one kernel over all parameters), alone and inside a training step.
 
     python benchmarks/optimizer_step.py          # 2.5 min here
     python benchmarks/optimizer_step.py --quick  # smoke run
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import REPO, loadavg, machine, md_table, median_ms, write_results
 from kdexp.models import create_model
-from kdexp.modules.distill import build_optimizer
+from kdexp.modules.optim import build_optimizer
 
 RECIPES = {"sgd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
            "adam": {"optimizer": "adam", "lr": 1e-3}}

@@ -25,7 +25,7 @@ from torch import nn
 
 from benchmarks.common import REPO, loadavg, machine, md_table, median_ms, write_results
 from kdexp.models import create_model
-from kdexp.modules.distill import build_optimizer
+from kdexp.modules.optim import build_optimizer
 
 BATCH, SIZE = 128, 28
 ADAM = {"optimizer": "adam", "lr": 1e-3}

@@ -11,7 +11,8 @@ from kdexp.caching.teacher_outputs import augmented_views, compute_outputs
 from kdexp.data import create_datamodule
 from kdexp.distill import create_method
 from kdexp.models import create_model
-from kdexp.modules.distill import CHECKPOINT_KEY, DistillModule
+from kdexp.modules.base import CHECKPOINT_KEY
+from kdexp.modules.distill import DistillModule
 
 EPOCHS = 3
 

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 from kdexp.data import TensorBatchLoader
 from kdexp.distill import create_method
 from kdexp.models.base import FeatureOutput
-from kdexp.modules.distill import DistillModule, EpochSums
+from kdexp.modules.base import EpochSums
+from kdexp.modules.distill import DistillModule
 
 N, FEAT, WORLD = 40, 6, 2
 

@@ -5,6 +5,7 @@ and no import cycle anywhere in kdexp/ (lazy imports inside functions count too)
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import kdexp
@@ -103,3 +104,47 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+MAX_PARAMETERS = 6  # the training API stays narrow: more belongs in a spec (StageSpec, ReportSpec) or the context
+
+
+def public_callables(module) -> list[tuple[str, object]]:
+    """Functions defined in `module` and the methods of its classes, public names only."""
+    out = []
+    for name, obj in vars(module).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isfunction(obj):
+            out.append((name, obj))
+        elif inspect.isclass(obj):
+            out += [(f"{name}.{m}", f) for m, f in vars(obj).items()
+                    if not m.startswith("_") and inspect.isfunction(f)]
+    return out
+
+
+def parameter_count(fn) -> int:
+    return len([p for p in inspect.signature(fn).parameters if p not in ("self", "cls")])
+
+
+def test_no_public_function_of_the_training_api_takes_more_than_six_parameters():
+    import importlib
+    import pkgutil
+
+    import kdexp.training
+
+    wide, seen = [], 0
+    for info in pkgutil.iter_modules(kdexp.training.__path__, "kdexp.training."):
+        for name, fn in public_callables(importlib.import_module(info.name)):
+            seen += 1
+            if parameter_count(fn) > MAX_PARAMETERS:
+                wide.append(f"{info.name}.{name}: {parameter_count(fn)}")
+    assert seen > 30 and wide == []
+
+
+def test_the_parameter_count_sees_a_wide_function():
+    import types
+
+    module = types.ModuleType("probe")
+    exec("def wide(a, b, c, d, e, f, g): ...\nclass C:\n    def m(self, a): ...", module.__dict__)
+    assert [(n, parameter_count(f)) for n, f in public_callables(module)] == [("wide", 7), ("C.m", 1)]

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from kdexp.data import create_datamodule
 from kdexp.distill import kd_loss
 from kdexp.models import create_model
-from kdexp.modules.distill import DistillModule, build_optimizer, fused_kernels
+from kdexp.modules.distill import DistillModule
+from kdexp.modules.optim import build_optimizer, fused_kernels
 
 
 def test_kd_loss_matches_hand_computation_with_t_squared():
@@ -179,7 +180,7 @@ def test_fused_kernels_only_where_torch_has_them():
 
 
 def test_epoch_sums_report_counts_as_accuracies_and_weight_means_by_batch_size():
-    from kdexp.modules.distill import EpochSums
+    from kdexp.modules.base import EpochSums
 
     sums = EpochSums()
     sums.add(4, correct=torch.tensor(3), correct_1=torch.tensor(1), loss=torch.tensor(2.0))

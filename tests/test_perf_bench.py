@@ -138,14 +138,14 @@ def test_crd_benchmark_compares_two_valid_samplers():
 
 
 def test_optimizer_benchmark_times_the_fused_and_the_loop_optimizer():
-    import kdexp.modules.distill
+    import kdexp.modules.optim
     from benchmarks.optimizer_step import RECIPES, optimizer
 
     model = create_model("cnn_tiny", num_classes=10, in_channels=1)
     for recipe in RECIPES.values():
         assert optimizer(model, recipe, fused=True).defaults["fused"] is True
         assert not optimizer(model, recipe, fused=False).defaults["fused"]
-    assert kdexp.modules.distill.fused_kernels([torch.nn.Parameter(torch.zeros(1))])  # benchmarking changed no default
+    assert kdexp.modules.optim.fused_kernels([torch.nn.Parameter(torch.zeros(1))])  # benchmarking changed no default
 
 
 def test_student_step_benchmark_trains_and_restores_global_switches():

@@ -26,6 +26,7 @@ from kdexp.distill import METHODS, IncompatiblePairError, create_method, list_me
 from kdexp.models import create_model
 from kdexp.modules.distill import DistillModule
 from kdexp.training.context import Context
+from kdexp.training.run import RunIdentity
 from kdexp.training.trainer import fit
 from tests.conftest import exit_codes_of_concurrent
 
@@ -124,7 +125,7 @@ def context(dm, tmp_path, mode="auto", views=0):
         "paths": {"cache": str(tmp_path / "cache")},
     }
     del conf["trainer"]["logger"]
-    return Context(conf, dm, None, None, tmp_path)
+    return Context(RunIdentity(conf, None, None, tmp_path), dm)
 
 
 def test_training_with_cached_teacher_matches_online_training(dm, tmp_path):
@@ -291,5 +292,6 @@ def test_impossible_mode_on_fails_when_the_experiment_is_set_up(tmp_path):
     conf = {"data": {"augment": True}, "teacher_cache": {"mode": "on"}, "trainer": {},
             "paths": {"cache": str(tmp_path)}}
     with pytest.raises(ValueError, match="teacher_cache.mode=on needs deterministic inputs"):
-        Context(conf, aug, None, None, tmp_path)
-    Context({**conf, "teacher_cache": {"mode": "on", "views": 2}}, aug, None, None, tmp_path)  # views make it possible
+        Context(RunIdentity(conf, None, None, tmp_path), aug)
+    views = {**conf, "teacher_cache": {"mode": "on", "views": 2}}
+    Context(RunIdentity(views, None, None, tmp_path), aug)  # views make it possible

@@ -17,6 +17,7 @@ from kdexp.experiments.mutual import MutualModule, mutual_loss
 from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.training import distilled as links
 from kdexp.training.context import Context
+from kdexp.training.run import RunIdentity
 from tests.conftest import compose_train
 
 
@@ -152,6 +153,27 @@ def test_mutual_module_fits_and_reports_per_student_epochs():
     assert all(state is not None for state in module.best_state) and len(module.last_val_acc) == 2
 
 
+
+def test_the_skeleton_checkpoints_each_peers_best_state_and_restores_it():
+    from kdexp.modules.base import CHECKPOINT_KEY
+
+    module = MutualModule(tiny_students(2), max_epochs=1)
+    for k, (acc, epoch) in enumerate([(0.5, 0), (0.75, 1)]):
+        best = module.best[k]
+        best.best_val_acc, best.best_epoch, best.last_val_acc = acc, epoch, acc - 0.25
+        best.best_state = {n: v + k for n, v in module.students[k].state_dict().items()}
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[CHECKPOINT_KEY]["best_epoch"] == [0, 1]  # one entry per peer
+    resumed = MutualModule(tiny_students(2), max_epochs=1)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.best_val_acc == [0.5, 0.75] and resumed.best_epoch == [0, 1] and resumed.last_val_acc == [0.25, 0.5]
+    for k in range(2):
+        copy = resumed.best_copy(k)
+        assert copy is not resumed.students[k]
+        assert all(torch.equal(v, module.best[k].best_state[n]) for n, v in copy.state_dict().items())
+
+
 # -- cached links: fingerprints follow the teacher -------------------------------------------------------------
 
 class NoTracker:
@@ -185,14 +207,13 @@ def link_ctx(tmp_path, tiny_overrides, monkeypatch):
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()
     monkeypatch.setattr(links, "train_distilled", lambda *a, **k: {"val_acc": 0.5})  # keys, not training, under test
-    return Context(conf, dm, NoTracker(), ModelCache(tmp_path / "models"), tmp_path)
+    return Context(RunIdentity(conf, NoTracker(), ModelCache(tmp_path / "models"), tmp_path), dm)
 
 
 def chain_keys(ctx, root_key: str, archs: list[str]) -> list[tuple[str, bool]]:
     teacher, meta, out = ctx.build("teacher"), {"key": root_key, "run_id": "root"}, []
     for i, arch in enumerate(archs):
-        model, meta = links.distilled_link(ctx, teacher, meta, {"arch": arch, "kwargs": {}}, ctx.conf["recipe"],
-                                           f"link{i}", {})
+        model, meta = links.distilled_link(ctx, teacher, meta, {"arch": arch, "kwargs": {}}, f"link{i}", {})
         teacher = model
         out.append((meta["key"], meta["cached"]))
     return out
@@ -201,9 +222,9 @@ def chain_keys(ctx, root_key: str, archs: list[str]) -> list[tuple[str, bool]]:
 def test_link_keys_follow_every_upstream_change(link_ctx):
     first = chain_keys(link_ctx, "teacher-a", ["cnn_small", "cnn_tiny"])
     assert [cached for _, cached in first] == [False, False]
-    assert [t["kdexp.teacher_run_id"] for t in link_ctx.tracker.started] == ["root", "run1"]  # lineage
+    assert [t["kdexp.teacher_run_id"] for t in link_ctx.run.tracker.started] == ["root", "run1"]  # lineage
     again = chain_keys(link_ctx, "teacher-a", ["cnn_small", "cnn_tiny"])
-    assert again == [(key, True) for key, _ in first] and len(link_ctx.tracker.started) == 2  # nothing retrained
+    assert again == [(key, True) for key, _ in first] and len(link_ctx.run.tracker.started) == 2  # nothing retrained
     other_root = chain_keys(link_ctx, "teacher-b", ["cnn_small", "cnn_tiny"])
     other_assistant = chain_keys(link_ctx, "teacher-a", ["cnn_tiny", "cnn_tiny"])
     assert len({k for k, _ in first + other_root}) == 4  # a new teacher: every link below it is new

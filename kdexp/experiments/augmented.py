@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Mapping
 
@@ -27,9 +28,9 @@ from torch import Tensor
 from kdexp.config.errors import ConfigError
 from kdexp.modules.distill import DistillModule
 from kdexp.training.context import make_context
-from kdexp.training.distilled import distillation_pair, train_distilled
+from kdexp.training.distilled import StageSpec, distillation_pair, train_distilled
 from kdexp.training.lifecycle import trial_callbacks
-from kdexp.training.results import lineage_tags, method_label, report_student, student_run
+from kdexp.training.results import ReportSpec, lineage_tags, method_label, report_student, student_run
 
 log = logging.getLogger("kdexp")
 POLICIES = ("mixup", "cutmix", "erasing")
@@ -176,9 +177,10 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     p = distillation_pair(ctx)
     name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
     trained = {"distill": {**conf["distill"], "weights": weights}}
-    with student_run(ctx, name, cell, label, lineage_tags(p.teacher_meta, p.baseline_meta), trained) as run_id:
-        train_metrics = train_distilled(ctx, run_id, p.student, p.teacher, p.method, weights=weights,
-                                        module_cls=AugmentedDistillModule, module_kwargs={"augmenter": augmenter},
-                                        callbacks=trial_callbacks(conf))
-        return report_student(ctx, run_id, p.student, train_metrics, p.teacher_meta, p.baseline_meta,
-                              labels={"distill": label}, shown={"distill": {"weights": weights}})
+    with student_run(ctx, name, label, lineage_tags(p.teacher_meta, p.baseline_meta), trained) as run_id:
+        stage = StageSpec(weights=weights, module=partial(AugmentedDistillModule, augmenter=augmenter),
+                          callbacks=tuple(trial_callbacks(conf)))
+        train_metrics = train_distilled(ctx, run_id, p.student, p.teacher, p.method, stage)
+        report = ReportSpec(p.teacher_meta, p.baseline_meta, labels={"distill": label},
+                            shown={"distill": {"weights": weights}})
+        return report_student(ctx, run_id, p.student, train_metrics, report)

@@ -21,14 +21,7 @@ from kdexp.training.alone import train_alone
 from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
 from kdexp.training.evaluation import evaluate
-from kdexp.training.results import (
-    accuracy_table,
-    lineage_tags,
-    log_table,
-    method_label,
-    report_student,
-    student_run,
-)
+from kdexp.training.results import ReportSpec, accuracy_table, lineage_tags, method_label, report_link, student_run
 
 
 def check(conf: dict) -> tuple[int, str]:
@@ -63,7 +56,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     for k in range(1, generations + 1):
         tags = {"kdexp.variant": "born_again", "kdexp.generation": str(k), "teacher": node["arch"],
                 "student": node["arch"]}
-        model, meta = distilled_link(ctx, prev, prev_meta, node, ctx.recipe_for("student"), f"gen{k}", tags)
+        model, meta = distilled_link(ctx, prev, prev_meta, node, f"gen{k}", tags)
         test = evaluate(ctx, model, f"gen{k}", costs=False)
         extra.update({f"gen{k}/{key}": v for key, v in test.items()})
         rows.append((f"generation {k}", node["arch"], test["test_top1"]))
@@ -75,9 +68,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     rows.append((f"ensemble of generations 1..{generations} ({combine})", node["arch"], ensemble["test_top1"]))
 
     lineage = lineage_tags(prev_meta, baseline_meta, root_meta=teacher_meta, link_meta=meta)
-    with student_run(ctx, f"{label}:{node['arch']}x{generations}", cell, label, lineage) as run_id:
-        metrics = report_student(ctx, run_id, model, meta["train_metrics"], teacher_meta, baseline_meta, extra,
-                                 {"distill": label, "teacher": f"{node['arch']} (generation 0)"},
-                                 copy_student=True)
-        log_table(ctx, run_id, accuracy_table("born-again", rows))
-    return metrics
+    report = ReportSpec(teacher_meta, baseline_meta, extra,
+                        labels={"distill": label, "teacher": f"{node['arch']} (generation 0)"})
+    with student_run(ctx, f"{label}:{node['arch']}x{generations}", label, lineage) as run_id:
+        return report_link(ctx, run_id, (model, meta), report, lambda metrics: accuracy_table("born-again", rows))

@@ -23,14 +23,7 @@ from kdexp.training.alone import resolve_teacher, vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
 from kdexp.training.evaluation import evaluate
-from kdexp.training.results import (
-    accuracy_table,
-    lineage_tags,
-    log_table,
-    method_label,
-    report_student,
-    student_run,
-)
+from kdexp.training.results import ReportSpec, accuracy_table, lineage_tags, method_label, report_link, student_run
 
 
 def parse_assistants(conf: dict) -> list[dict]:
@@ -69,8 +62,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     for i, node in enumerate(nodes, 1):
         tags = {"kdexp.variant": "chain", "kdexp.link": f"{i}/{len(nodes)}", "teacher": path[i - 1],
                 "student": node["arch"]}
-        model, meta = distilled_link(ctx, prev, prev_meta, node, ctx.recipe_for("student", node["arch"]),
-                                     f"link{i}", tags)
+        model, meta = distilled_link(ctx, prev, prev_meta, node, f"link{i}", tags)
         if i < len(nodes):
             test = evaluate(ctx, model, f"assistant{i}", costs=False)
             extra.update({f"assistant{i}/{k}": v for k, v in test.items()})
@@ -78,9 +70,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
             prev, prev_meta = model, meta
 
     lineage = lineage_tags(prev_meta, baseline_meta, root_meta=teacher_meta, link_meta=meta)
-    with student_run(ctx, f"{label}:{'->'.join(path)}", cell, label, lineage) as run_id:
-        metrics = report_student(ctx, run_id, model, meta["train_metrics"], teacher_meta, baseline_meta, extra,
-                                 {"distill": label}, copy_student=True)
-        rows.append(("student", student_node["arch"], metrics["student/test_top1"]))
-        log_table(ctx, run_id, accuracy_table("chain", rows))
-    return metrics
+    report = ReportSpec(teacher_meta, baseline_meta, extra, labels={"distill": label})
+    with student_run(ctx, f"{label}:{'->'.join(path)}", label, lineage) as run_id:
+        return report_link(ctx, run_id, (model, meta), report, lambda metrics: accuracy_table(
+            "chain", [*rows, ("student", student_node["arch"], metrics["student/test_top1"])]))

@@ -29,10 +29,10 @@ from kdexp.models import list_models
 from kdexp.models.ensemble import COMBINE, EnsembleTeacher
 from kdexp.training.alone import train_alone, vanilla_baseline
 from kdexp.training.context import build_method, make_context
-from kdexp.training.distilled import train_distilled
+from kdexp.training.distilled import StageSpec, train_distilled
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import trial_callbacks
-from kdexp.training.results import lineage_tags, method_label, report_student, student_run
+from kdexp.training.results import ReportSpec, lineage_tags, method_label, report_student, student_run
 
 MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")
 
@@ -122,14 +122,15 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     for i, meta in enumerate(metas):  # per-member rows, as teacher/member{i}/...
         teacher_meta["metrics"].update({f"member{i}/{k}": v for k, v in meta["metrics"].items()})
     log_members(members, metas)
-    ctx.run_tags["kdexp.member_run_ids"] = ",".join(m.get("run_id") or "" for m in metas)
+    ctx = ctx.with_tags({"kdexp.member_run_ids": ",".join(m.get("run_id") or "" for m in metas)})
     baseline_meta = vanilla_baseline(ctx)
     name = f"{conf['distill']['name']}:{label}->{conf['student']['arch']}"
     lineage = lineage_tags(teacher_meta, baseline_meta)
-    with student_run(ctx, name, cell, method_label(conf, "ensemble"), lineage) as run_id:
-        train_metrics = train_distilled(ctx, run_id, student, teacher, method, callbacks=trial_callbacks(conf))
-        return report_student(ctx, run_id, student, train_metrics, teacher_meta, baseline_meta,
-                              labels={"teacher": label})
+    with student_run(ctx, name, method_label(conf, "ensemble"), lineage) as run_id:
+        stage = StageSpec(callbacks=tuple(trial_callbacks(conf)))
+        train_metrics = train_distilled(ctx, run_id, student, teacher, method, stage)
+        report = ReportSpec(teacher_meta, baseline_meta, labels={"teacher": label})
+        return report_student(ctx, run_id, student, train_metrics, report)
 
 
 def log_members(members: list[dict], metas: list[dict]) -> None:

@@ -13,8 +13,6 @@ architecture `student` with the best last-epoch validation accuracy (never chose
 
 from __future__ import annotations
 
-import copy
-import math
 from pathlib import Path
 from typing import Mapping
 
@@ -24,17 +22,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdexp.config.errors import ConfigError
-from kdexp.data.loader import follow_trainer_epoch
 from kdexp.distill import kd_loss
 from kdexp.models import list_models
 from kdexp.models.ensemble import EnsembleTeacher
-from kdexp.modules.distill import EpochSums, MetricSink, build_optimizer
+from kdexp.modules.base import EpochModule, MetricSink
 from kdexp.training.alone import vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import trial_callbacks
-from kdexp.training.results import accuracy_table, lineage_tags, log_table, report_student, student_run
-from kdexp.training.trainer import fit, save_weights
+from kdexp.training.results import ReportSpec, accuracy_table, lineage_tags, report_student, student_run
+from kdexp.training.run import log_table, save_weights
+from kdexp.training.trainer import fit
 
 
 def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temperature: float
@@ -50,31 +48,28 @@ def mutual_loss(logits: list[Tensor], y: Tensor, weights: dict[str, float], temp
     return total, terms
 
 
-class MutualModule(L.LightningModule):
+class MutualModule(EpochModule):
+    """K peers on one batch: each a tracked model (its best state, its val/acc_k); val/acc is the best peer's."""
+
     def __init__(self, students: list[nn.Module], *, weights: dict[str, float] | None = None,
                  temperature: float = 1.0, recipe: dict | None = None, lrs: list[float] | None = None,
                  max_epochs: int = 1, metric_sink: MetricSink | None = None, track_best: bool = True):
-        super().__init__()
         if len(students) < 2:
             raise ValueError("mutual learning needs at least two students")
+        super().__init__(recipe=recipe, max_epochs=max_epochs, metric_sink=metric_sink, track_best=track_best,
+                         tracked=len(students))
         self.students = nn.ModuleList(students)
         self.weights = {k: float(v) for k, v in (weights or {"ce": 1.0, "kl": 1.0}).items()}
         self.temperature = float(temperature)
-        self.recipe = dict(recipe or {"optimizer": "adam", "lr": 1e-3})
         self.lrs = lrs  # per student (student_lr by architecture); None: recipe.lr for all
-        self.max_epochs, self.metric_sink, self.track_best = max_epochs, metric_sink, track_best
         self.uses_teacher = False  # training.trainer.fit: no teacher outputs to cache
-        k = len(students)
-        self.last_val_acc, self.best_val_acc = [math.nan] * k, [-math.inf] * k
-        self.best_epoch, self.best_state = [-1] * k, [None] * k
-        self._train, self._val, self._last_val = EpochSums(), EpochSums(), {}
 
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         logits = [s(x) for s in self.students]
         loss, terms = mutual_loss(logits, y, self.weights, self.temperature)
         correct = {f"correct_{k}": (z.argmax(1) == y).sum() for k, z in enumerate(logits)}
-        self._train.add(len(y), loss=loss, **correct, **terms)
+        self.train_sums.add(len(y), loss=loss, **correct, **terms)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -83,46 +78,36 @@ class MutualModule(L.LightningModule):
         for k, s in enumerate(self.students):
             z = s(x)
             values[f"correct_{k}"], values[f"loss_{k}"] = (z.argmax(1) == y).sum(), F.cross_entropy(z, y)
-        self._val.add(len(y), **values)
+        self.val_sums.add(len(y), **values)
 
-    def on_validation_epoch_end(self):
-        metrics = self._val.reduce("val")
-        if not metrics or self.trainer.sanity_checking:
-            return
+    def tracked_models(self) -> list[nn.Module]:
+        return list(self.students)
+
+    def validation_accuracies(self, metrics: dict[str, float]) -> list[float]:
         accs = [metrics[f"val/acc_{k}"] for k in range(len(self.students))]
         metrics["val/acc"] = max(accs)  # the best peer: what a pruner or early stopping should watch
-        self.log_dict(metrics, prog_bar=True)
-        self._last_val, self.last_val_acc = metrics, accs
-        for k, acc in enumerate(accs):
-            if self.track_best and acc > self.best_val_acc[k]:
-                self.best_val_acc[k], self.best_epoch[k] = acc, self.current_epoch
-                self.best_state[k] = {n: v.detach().to("cpu", copy=True)
-                                      for n, v in self.students[k].state_dict().items()}
+        return accs
 
-    def on_train_epoch_end(self):
-        metrics = self._train.reduce("train")
-        metrics["lr"] = self.optimizers().param_groups[0]["lr"]
-        self.log_dict(metrics)
-        metrics.update(self._last_val)
-        self._last_val = {}
-        if self.metric_sink is not None and self.trainer.is_global_zero:  # metrics are reduced: one writer
-            self.metric_sink(metrics, self.current_epoch)
-
-    def on_train_epoch_start(self) -> None:
-        follow_trainer_epoch(self.trainer)  # the data order of this epoch, also under DDP
-
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict]:
         lrs = self.lrs or [float(self.recipe["lr"])] * len(self.students)
-        groups = [{"params": [p for p in s.parameters() if p.requires_grad], "lr": lr}
-                  for s, lr in zip(self.students, lrs)]
-        return build_optimizer(groups, self.recipe, self.max_epochs)
+        return [{"params": [p for p in s.parameters() if p.requires_grad], "lr": lr}
+                for s, lr in zip(self.students, lrs)]
 
-    def best_student(self, k: int) -> nn.Module:
-        if self.best_state[k] is None:
-            return self.students[k]
-        model = copy.deepcopy(self.students[k])
-        model.load_state_dict(self.best_state[k])
-        return model
+    @property
+    def last_val_acc(self) -> list[float]:
+        return [b.last_val_acc for b in self.best]
+
+    @property
+    def best_val_acc(self) -> list[float]:
+        return [b.best_val_acc for b in self.best]
+
+    @property
+    def best_epoch(self) -> list[int]:
+        return [b.best_epoch for b in self.best]
+
+    @property
+    def best_state(self) -> list[dict | None]:
+        return [b.best_state for b in self.best]
 
 
 def check(conf: dict) -> tuple[list[dict], list[int], dict, float]:
@@ -165,10 +150,10 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
         students.append(ctx.with_nodes(student=node).build("student"))
     lrs = [ctx.recipe_for("student", a)["lr"] for a in archs]
     baseline_meta = vanilla_baseline(ctx)
-    with student_run(ctx, f"{label}:{'+'.join(archs)}", cell, label, lineage_tags(None, baseline_meta)) as run_id:
+    with student_run(ctx, f"{label}:{'+'.join(archs)}", label, lineage_tags(None, baseline_meta)) as run_id:
         epochs = conf["trainer"]["max_epochs"]
         module = MutualModule(students, weights=weights, temperature=temperature, recipe=ctx.recipe_for("teacher"),
-                              lrs=lrs, max_epochs=epochs, metric_sink=ctx.tracker.sink(run_id))
+                              lrs=lrs, max_epochs=epochs, metric_sink=ctx.run.tracker.sink(run_id))
         fit(ctx, module, epochs, trial_callbacks(conf), stage=f"students {label}")
         return report_peers(ctx, run_id, module, archs, conf["student"]["arch"], baseline_meta, label)
 
@@ -189,14 +174,15 @@ def report_peers(ctx, run_id: str, module: MutualModule, archs: list[str], stude
     train_metrics = {"val_acc": module.last_val_acc[chosen], "best_val_acc": module.best_val_acc[chosen],
                      "best_epoch": module.best_epoch[chosen], "adapter_params": 0}
     if module.best_state[chosen] is not None:
-        best = evaluate(ctx, module.best_student(chosen), "student_best", costs=False)
+        best = evaluate(ctx, module.best_copy(chosen), "student_best", costs=False)
         train_metrics.update({f"best_val/{k}": v for k, v in best.items()})
-    metrics = report_student(ctx, run_id, students[chosen], train_metrics, None, baseline_meta, extra,
-                             {"distill": label, "teacher": "none (mutual learning)"},
-                             {"distill": {"weights": module.weights, "temperature": module.temperature}},
-                             copy_student=True)
+    report = ReportSpec(baseline=baseline_meta, extra=extra,
+                        labels={"distill": label, "teacher": "none (mutual learning)"},
+                        shown={"distill": {"weights": module.weights, "temperature": module.temperature}},
+                        copy_student=True)
+    metrics = report_student(ctx, run_id, students[chosen], train_metrics, report)
     if ctx.conf["tracking"].get("log_checkpoints", True):
         for k, s in enumerate(students):
-            ctx.tracker.log_artifact(run_id, save_weights(ctx, s, f"peer{k}.pt"))
-    log_table(ctx, run_id, accuracy_table("mutual learning", rows))
+            ctx.run.tracker.log_artifact(run_id, save_weights(ctx.run, s, f"peer{k}.pt"))
+    log_table(ctx.run, run_id, accuracy_table("mutual learning", rows))
     return metrics

@@ -7,30 +7,26 @@ composed and validated with their defaults but ignored: they appear neither in t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Mapping
 
 import torch
-from omegaconf import OmegaConf
 
 from kdexp.caching.fingerprint import fingerprint
-from kdexp.caching.models import ModelCache, load_weights
 from kdexp.config.errors import ConfigError
-from kdexp.config.parse import thaw
 from kdexp.measure.latency import time_models
 from kdexp.measure.metrics import cost_metrics, ratios
 from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
 from kdexp.policy.nets import ActorCritic, PolicyMLP
 from kdexp.policy.ppo import PPOSettings, train_ppo
-from kdexp.tracking.redact import redact_config
-from kdexp.tracking.runs import Tracker, flatten
+from kdexp.tracking.runs import flatten
 from kdexp.tracking.summary import latency_lines
 from kdexp.training.evaluation import latency_flags, latency_tags
 from kdexp.training.lifecycle import tracked_run
+from kdexp.training.run import RunIdentity, cached_model, log_config, open_run, write_summary
 
 log = logging.getLogger("kdexp")
 TEACHER_FORMAT = 1  # bump when PPO or the nets change what a cached teacher means
@@ -71,10 +67,8 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     student_settings = settings(StudentSettings, v.get("student"), "variant.student")
     env_id, seed = v["env"], conf["seed"]
     obs_dim, num_actions = env_dims(env_id)
-    tracker = Tracker(conf["tracking"]["uri"], conf["tracking"]["experiment"],
-                      artifact_root=conf["tracking"].get("artifact_root"))
-    cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
-    teacher, teacher_meta = policy_teacher(v, ppo, obs_dim, num_actions, tracker, cache, conf)
+    identity = open_run(conf, run_dir, cell=cell)
+    teacher, teacher_meta = policy_teacher(identity, ppo, obs_dim, num_actions)
 
     tags = {"kdexp.role": "student", "kdexp.variant": "policy", "kdexp.method": "policy", "kdexp.cell": cell,
             "env": env_id, "data": env_id, "teacher": arch_name(v["teacher_hidden"]),
@@ -83,25 +77,27 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
             "kdexp.teacher_fingerprint": teacher_meta["key"]}
     params = flatten({"variant": v, "seed": seed, "eval": conf["eval"]})
     name = f"policy:{tags['teacher']}->{tags['student']}"
-    with tracked_run(tracker, name, tags, params, trial_conf=conf) as run_id:
+    with tracked_run(identity, name, tags, params, trial=True) as run_id:
+        log_config(identity, run_id, {"variant": v, "seed": seed})
         torch.manual_seed(seed)
         student = PolicyMLP(obs_dim, num_actions, v["student_hidden"])
         sample = v["collect"] == "sample"
         states = collect_states(teacher.actor, env_id, v["states"], COLLECT_SEED + 1000 * seed, sample)
         heldout = collect_states(teacher.actor, env_id, v["heldout_states"], HELDOUT_SEED + 1000 * seed, sample)
         states = distill_policy(student, teacher.actor, states, env_id, student_settings, seed, heldout,
-                                tracker.sink(run_id))
+                                identity.tracker.sink(run_id))
         metrics = policy_metrics(conf, teacher, student, heldout)
         metrics["student/train_states"] = len(states)
-        tracker.log_metrics(run_id, metrics)
-        tracker.set_tags(run_id, latency_tags(metrics))
-        write_policy_results(conf, run_dir, tracker, run_id, metrics, student)
+        identity.tracker.log_metrics(run_id, metrics)
+        identity.tracker.set_tags(run_id, latency_tags(metrics))
+        write_summary(identity, run_id, metrics, summary(metrics, conf), student)
     return metrics
 
 
-def policy_teacher(v: dict, ppo: PPOSettings, obs_dim: int, num_actions: int, tracker: Tracker,
-                   cache: ModelCache, conf: dict) -> tuple[ActorCritic, dict]:
+def policy_teacher(identity: RunIdentity, ppo: PPOSettings, obs_dim: int, num_actions: int
+                   ) -> tuple[ActorCritic, dict]:
     """The PPO teacher from the model cache, trained (as its own MLflow run) on a miss."""
+    v = identity.conf["variant"]
     spec = {"role": "policy-teacher", "format": TEACHER_FORMAT, "algorithm": "ppo", "env": v["env"],
             "hidden": v["teacher_hidden"], "ppo": asdict(ppo), "seed": v["teacher_seed"]}
     key = fingerprint(spec)
@@ -109,19 +105,15 @@ def policy_teacher(v: dict, ppo: PPOSettings, obs_dim: int, num_actions: int, tr
     def train() -> tuple[ActorCritic, dict]:
         tags = {"kdexp.role": "teacher", "kdexp.variant": "policy", "env": v["env"], "data": v["env"],
                 "arch": arch_name(v["teacher_hidden"]), "seed": str(v["teacher_seed"]), "kdexp.fingerprint": key}
-        with tracked_run(tracker, f"teacher:{tags['arch']}", tags, flatten(spec)) as run_id:
+        with tracked_run(identity, f"teacher:{tags['arch']}", tags, flatten(spec)) as run_id:
             log.info("training policy teacher %s on %s (cache key %s)", tags["arch"], v["env"], key)
-            model, info = train_ppo(v["env"], v["teacher_hidden"], ppo, v["teacher_seed"], tracker.sink(run_id))
-            tracker.log_metrics(run_id, {f"teacher/{k}": float(x) for k, x in info.items()})
+            sink = identity.tracker.sink(run_id)
+            model, info = train_ppo(v["env"], v["teacher_hidden"], ppo, v["teacher_seed"], sink)
+            identity.tracker.log_metrics(run_id, {f"teacher/{k}": float(x) for k, x in info.items()})
         return model, {"run_id": run_id, "spec": spec, "train": info}
 
-    entry, fresh = cache.get_or_create(key, train)
-    if fresh is not None:
-        return fresh, {**entry.meta, "key": key, "cached": False}
-    log.info("reusing cached policy teacher (cache key %s, run %s)", key, entry.meta.get("run_id"))
-    model = ActorCritic(obs_dim, num_actions, v["teacher_hidden"])
-    load_weights(model, entry.weights, f"cached policy teacher {key}")
-    return model, {**entry.meta, "key": key, "cached": True}
+    return cached_model(identity, key, train, lambda: ActorCritic(obs_dim, num_actions, v["teacher_hidden"]),
+                        "policy teacher")
 
 
 def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout: torch.Tensor) -> dict:
@@ -143,22 +135,6 @@ def policy_metrics(conf: dict, teacher: ActorCritic, student: PolicyMLP, heldout
     out.update({"latency/threads": float(timed.threads), "latency/blocks": float(timed.blocks)})
     out.update(latency_flags(out))
     return out
-
-
-def write_policy_results(conf: dict, run_dir: Path, tracker: Tracker, run_id: str, metrics: dict,
-                         student: PolicyMLP) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(thaw(redact_config(thaw(
-        {"variant": conf["variant"], "seed": conf["seed"]})))))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    table = summary(metrics, conf)
-    (run_dir / "summary.md").write_text(table + "\n")
-    for name in ("config.yaml", "metrics.json", "summary.md"):
-        tracker.log_artifact(run_id, run_dir / name)
-    if conf["tracking"].get("log_checkpoints", True):
-        torch.save(student.state_dict(), run_dir / "student.pt")
-        tracker.log_artifact(run_id, run_dir / "student.pt")
-    print(table, flush=True)
 
 
 def summary(m: dict, conf: dict) -> str:

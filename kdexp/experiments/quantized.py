@@ -28,10 +28,17 @@ from kdexp.shipping.quantization import (
     quiet_quantization,
 )
 from kdexp.training.context import Context, make_context
-from kdexp.training.distilled import distillation_pair, finetune, train_distilled
+from kdexp.training.distilled import StageSpec, distillation_pair, finetune, train_distilled
 from kdexp.training.evaluation import agreement, evaluate, latency
 from kdexp.training.lifecycle import trial_callbacks
-from kdexp.training.results import lineage_tags, method_label, student_run, teacher_metrics, write_results
+from kdexp.training.results import (
+    ReportSpec,
+    lineage_tags,
+    method_label,
+    student_run,
+    teacher_metrics,
+    write_results,
+)
 
 
 class QATDistillModule(DistillModule):
@@ -94,12 +101,12 @@ def ship_int8(ctx: Context, run_id: str, qat: nn.Module, int8: nn.Module) -> dic
     from kdexp.tracking.models import log_dataset_input, log_int8_exports, log_onnx_model
 
     ev, (x, y) = ctx.conf["eval"], ctx.dm.split_tensors("test")
-    out_dir = ctx.run_dir / "exports"
-    out = log_int8_exports(ctx.tracker, run_id, qat, int8, ctx.dm.split_tensors("train")[0][:512], x, y, out_dir,
+    out_dir, tracker = ctx.run.folder / "exports", ctx.run.tracker
+    out = log_int8_exports(tracker, run_id, qat, int8, ctx.dm.split_tensors("train")[0][:512], x, y, out_dir,
                            batch=ev["latency_batch"], repeats=ev["latency_repeats"])
-    log_dataset_input(ctx.tracker, run_id, ctx.dm, context="training")
+    log_dataset_input(tracker, run_id, ctx.dm, context="training")
     if ctx.conf["tracking"].get("log_model", True):
-        log_onnx_model(ctx.tracker, run_id, out_dir / "student_int8.onnx", x[:8], tags={"kdexp.role": "student"})
+        log_onnx_model(tracker, run_id, out_dir / "student_int8.onnx", x[:8], tags={"kdexp.role": "student"})
     return {f"student/{k}": float(v) for k, v in out.items()}
 
 
@@ -119,10 +126,10 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     qat = prepare_qat_student(p.student, v["backend"])
     name = f"{label}:{conf['teacher']['arch']}->{conf['student']['arch']}"
     lineage = lineage_tags(teacher_meta, baseline_meta)
-    with student_run(ctx, name, cell, label, lineage) as run_id, quiet_quantization():
-        train_metrics = train_distilled(ctx, run_id, qat, p.teacher, p.method, module_cls=QATDistillModule,
-                                        callbacks=trial_callbacks(conf),
-                                        best_metrics=lambda best: int8_test_metrics(ctx, best))
+    with student_run(ctx, name, label, lineage) as run_id, quiet_quantization():
+        stage = StageSpec(module=QATDistillModule, callbacks=tuple(trial_callbacks(conf)),
+                          best_metrics=lambda best: int8_test_metrics(ctx, best))
+        train_metrics = train_distilled(ctx, run_id, qat, p.teacher, p.method, stage)
         metrics = {f"student/{k}": x for k, x in train_metrics.items()}
         # fine-tuning stays quantization-aware: the int8 model is what gets deployed
         metrics.update(finetune(ctx, run_id, qat, QATDistillModule, before=observed))
@@ -131,7 +138,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
         metrics.update(teacher_metrics(teacher_meta, baseline_meta))
         metrics.update(agreement(ctx, "student"))
         metrics.update(ship_int8(ctx, run_id, qat, int8))
-        ctx.tracker.log_metrics(run_id, metrics)
+        ctx.run.tracker.log_metrics(run_id, metrics)
         # the summary's row: e.g. kd+qat_int8; the int8 ONNX model is the run's MLflow Model
-        write_results(ctx, run_id, metrics, int8, labels={"distill": label}, exported=False)
+        write_results(ctx, run_id, metrics, int8, ReportSpec(labels={"distill": label}, exported=False))
     return metrics

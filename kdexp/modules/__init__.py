@@ -1,2 +1,3 @@
-"""kdexp's LightningModules: a frozen teacher, a trainable student and a method's named loss terms
-(`distill.DistillModule`), with the optimiser a recipe asks for."""
+"""kdexp's LightningModules: one skeleton (`base.EpochModule`: epoch metrics, best state, metric sink, resume)
+that every module extends, `distill.DistillModule` (a frozen teacher, a trainable student and a method's named
+loss terms) and the optimiser a recipe asks for (`optim`)."""

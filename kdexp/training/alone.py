@@ -17,14 +17,26 @@ from kdexp.training.context import Context, planned_processes
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
 from kdexp.training.records import record_model
-from kdexp.training.trainer import drop_checkpoints, fit, resuming, save_weights
+from kdexp.training.run import cached_model, resuming, save_weights
+from kdexp.training.trainer import fit
 
 log = logging.getLogger("kdexp")
 
 
 def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, seed: int) -> dict:
-    """Everything that defines a model trained with `recipe`: its cache key (a distilled link adds its
-    teacher and method to it)."""
+    """Everything that defines a model trained with `recipe`: what its cache key is made of (a distilled
+    link adds its teacher and method to it).
+
+    Args:
+        ctx: the experiment (data, batch size, trainer settings).
+        node: the model's config node ({arch, kwargs}).
+        recipe: what it trains with (optimiser, lr, schedule).
+        max_epochs: epochs it trains for.
+        seed: its seed.
+
+    Returns:
+        The spec, a JSON-able dict.
+    """
     c = ctx.conf
     return {
         "role": "trained-alone", "arch": node["arch"], "kwargs": node.get("kwargs") or {},
@@ -39,24 +51,19 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
     }
 
 
-def cached_model(ctx: Context, role: str, label: str, key: str, train) -> tuple[nn.Module, dict]:
-    """The cache entry `key` (a model of the `role` node) or, on a miss, train() -> (model, meta), stored.
-    Under DDP every rank trains and rank 0 publishes (no lock is held across the training's collectives).
-    Returns (model, meta + key + cached)."""
-    entry, fresh = ctx.cache.get_or_create_distributed(key, train)
-    drop_checkpoints(ctx.checkpoints(key))  # the entry is what lasts now
-    if fresh is not None:
-        return fresh, {**entry.meta, "key": key, "cached": False}
-    log.info("reusing cached %s %s (cache key %s, run %s)", label, ctx.conf[role]["arch"], key,
-             entry.meta.get("run_id"))
-    model = load_weights(ctx.build(role), entry.weights, f"cached {label} {key}")
-    return model, {**entry.meta, "key": key, "cached": True}
-
-
 def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[nn.Module, dict]:
-    """The teacher (label "teacher") or the vanilla `baseline` of the student architecture, trained on hard
-    labels with its role's recipe, from the cache if possible. Returns (model, meta): meta has the MLflow
-    run id that trained it, its cache key and `cached`."""
+    """The teacher or the vanilla baseline of the student architecture, trained on hard labels with its
+    role's recipe, from the model cache if possible (its own MLflow run when trained).
+
+    Args:
+        ctx: the experiment (its `teacher` / `student` node names the architecture).
+        label: "teacher", or "baseline" for the student architecture.
+        max_epochs: epochs to train.
+        seed: the seed of its initialisation and data order (part of the cache key).
+
+    Returns:
+        (model, meta): meta has the MLflow run id that trained it, its cache key and `cached`.
+    """
     role = "teacher" if label == "teacher" else "student"  # the config node naming the architecture
     spec = model_spec(ctx, ctx.conf[role], ctx.recipe_for(role), max_epochs, seed)
     key = fingerprint(spec)
@@ -65,12 +72,11 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
         L.seed_everything(seed, verbose=False)
         model = ctx.build(role)
         tags = {**ctx.alone_tags(label, spec["arch"], seed), "kdexp.fingerprint": key}
-        ckpt = ctx.checkpoints(key)
+        ckpt = ctx.run.checkpoints(key)
         resume = {"kdexp.fingerprint": key} if resuming(ckpt) else None
-        with tracked_run(ctx.tracker, f"{label}:{spec['arch']}", tags, flatten(spec), position=ctx.position,
-                         resume=resume) as run_id:
+        with tracked_run(ctx.run, f"{label}:{spec['arch']}", tags, flatten(spec), resume=resume) as run_id:
             module = DistillModule(model, recipe=spec["recipe"], max_epochs=max_epochs,
-                                   metric_sink=ctx.tracker.sink(run_id), track_best=False)
+                                   metric_sink=ctx.run.tracker.sink(run_id), track_best=False)
             log.info("training %s %s for %d epochs (cache key %s)", label, spec["arch"], max_epochs, key)
             ctx.dm.seed = seed  # the loader's shuffle order is part of what the cache key promises
             try:
@@ -78,17 +84,25 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
             finally:
                 ctx.dm.seed = ctx.conf["seed"]
             metrics = evaluate(ctx, model, label, costs=False)
-            ctx.tracker.log_metrics(run_id, metrics)
+            ctx.run.tracker.log_metrics(run_id, metrics)
             record_model(ctx, run_id, model, label)
             if ctx.conf["tracking"].get("log_checkpoints", True) and distributed.is_rank_zero():
-                ctx.tracker.log_artifact(run_id, save_weights(ctx, model, f"{label}.pt"))
+                ctx.run.tracker.log_artifact(run_id, save_weights(ctx.run, model, f"{label}.pt"))
         return model, {"run_id": run_id, "spec": spec, "test_metrics": metrics}
 
-    return cached_model(ctx, role, label, key, train)
+    return cached_model(ctx.run, key, train, lambda: ctx.build(role), f"{label} {spec['arch']}")
 
 
 def resolve_teacher(ctx: Context, teacher: nn.Module) -> dict:
-    """Fill `teacher` with its weights (teacher.ckpt, the cache, or a training run); meta + test metrics."""
+    """Fill `teacher` with its weights (teacher.ckpt, the cache, or a training run) and evaluate it.
+
+    Args:
+        ctx: the experiment.
+        teacher: an untrained model of the `teacher` node, filled in place.
+
+    Returns:
+        The teacher's meta (run_id, key, cached) and its test `metrics`.
+    """
     node = ctx.conf["teacher"]
     if node.get("ckpt"):
         load_weights(teacher, node["ckpt"], f"teacher.ckpt ({node['arch']}, {ctx.dm.num_classes} classes)")
@@ -101,7 +115,14 @@ def resolve_teacher(ctx: Context, teacher: nn.Module) -> dict:
 
 
 def vanilla_baseline(ctx: Context) -> dict | None:
-    """`baseline=true`: the student architecture trained alone (cached), evaluated; None otherwise."""
+    """`baseline=true`: the student architecture trained alone (cached), evaluated.
+
+    Args:
+        ctx: the experiment.
+
+    Returns:
+        The baseline's meta with its test `metrics`, or None when `baseline` is false.
+    """
     if not ctx.conf["baseline"]:
         return None
     baseline, meta = train_alone(ctx, "baseline", ctx.conf["trainer"]["max_epochs"], ctx.conf["seed"])

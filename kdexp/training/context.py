@@ -1,4 +1,4 @@
-"""What every stage of one experiment shares."""
+"""What every stage of one image experiment shares: its run identity and its data."""
 
 from __future__ import annotations
 
@@ -12,45 +12,32 @@ from typing import Any, Mapping
 from torch import nn
 
 from kdexp.bench.matrix import settings_key
-from kdexp.caching.models import ModelCache
 from kdexp.caching.teacher_outputs import TeacherCacheSettings
 from kdexp.config.errors import ConfigError
 from kdexp.config.parse import recipe_for
 from kdexp.distill import method_from_config
 from kdexp.models import create_model
-from kdexp.runtime import distributed
-from kdexp.tracking.progress import sweep_position
-from kdexp.tracking.runs import Tracker, user_tags
-from kdexp.training.lifecycle import NullTracker
+from kdexp.training.run import RunIdentity, open_run
 
 
 @dataclass
 class Context:
-    conf: Mapping  # the run's frozen config (kdexp.config.parse.parse_config)
+    """An image experiment: its run identity (config, tracker, caches, run folder, names) and its data."""
+
+    run: RunIdentity
     dm: Any  # a kdexp TensorDataModule, set up
-    tracker: Tracker
-    cache: ModelCache
-    run_dir: Path
     test: dict = field(default_factory=dict)  # role -> test logits, for agreement
     timed: dict = field(default_factory=dict)  # role -> model evaluated with costs, timed with the student
     memo: dict = field(default_factory=dict)  # teacher outputs / views already loaded in this experiment
-    run_tags: dict = field(default_factory=dict)  # the experiment kind's own tags on its student runs
-    position: str | None = None  # "cell i/N" / "trial i/N" of a multirun, shown in progress lines
-    cell: str = ""  # the run's matrix cell key
-    resume_key: str = ""  # what a re-run of the same training shares: the cell, or a sweep trial's retry chain
-
-    def checkpoints(self, name: str) -> Path:
-        """Where a training named `name` (a cache key, or `student-<cell>`) keeps its per-epoch checkpoint:
-        the same folder in every attempt, so that running the same command again resumes it."""
-        return Path(self.conf["paths"]["cache"]) / "checkpoints" / name
-
-    @property
-    def student_checkpoints(self) -> Path | None:
-        return self.checkpoints(f"student-{self.resume_key}") if self.resume_key else None
 
     def __post_init__(self):
         augment = bool((self.conf.get("data") or {}).get("augment"))
         TeacherCacheSettings.from_conf(self.conf.get("teacher_cache"), augment)  # fails before any training
+
+    @property
+    def conf(self) -> Mapping:
+        """The run's frozen config (kdexp.config.parse.parse_config)."""
+        return self.run.conf
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,7 +46,11 @@ class Context:
     def with_nodes(self, **nodes: Mapping) -> Context:
         """The same experiment seen with some config nodes replaced (a chain link's student, an ensemble
         member's teacher); data, tracker, caches and collected test logits are shared."""
-        return replace(self, conf={**self.conf, **nodes})
+        return replace(self, run=replace(self.run, conf={**self.conf, **nodes}))
+
+    def with_tags(self, tags: Mapping[str, str]) -> Context:
+        """The same experiment with more of the kind's own tags on its student run."""
+        return replace(self, run=self.run.with_tags(tags))
 
     def build(self, role: str) -> nn.Module:
         node = self.conf[role]
@@ -76,7 +67,7 @@ class Context:
             "kdexp.role": role, "data": c["data"]["name"], "teacher": c["teacher"]["arch"],
             "student": c["student"]["arch"], "distill": c["distill"]["name"], "seed": str(c["seed"]),
             **(c.get("tune") or {}).get("tags", {}),  # kdexp.tuned, kdexp.tune.study: a tuned matrix's cell
-            **self.run_tags,
+            **self.run.tags,
         }
 
     def alone_tags(self, label: str, arch: str, seed: int) -> dict[str, str]:
@@ -111,41 +102,25 @@ def model_kwargs(dm, node: Mapping, role: str) -> dict:
 
 def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | None = None,
                  cell: str = "") -> Context:
+    """An image experiment's context: its data set up (bad roots and corrupt files fail here, before any
+    training), then its run identity (kdexp.training.run.open_run).
+
+    Args:
+        conf: the run's frozen config.
+        run_dir: the run's output folder.
+        run_tags: the experiment kind's own tags on its student runs.
+        cell: the run's matrix cell key.
+
+    Returns:
+        The Context.
+    """
     from kdexp.data import create_datamodule
 
     quiet_lightning()
     announce_processes(conf["trainer"])
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()  # bad roots and corrupt files fail here, before any training
-    if distributed.is_rank_zero():  # only rank 0 records: MLflow runs, artifacts, summaries
-        tracking = conf["tracking"]
-        tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root=tracking.get("artifact_root"),
-                          tags=user_tags(tracking, conf.get("tags")),
-                          system_metrics=tracking.get("system_metrics", False))
-    else:
-        tracker = NullTracker()
-    cache = ModelCache(Path(conf["paths"]["cache"]) / "models")
-    return Context(conf, dm, tracker, cache, Path(run_dir), run_tags=dict(run_tags or {}),
-                   position=sweep_position(conf), cell=cell, resume_key=resume_key(conf, cell))
-
-
-def resume_key(conf: Mapping, cell: str) -> str:
-    """The cell key; in a sweep trial, the study and the first trial of its retry chain with the config less
-    its trial identity, so that a trial asked again after a kill finds the killed one's checkpoints."""
-    from kdexp.training.lifecycle import in_trial
-
-    if not cell or not in_trial(conf):
-        return cell
-    from kdexp.bench.matrix import cell_key
-    from kdexp.caching.fingerprint import fingerprint
-    from kdexp.sweep.trial import resume_origin
-
-    origin = resume_origin(conf)
-    if origin is None:  # a trial of an in-memory study: nothing to resume from
-        return cell
-    study, origin = origin
-    view = {k: v for k, v in conf.items() if k != "optuna_trial"}
-    return fingerprint({"what": "trial-resume", "cell": cell_key(view), "study": study, "trial": origin})
+    return Context(open_run(conf, run_dir, run_tags, cell), dm)
 
 
 def planned_processes(trainer: Mapping) -> int:
@@ -169,7 +144,16 @@ def announce_processes(trainer: Mapping) -> None:
 
 
 def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
-    """The configured method, built for this (student, teacher) pair: adapters depend on both."""
+    """The configured method, built for this (student, teacher) pair: adapters depend on both.
+
+    Args:
+        ctx: the experiment (its `distill:` node, input shape, classes, training-set size).
+        student: the student model.
+        teacher: the teacher model.
+
+    Returns:
+        A kdexp.distill.Distiller with its adapters built.
+    """
     method = method_from_config(ctx.conf["distill"])
     method.build(student.feature_shapes(ctx.input_shape), teacher.feature_shapes(ctx.input_shape),
                  ctx.dm.num_classes, ctx.dm.num_train)

@@ -15,12 +15,13 @@ from torch import nn
 from kdexp.caching.fingerprint import fingerprint
 from kdexp.modules.distill import DistillModule
 from kdexp.tracking.runs import flatten
-from kdexp.training.alone import cached_model, model_spec, resolve_teacher, vanilla_baseline
+from kdexp.training.alone import model_spec, resolve_teacher, vanilla_baseline
 from kdexp.training.context import Context, build_method
 from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import tracked_run
 from kdexp.training.records import record_model
-from kdexp.training.trainer import fit, resuming
+from kdexp.training.run import cached_model, resuming
+from kdexp.training.trainer import fit
 
 log = logging.getLogger("kdexp")
 
@@ -37,7 +38,15 @@ class DistillationPair:
 def distillation_pair(ctx: Context, check: Callable | None = None) -> DistillationPair:
     """The seeded teacher and student, the method built for them — an incompatible pair, or a method that
     `check(method)` refuses, fails here, before anything is trained — then the teacher's weights (loaded,
-    cached or trained) and the vanilla baseline."""
+    cached or trained) and the vanilla baseline.
+
+    Args:
+        ctx: the experiment.
+        check: called with the built method; raises ConfigError to refuse it.
+
+    Returns:
+        The DistillationPair.
+    """
     L.seed_everything(ctx.conf["seed"], verbose=False)
     teacher, student = ctx.build("teacher"), ctx.build("student")
     method = build_method(ctx, student, teacher)
@@ -51,37 +60,56 @@ def distillation_pair(ctx: Context, check: Callable | None = None) -> Distillati
     return DistillationPair(teacher, student, method, teacher_meta, vanilla_baseline(ctx))
 
 
-def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module | None, method, *,
-                    recipe: Mapping | None = None, module_cls: type[DistillModule] = DistillModule,
-                    module_kwargs: Mapping | None = None, weights: Mapping | None = None,
-                    callbacks: list | None = None, stage: str | None = None, ckpt_dir: Path | None = None,
-                    best_metrics: Callable[[nn.Module], dict] | None = None) -> dict[str, float]:
+@dataclass(frozen=True)
+class StageSpec:
+    """How a kind's distillation stage differs from the config's; the defaults train as `distill:` says."""
+
+    weights: Mapping | None = None  # loss weights; default: distill.weights
+    module: Callable[..., DistillModule] = DistillModule  # the module (a partial carries its own arguments)
+    callbacks: tuple = ()  # Lightning callbacks of the distillation stage (a sweep trial's pruning)
+    name: str | None = None  # names the progress lines; default "student <method>"
+    ckpt_dir: Path | None = None  # where it checkpoints; default: the run's student checkpoints
+    best_metrics: Callable[[nn.Module], dict] | None = None  # of the best-val student; default: evaluate
+
+
+def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.Module | None, method,
+                    spec: StageSpec = StageSpec()) -> dict[str, float]:
     """Train `student` from `teacher` with `method`: the method's init stage (AB / FT / FSP) first, then
-    `trainer.max_epochs` of its loss. Returns val_acc, best_val_acc, best_epoch, adapter_params, the student's
-    optimizer_steps (both stages) and train_seconds (their wall time) and, for
-    the epoch of best validation accuracy, best_val/test_* (by `best_metrics`, default `evaluate`).
-    Each stage checkpoints under `ckpt_dir` (default: the run's student folder) and resumes from it."""
+    `trainer.max_epochs` of its loss. Each stage checkpoints (under spec.ckpt_dir) and resumes from it.
+
+    Args:
+        ctx: the experiment.
+        run_id: the MLflow run the epochs are logged to (the init stage's under init/).
+        student: the model trained, in place.
+        teacher: the frozen teacher (None: none).
+        method: a kdexp.distill.Distiller built for this pair.
+        spec: what the kind changes: loss weights, module, callbacks, names, best-epoch metrics.
+
+    Returns:
+        val_acc, best_val_acc, best_epoch, adapter_params, the student's optimizer_steps (both stages: the budget
+        tuned tables compare rows at) and train_seconds (their wall time) and, for the epoch of best validation
+        accuracy, best_val/test_*.
+    """
     d, epochs = ctx.conf["distill"], ctx.conf["trainer"]["max_epochs"]
-    stage = stage or f"student {d['name']}"
-    ckpt_dir = ckpt_dir or ctx.student_checkpoints
-    recipe = dict(recipe if recipe is not None else ctx.recipe_for("student"))
-    extra = dict(module_kwargs or {})
+    stage = spec.name or f"student {d['name']}"
+    ckpt_dir = spec.ckpt_dir or ctx.run.student_checkpoints
+    recipe = ctx.recipe_for("student")  # student_lr of its architecture, if the matrix sets one
+    sink = ctx.run.tracker.sink
     started, steps = time.perf_counter(), 0
     if method.init_epochs > 0:
-        init = module_cls(student, teacher=teacher, method=method, recipe=recipe, max_epochs=method.init_epochs,
-                          stage="init", metric_sink=ctx.tracker.sink(run_id, "init/"), **extra)
+        init = spec.module(student, teacher=teacher, method=method, recipe=recipe, max_epochs=method.init_epochs,
+                           stage="init", metric_sink=sink(run_id, "init/"))
         trainer = fit(ctx, init, method.init_epochs, stage="init", ckpt_dir=ckpt_dir and ckpt_dir / "init")
         steps += trainer.global_step if method.init_trains_student else 0  # FT's init steps its paraphraser only
-    module = module_cls(student, teacher=teacher, method=method, weights=dict(weights or d["weights"]),
-                        temperature=d["temperature"], recipe=recipe, max_epochs=epochs,
-                        metric_sink=ctx.tracker.sink(run_id), **extra)
-    steps += fit(ctx, module, epochs, callbacks, stage=stage, ckpt_dir=ckpt_dir and ckpt_dir / "distill").global_step
-    # the budget a row had (tuned tables compare rows at equal student steps) and what it cost
+    module = spec.module(student, teacher=teacher, method=method, weights=dict(spec.weights or d["weights"]),
+                         temperature=d["temperature"], recipe=recipe, max_epochs=epochs, metric_sink=sink(run_id))
+    steps += fit(ctx, module, epochs, list(spec.callbacks), stage=stage,
+                 ckpt_dir=ckpt_dir and ckpt_dir / "distill").global_step
     metrics = {"val_acc": module.last_val_acc, "best_val_acc": module.best_val_acc, "best_epoch": module.best_epoch,
                "adapter_params": sum(p.numel() for p in method.parameters()), "optimizer_steps": steps,
                "train_seconds": time.perf_counter() - started}
     if module.best_state is not None:
-        best = (best_metrics or (lambda m: evaluate(ctx, m, "student_best", costs=False)))(module.best_student())
+        best = (spec.best_metrics or (lambda m: evaluate(ctx, m, "student_best", costs=False)))(module.best_student())
         metrics.update({f"best_val/{k}": v for k, v in best.items()})
     return metrics
 
@@ -89,7 +117,17 @@ def train_distilled(ctx: Context, run_id: str, student: nn.Module, teacher: nn.M
 def finetune(ctx: Context, run_id: str, student: nn.Module, module_cls: type[DistillModule] = DistillModule,
              before: Callable[[nn.Module], nn.Module] = lambda m: m) -> dict[str, float]:
     """`finetune.epochs` on hard labels at `finetune.lr_scale` x the student's lr, logged under finetune/.
-    Returns the student/pre_finetune/* test metrics (of before(student)), or {} when there are no epochs."""
+
+    Args:
+        ctx: the experiment.
+        run_id: the student run (its epochs are logged under finetune/).
+        student: the model fine-tuned, in place.
+        module_cls: the module it trains in (QAT keeps its observers still in validation).
+        before: the form of the student evaluated before fine-tuning (e.g. a QAT model's observed form).
+
+    Returns:
+        The student/pre_finetune/* test metrics of before(student), or {} when there are no epochs.
+    """
     epochs = ctx.conf["finetune"]["epochs"]
     if epochs <= 0:
         return {}
@@ -97,8 +135,8 @@ def finetune(ctx: Context, run_id: str, student: nn.Module, module_cls: type[Dis
     recipe = ctx.recipe_for("student", student_arch(ctx))
     recipe = {**recipe, "lr": recipe["lr"] * ctx.conf["finetune"]["lr_scale"]}
     tune = module_cls(student, recipe=recipe, max_epochs=epochs, track_best=False,
-                      metric_sink=ctx.tracker.sink(run_id, "finetune/"))
-    ckpt_dir = ctx.student_checkpoints
+                      metric_sink=ctx.run.tracker.sink(run_id, "finetune/"))
+    ckpt_dir = ctx.run.student_checkpoints
     fit(ctx, tune, epochs, stage="finetune", ckpt_dir=ckpt_dir and ckpt_dir / "finetune")
     return {f"student/pre_finetune/{k}": v for k, v in pre.items()}
 
@@ -107,24 +145,44 @@ def student_arch(ctx: Context) -> str:
     return ctx.conf["student"]["arch"]
 
 
-def link_spec(ctx: Context, node: Mapping, recipe: Mapping, teacher_key: str) -> dict:
-    """Everything that defines a distilled link: the student's own definition, its teacher, the method,
-    and the fixed augmented views it may train on (teacher_cache.views)."""
+def link_spec(ctx: Context, teacher_key: str) -> dict:
+    """Everything that defines a distilled link (the `student` node of `ctx`): its own definition and recipe,
+    its teacher, the method, and the fixed augmented views it may train on (teacher_cache.views).
+
+    Args:
+        ctx: the experiment seen with the link as its student (Context.with_nodes).
+        teacher_key: the cache key of the link's teacher.
+
+    Returns:
+        The spec, a JSON-able dict (its fingerprint is the link's cache key).
+    """
     conf = ctx.conf
-    spec = model_spec(ctx, node, recipe, conf["trainer"]["max_epochs"], conf["seed"])
+    spec = model_spec(ctx, conf["student"], ctx.recipe_for("student"), conf["trainer"]["max_epochs"], conf["seed"])
     views = conf.get("teacher_cache") or {}
     return {**spec, "role": "distilled", "teacher": teacher_key, "distill": conf["distill"],
             "views": [views.get("views", 0), views.get("seed", 0)] if conf["data"].get("augment") else None}
 
 
-def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: Mapping, recipe: Mapping,
-                   label: str, tags: dict[str, str]) -> tuple[nn.Module, dict]:
-    """The student `node` ({arch, kwargs}) distilled from `teacher`, from the cache if possible: keyed by its
-    own definition plus its teacher's key, so a change upstream retrains everything below it. Each link is
-    its own MLflow run (kdexp.role=link). Returns (model, meta): run_id, key, cached, train_metrics."""
+def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: Mapping, label: str,
+                   tags: dict[str, str]) -> tuple[nn.Module, dict]:
+    """The student `node` distilled from `teacher` with its own recipe (student_lr by architecture), from the
+    cache if possible: keyed by its own definition plus its teacher's key, so a change upstream retrains
+    everything below it. Each link is its own MLflow run (kdexp.role=link).
+
+    Args:
+        ctx: the experiment.
+        teacher: the link's teacher (the model before it in the line).
+        teacher_meta: the teacher's meta: its cache `key` and `run_id`.
+        node: the link's {arch, kwargs}.
+        label: names the link's run and progress lines, e.g. "link2", "gen3".
+        tags: the kind's own tags on the link's run.
+
+    Returns:
+        (model, meta): meta has run_id, key, cached, train_metrics and test_metrics.
+    """
     link_ctx = ctx.with_nodes(student=node)
     seed = ctx.conf["seed"]
-    spec = link_spec(link_ctx, node, recipe, teacher_meta["key"])
+    spec = link_spec(link_ctx, teacher_meta["key"])
     key = fingerprint(spec)
 
     def train() -> tuple[nn.Module, dict]:
@@ -134,17 +192,16 @@ def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: M
         run_tags = {**ctx.alone_tags("link", node["arch"], seed), **tags, "distill": ctx.conf["distill"]["name"],
                     "kdexp.fingerprint": key, "kdexp.teacher_run_id": teacher_meta.get("run_id") or "",
                     "kdexp.teacher_fingerprint": teacher_meta["key"]}
-        ckpt = ctx.checkpoints(key)
+        ckpt = ctx.run.checkpoints(key)
         resume = {"kdexp.fingerprint": key} if resuming(ckpt) else None
-        with tracked_run(ctx.tracker, f"{label}:{node['arch']}", run_tags, flatten(spec), position=ctx.position,
-                         resume=resume) as run_id:
+        with tracked_run(ctx.run, f"{label}:{node['arch']}", run_tags, flatten(spec), resume=resume) as run_id:
             log.info("training %s %s for %d epochs (cache key %s)", label, node["arch"], spec["max_epochs"], key)
-            metrics = train_distilled(link_ctx, run_id, model, teacher, method, recipe=recipe, ckpt_dir=ckpt,
-                                      stage=f"{label} {node['arch']}",
-                                      best_metrics=lambda m: evaluate(ctx, m, "link_best", costs=False))
+            stage = StageSpec(ckpt_dir=ckpt, name=f"{label} {node['arch']}",
+                              best_metrics=lambda m: evaluate(ctx, m, "link_best", costs=False))
+            metrics = train_distilled(link_ctx, run_id, model, teacher, method, stage)
             test = evaluate(ctx, model, label, costs=False)
-            ctx.tracker.log_metrics(run_id, {**metrics, **test})
+            ctx.run.tracker.log_metrics(run_id, {**metrics, **test})
             record_model(ctx, run_id, model, "link")
         return model, {"run_id": run_id, "spec": spec, "train_metrics": metrics, "test_metrics": test}
 
-    return cached_model(link_ctx, "student", label, key, train)
+    return cached_model(ctx.run, key, train, lambda: link_ctx.build("student"), f"{label} {node['arch']}")

@@ -28,7 +28,17 @@ CACHED_ROLES = ("teacher", "baseline")  # models that come from the model cache:
 
 def evaluate(ctx: Context, model: nn.Module, role: str, costs: bool = True) -> dict[str, float]:
     """Test-set accuracy/calibration (+ parameters, FLOPs, size) of one model; keeps its logits for agreement
-    and, with `costs`, the model itself for `latency` (timed beside the student when it is reported)."""
+    and, with `costs`, the model itself for `latency` (timed beside the student when it is reported).
+
+    Args:
+        ctx: the experiment (its test split and `eval:` settings).
+        model: the model, put in eval mode.
+        role: the name its test logits are kept under in ctx.test ("teacher", "student", "gen2", ...).
+        costs: also measure params, FLOPs and size (and time the model with the others in `latency`).
+
+    Returns:
+        test_* metrics (and the cost metrics), memoised by the model's weights.
+    """
     model.eval()
     if costs:
         ctx.timed[role] = model
@@ -67,7 +77,15 @@ def cached_test_logits(ctx: Context, model: nn.Module, digest: str, batch_size: 
 
 
 def agreement(ctx: Context, role: str = "student") -> dict[str, float]:
-    """Top-1 agreement and KL of `role` (and of the vanilla baseline, if evaluated) with the teacher."""
+    """Top-1 agreement and KL of `role` (and of the vanilla baseline, if evaluated) with the teacher.
+
+    Args:
+        ctx: the experiment, whose ctx.test holds the logits evaluate() kept.
+        role: the model compared with the teacher.
+
+    Returns:
+        <role>/agreement, <role>/kl_teacher (and baseline/* when a baseline was evaluated).
+    """
     out = {f"{role}/{k}": v for k, v in agreement_metrics(ctx.test[role], ctx.test["teacher"]).items()}
     if "baseline" in ctx.test:
         baseline = agreement_metrics(ctx.test["baseline"], ctx.test["teacher"])

@@ -7,15 +7,10 @@ sweep's parent run."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 from kdexp.tracking.progress import print_run_start
-from kdexp.tracking.runs import Tracker
-
-
-def in_trial(conf: Mapping) -> bool:
-    """Whether this run is a trial of kdexp's Optuna sweeper (its `optuna_trial` node is set)."""
-    return bool((conf.get("optuna_trial") or {}).get("study_name"))
+from kdexp.training.run import RunIdentity, in_trial
 
 
 def active_trial(conf: Mapping):
@@ -28,30 +23,20 @@ def active_trial(conf: Mapping):
 
 
 def trial_callbacks(conf: Mapping) -> list:
-    """Lightning callbacks of a sweep trial: report val/acc each epoch, stop when the pruner says so."""
+    """Lightning callbacks of a sweep trial: report val/acc each epoch, stop when the pruner says so.
+
+    Args:
+        conf: the run's config (its `optuna_trial` node).
+
+    Returns:
+        [the pruning callback] in a sweep trial, else [].
+    """
     trial = active_trial(conf)
     if trial is None:
         return []
     from kdexp.sweep.trial import PruningCallback
 
     return [PruningCallback(trial, monitor="val/acc")]
-
-
-class NullTracker:
-    """The tracker of DDP ranks > 0: they train with rank 0 but record nothing (rank 0 writes every run)."""
-
-    client, uri, experiment_id = None, "", ""
-
-    def start(self, name: str, tags: Mapping, params: Mapping | None = None) -> str:
-        return "not-recorded-on-this-rank"
-
-    def sink(self, run_id: str, prefix: str = ""):
-        return lambda metrics, epoch: None
-
-    def _nothing(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    log_params = log_metrics = log_artifact = set_tags = finish = fail = monitor = _nothing
 
 
 INTERRUPTED = "kdexp.interrupted"
@@ -71,21 +56,30 @@ def running_run(tracker, tags: Mapping[str, str]) -> str | None:
 
 
 @contextmanager
-def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Mapping[str, str] | None = None,
-                trial_conf: Mapping | None = None, position: str | None = None,
-                resume: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Yields the run id, after printing it with its UI link. `trial_conf`: the run's config when it is the
-    run a sweep trial reports (nested under the sweep's parent run; pruning ends it KILLED + PRUNED instead of
-    FAILED). `position`: "cell i/N" / "trial i/N" of a multirun. `resume`: tags of the same training's
-    run, given when a checkpoint of it exists: a RUNNING run with them (its process was killed) is continued
-    under its own id, so each trained model has one run, its epochs logged once."""
-    nested = trial_conf is not None and in_trial(trial_conf)
+def tracked_run(run: RunIdentity, name: str, tags: Mapping[str, str], params: Mapping[str, str] | None = None,
+                resume: Mapping[str, str] | None = None, trial: bool = False) -> Iterator[str]:
+    """One MLflow run of the experiment `run`, printed with its UI link and its multirun position.
+
+    Args:
+        run: the experiment's identity (its tracker, config and multirun position).
+        name: the run's name.
+        tags, params: the run's tags and params.
+        resume: tags of the same training's run, given when a checkpoint of it exists: a RUNNING run with
+            them (its process was killed) is continued under its own id, so each trained model has one run,
+            its epochs logged once.
+        trial: this is the run a sweep trial reports (nested under the sweep's parent run; pruning ends it
+            KILLED + PRUNED instead of FAILED).
+
+    Yields:
+        The run id.
+    """
+    tracker, nested = run.tracker, trial and in_trial(run.conf)
     tags = dict(tags)
     if nested:
         from kdexp.sweep.trial import child_run_tags, trial_run_name
 
-        tags.update(child_run_tags(trial_conf))
-        name = trial_run_name(trial_conf, name)  # "trial-007 kd:cnn_tiny": one name per trial in the UI
+        tags.update(child_run_tags(run.conf))
+        name = trial_run_name(run.conf, name)  # "trial-007 kd:cnn_tiny": one name per trial in the UI
     run_id = running_run(tracker, resume) if resume else None
     if run_id is not None:
         tracker.set_tags(run_id, {**tags, "kdexp.resumed": "true"})  # a retried sweep trial's number, ...
@@ -94,11 +88,11 @@ def tracked_run(tracker: Tracker, name: str, tags: Mapping[str, str], params: Ma
     else:
         run_id = tracker.start(name, tags, dict(params) if params else None)
     if tracker.client is not None:  # rank 0
-        print_run_start(run_id, tracker.experiment_id, tracker.uri, name, position=position)
+        print_run_start(run_id, tracker.experiment_id, tracker.uri, name, position=run.position)
         if nested:
             from kdexp.sweep.trial import link_run
 
-            link_run(trial_conf, run_id)  # the study's trial -> this run (user attr mlflow_run_id)
+            link_run(run.conf, run_id)  # the study's trial -> this run (user attr mlflow_run_id)
     try:
         yield run_id
     except BaseException as exc:

@@ -17,21 +17,31 @@ log = logging.getLogger("kdexp")
 
 def _records_here(ctx: Context) -> bool:
     """Rank 0 with a store: other ranks and store-less trackers record nothing."""
-    return distributed.is_rank_zero() and ctx.tracker.client is not None
+    return distributed.is_rank_zero() and ctx.run.tracker.client is not None
 
 
 def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
-    """Dataset input + MLflow Model of one trained model; returns the logged model's id (None if off)."""
+    """Dataset input + MLflow Model of one trained model (and a registry version for a registered student).
+
+    Args:
+        ctx: the experiment (its data set, `tracking:` switches).
+        run_id: the model's run.
+        model: the trained model.
+        role: its kdexp.role ("teacher", "baseline", "link", "student").
+
+    Returns:
+        The logged model's id, or None when off or not recorded on this rank.
+    """
     if not _records_here(ctx):
         return None
     from kdexp.tracking.models import log_dataset_input, log_model
 
     tracking = ctx.conf["tracking"]
-    log_dataset_input(ctx.tracker, run_id, ctx.dm, context="training")
+    log_dataset_input(ctx.run.tracker, run_id, ctx.dm, context="training")
     if not tracking.get("log_model", True):
         return None
     x, _ = ctx.dm.split_tensors("test")
-    model_id = log_model(ctx.tracker, run_id, model, x[:8], tags={"kdexp.role": role})
+    model_id = log_model(ctx.run.tracker, run_id, model, x[:8], tags={"kdexp.role": role})
     if role == "student" and tracking.get("register"):
         register(ctx, model_id, tracking["register"])
     return model_id
@@ -42,19 +52,27 @@ def register(ctx: Context, model_id: str, name: str) -> None:
 
     from kdexp.tracking.models import tracking_uri
 
-    with tracking_uri(ctx.tracker.uri):
+    with tracking_uri(ctx.run.tracker.uri):
         version = mlflow.register_model(f"models:/{model_id}", name)
     log.info("registered the student as %s version %s", name, version.version)
 
 
 def student_exports(ctx: Context, run_id: str, student: nn.Module) -> dict[str, float]:
-    """ONNX (+ parity and ONNX Runtime latency, interleaved with torch's) and .pt2 of the student, as student/*
-    metrics."""
+    """ONNX (+ parity and ONNX Runtime latency, interleaved with torch's) and .pt2 of the student.
+
+    Args:
+        ctx: the experiment (test inputs, `eval:` and `tracking:` settings, run folder).
+        run_id: the student run the exports are logged to.
+        student: the float student.
+
+    Returns:
+        The exports' student/* metrics ({} when off).
+    """
     if not ctx.conf["tracking"].get("export_student", True) or not _records_here(ctx):
         return {}
     from kdexp.tracking.models import log_student_exports
 
     ev, x = ctx.conf["eval"], ctx.dm.split_tensors("test")[0]
-    out = log_student_exports(ctx.tracker, run_id, student, x[:256], ctx.run_dir / "exports",
+    out = log_student_exports(ctx.run.tracker, run_id, student, x[:256], ctx.run.folder / "exports",
                               batch=ev["latency_batch"], repeats=ev["latency_repeats"])
     return {f"student/{k}": float(v) for k, v in out.items()}

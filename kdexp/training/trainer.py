@@ -3,7 +3,6 @@ cached teacher outputs), with the student (and an online teacher) optionally com
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +11,8 @@ from torch import nn
 
 from kdexp.caching.checkpoints import checkpoint_callback, last_checkpoint
 from kdexp.caching.teacher_outputs import prepare_cached_teacher
+from kdexp.modules.base import EpochModule
 from kdexp.modules.distill import DistillModule
-from kdexp.runtime import distributed
 from kdexp.runtime.trainer_extras import trainer_extras
 from kdexp.tracking.progress import EpochProgress
 from kdexp.training.context import Context
@@ -22,23 +21,34 @@ from kdexp.training.context import Context
 TRAINER_EXTRAS = ("compile", "channels_last")
 
 
-def fit(ctx: Context, module: DistillModule, max_epochs: int, callbacks: list | None = None,
+def fit(ctx: Context, module: EpochModule, max_epochs: int, callbacks: list | None = None,
         stage: str = "train", ckpt_dir: Path | None = None) -> L.Trainer:
-    """`stage` names the progress lines (e.g. "teacher cnn_medium", "student kd", "init", "finetune").
-    Callbacks and loggers of `trainer.callbacks` / `trainer.logger` are built fresh for every stage.
-    `ckpt_dir`: checkpoint every epoch there (weights, optimizer, scheduler, loops, RNG, data order) and
-    resume from its last.ckpt when a killed attempt left one; a finished stage's checkpoint restores it."""
+    """One Lightning stage of `module` on the experiment's data. Callbacks and loggers of `trainer.callbacks`
+    / `trainer.logger` are built fresh for every stage.
+
+    Args:
+        ctx: the experiment (its `trainer:` node, data, teacher-output cache, run folder).
+        module: the LightningModule to train (a DistillModule, or any kdexp.modules.base.EpochModule).
+        max_epochs: epochs of this stage.
+        callbacks: Lightning callbacks of this stage (e.g. a sweep trial's pruning callback).
+        stage: names the progress lines (e.g. "teacher cnn_medium", "student kd", "init", "finetune").
+        ckpt_dir: checkpoint every epoch there (weights, optimizer, scheduler, loops, RNG, data order) and
+            resume from its last.ckpt when a killed attempt left one; a finished stage's checkpoint restores it.
+
+    Returns:
+        The fitted Trainer.
+    """
     trainer_kwargs, user_callbacks, loggers = trainer_extras(ctx.conf["trainer"])
     trainer_kwargs["max_epochs"] = max_epochs
     trainer_kwargs.setdefault("enable_checkpointing", False)
     extras = {k: trainer_kwargs.pop(k, False) for k in TRAINER_EXTRAS}
-    own = [EpochProgress(stage, position=ctx.position), *(callbacks or [])]
+    own = [EpochProgress(stage, position=ctx.run.position), *(callbacks or [])]
     if ckpt_dir is not None:
         own.append(checkpoint_callback(ckpt_dir))
         trainer_kwargs["enable_checkpointing"] = True
     trainer = L.Trainer(
         **trainer_kwargs, logger=loggers or False, callbacks=[*own, *user_callbacks],
-        default_root_dir=str(ctx.run_dir),
+        default_root_dir=str(ctx.run.folder),
     )
     ctx.dm.use_device(trainer.strategy.root_device, trainer.num_devices)  # data.device / data.pin_memory
     train_loader = use_cached_teacher(ctx, module) or ctx.dm.train_dataloader()
@@ -79,21 +89,3 @@ def use_cached_teacher(ctx: Context, module: DistillModule):
         return None
     module.use_teacher_outputs(cached.outputs)
     return cached.train_loader
-
-
-def resuming(ckpt_dir: Path | None) -> bool:
-    """Whether a killed attempt of this training left a checkpoint (in any of its stages' folders)."""
-    return ckpt_dir is not None and ckpt_dir.is_dir() and any(ckpt_dir.rglob("last.ckpt"))
-
-
-def drop_checkpoints(ckpt_dir: Path | None) -> None:
-    """The policy once a training's result is kept (a cache entry, a FINISHED run): its checkpoints go."""
-    if ckpt_dir is not None and distributed.is_rank_zero():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-
-
-def save_weights(ctx: Context, model: nn.Module, name: str) -> Path:
-    path = ctx.run_dir / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return path
