@@ -64,7 +64,7 @@ def test_a_search_key_the_config_lacks_is_a_clear_error():
     ({"metric": "student/test_top1"}, "tune.metric='student/test_top1' is invalid: .*validation"),
     ({"n_trials": 0}, "tune.n_trials=0 is invalid"),
     ({"budget": 3}, r"tune: unknown keys \['budget'\]"),
-    ({"train_batches": 1.5}, r"tune.train_batches=1.5 is invalid: must be a fraction in \(0, 1\]"),
+    ({"train_batches": 1.5}, r"tune.train_batches=1.5 is invalid: must be a number in \(0, 1\]"),
     ({"train_batches": 0}, r"tune.train_batches=0 is invalid"),
 ])
 def test_bad_tune_settings_are_clear_errors(bad, match):
@@ -73,7 +73,7 @@ def test_bad_tune_settings_are_clear_errors(bad, match):
 
 
 def test_trials_on_part_of_each_epoch_are_their_own_study_and_leave_the_cell_whole():
-    c = conf("distill=kd", "+tune.enabled=true")
+    c = conf("distill=kd", "tune.enabled=true")
     whole, half = tuning.tune_settings(c), tuning.tune_settings({**c, "tune": {**c["tune"], "train_batches": 0.5}})
     assert "limit_train_batches" not in tuning.trial_base(c, whole)["trainer"]
     base = tuning.trial_base(c, half)
@@ -101,8 +101,8 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
     import mlflow
     import optuna
 
-    overrides = [*tiny_overrides, "distill=kd", "+tune.enabled=true", "+tune.n_trials=2", "+tune.epochs=1",
-                 "+tune.sampler.name=random", "+tune.pruner.name=none",
+    overrides = [*tiny_overrides, "distill=kd", "tune.enabled=true", "tune.n_trials=2", "tune.epochs=1",
+                 "tune.sampler.name=random", "tune.pruner.name=none",
                  "teacher.seed=0"]  # one teacher for every seed, as matrices pin it: one study per (pair, method)
     cell = conf(*overrides, "seed=3")
     apply_matrix_keys(cell)
@@ -152,8 +152,8 @@ def test_a_tuned_cell_trains_its_seed_at_the_best_settings_and_tags_its_run(tiny
 
     from kdexp.experiments import run_experiment
 
-    cfg = compose_train([*tiny_overrides, "distill=kd", "+tune.enabled=true", "+tune.n_trials=2",
-                         "+tune.epochs=1", "+tune.sampler.name=random", "+tune.pruner.name=none", "teacher.seed=0",
+    cfg = compose_train([*tiny_overrides, "distill=kd", "tune.enabled=true", "tune.n_trials=2",
+                         "tune.epochs=1", "tune.sampler.name=random", "tune.pruner.name=none", "teacher.seed=0",
                          "baseline=false"])
     metrics = run_experiment(cfg, tmp_path / "run")
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
