@@ -55,6 +55,31 @@ def test_search_spaces_leave_cell_keys_of_existing_matrices_unchanged():
         assert cell_key(c) == expected, name
 
 
+# Study names at 131c61a, before TuneSchema filled in the default sampler/pruner keys beside a matrix's own
+# (fashion_full's pruner is {name: none}): a store tuned then still finds its finished studies.
+PINNED_STUDIES = {
+    ("fashion_full", "cnn_medium->cnn_tiny", "dkd"): "tune-dkd-cnn_medium->cnn_tiny-48e543313a88",
+    ("fashion_zoo_tuned", "cnn_small->cnn_tiny", "kd"): "tune-kd-cnn_small->cnn_tiny-a7b9939593e1",
+}
+
+
+@pytest.mark.parametrize("matrix, pair, method", sorted(PINNED_STUDIES))
+def test_study_names_of_tuned_matrices_are_unchanged(matrix, pair, method):
+    c = conf(f"matrix={matrix}", f"distill={method}", "seed=1", f"pair='{pair}'")
+    apply_matrix_keys(c)
+    s = tuning.tune_settings(c)
+    assert tuning.study_name(c, s, tuning.search_space(method)) == PINNED_STUDIES[(matrix, pair, method)]
+
+
+def test_the_tune_node_is_typed_with_its_defaults_and_absent_when_untouched():
+    untouched = conf("distill=kd")
+    assert untouched["tune"]["n_trials"] == 12 and untouched["tune"]["pruner"]["name"] == "median"
+    assert "tune" not in parse_config(untouched)  # untuned runs log no tune.* params, as before the schema
+    assert parse_config(conf("distill=kd", "tune.n_trials=3"))["tune"]["n_trials"] == 3
+    # a pruner's own keys beyond the typed ones are allowed (sha, hyperband)
+    assert conf("tune.pruner.name=sha", "+tune.pruner.reduction_factor=3")["tune"]["pruner"]["reduction_factor"] == 3
+
+
 def test_a_search_key_the_config_lacks_is_a_clear_error():
     with pytest.raises(ValueError, match="search key 'distill.nope' does not exist"):
         tuning.apply_overrides(conf("distill=kd"), ["distill.nope=1.0"])

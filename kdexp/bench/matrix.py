@@ -37,7 +37,7 @@ def cell_key(conf: dict) -> str:
     left out, `student_lr` reduced to this student's entry, so that a re-run of the same cell finds it."""
     view = _view(conf, CELL_IGNORED_KEYS, CELL_IGNORED_SUBKEYS)
     view["student_lr"] = student_lr(conf, conf["student"]["arch"])
-    version = method_version((conf.get("distill") or {}).get("name"))
+    version = method_version(conf["distill"]["name"])
     if version != 1:  # only then: the keys of cells run before versions existed stay valid
         view["method_version"] = version
     return fingerprint({"what": "cell", **view})

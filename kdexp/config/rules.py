@@ -10,7 +10,7 @@ import dataclasses
 import math
 import typing
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -21,35 +21,35 @@ def bad(key: str, value, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
-def checked(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **rules: Any) -> Any:
+def checked(default: Any = MISSING, **rules: Any) -> Any:
     """A dataclass field whose value `check_value` checks against `rules`.
 
     Args:
         default: the field's default (MISSING: the YAML gives it).
-        factory: a default_factory instead of `default` (lists, dicts).
-        rules: integer (bool), gt / ge / le (numbers), choices (names, or a function returning them),
-            keys (the names a dict's keys may take), models (entries are a model name or a dict of these keys),
-            hint (said after the error).
+        rules: gt / ge / lt / le (numbers; an int field's must be integers); choices (names, or a function
+            returning them); keys (the names a dict's keys may take); models (each entry is a model name or a
+            dict of these keys); hint (said after the error).
     Returns:
         A dataclasses.field carrying the rules in its metadata.
     """
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"check": rules})
     return dataclasses.field(default=default, metadata={"check": rules})
 
 
 def check_number(key: str, value: Any, *, integer: bool = False, gt: float | None = None, ge: float | None = None,
-                 le: float | None = None) -> None:
+                 lt: float | None = None, le: float | None = None) -> None:
     """One number: an int (`integer`) or a finite real, within the bounds given; ConfigError naming all of it."""
-    kind = "an integer" if integer else "a number"
-    if le is not None and (gt is not None or ge is not None):
-        bounds = f"in ({gt}, {le}]" if gt is not None else f"in [{ge}, {le}]"
+    low = (f"({gt}", gt) if gt is not None else (f"[{ge}", ge) if ge is not None else None
+    high = (f"{lt})", lt) if lt is not None else (f"{le}]", le) if le is not None else None
+    if low and high:
+        bounds = f" in {low[0]}, {high[0]}"
     else:
-        bounds = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else f"<= {le}" if le is not None else ""
-    allowed = f"must be {kind} {bounds}".rstrip()
+        bounds = "".join(f" {op} {bound}" for op, bound in (("> ", gt), (">=", ge), ("< ", lt), ("<=", le))
+                         if bound is not None).replace("  ", " ")
+    allowed = f"must be {'an integer' if integer else 'a number'}{bounds}"
     if isinstance(value, bool) or not isinstance(value, Integral if integer else Real) or not math.isfinite(value):
         raise bad(key, value, allowed)
-    if (gt is not None and not value > gt) or (ge is not None and not value >= ge) or (le is not None and value > le):
+    if ((gt is not None and not value > gt) or (ge is not None and not value >= ge)
+            or (lt is not None and not value < lt) or (le is not None and not value <= le)):
         raise bad(key, value, allowed)
 
 
@@ -89,8 +89,8 @@ def _check(key: str, value: Any, rules: dict, integer: bool) -> None:
     if "choices" in rules:
         choices = rules["choices"]
         check_choice(key, value, choices() if callable(choices) else choices)
-    if rules.keys() & {"gt", "ge", "le"}:
-        check_number(key, value, integer=integer, gt=rules.get("gt"), ge=rules.get("ge"), le=rules.get("le"))
+    if rules.keys() & {"gt", "ge", "lt", "le"}:
+        check_number(key, value, integer=integer, **{k: rules[k] for k in ("gt", "ge", "lt", "le") if k in rules})
 
 
 def check_keys(node: dict, schema: type, key: str) -> None:

@@ -27,7 +27,7 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
     teacher and method to it)."""
     c = ctx.conf
     return {
-        "role": "trained-alone", "arch": node["arch"], "kwargs": node.get("kwargs") or {},
+        "role": "trained-alone", "arch": node["arch"], "kwargs": node["kwargs"],
         "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels, "data": ctx.dm.fingerprint(),
         "batch_size": c["data"]["batch_size"], "recipe": recipe, "max_epochs": max_epochs, "seed": seed,
         "precision": c["trainer"].get("precision"), "fast_dev_run": c["trainer"].get("fast_dev_run", False),
