@@ -38,13 +38,12 @@ def checked(default: Any = MISSING, **rules: Any) -> Any:
 def check_number(key: str, value: Any, *, integer: bool = False, gt: float | None = None, ge: float | None = None,
                  lt: float | None = None, le: float | None = None) -> None:
     """One number: an int (`integer`) or a finite real, within the bounds given; ConfigError naming all of it."""
-    low = (f"({gt}", gt) if gt is not None else (f"[{ge}", ge) if ge is not None else None
-    high = (f"{lt})", lt) if lt is not None else (f"{le}]", le) if le is not None else None
+    low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else None
+    high = f"{lt})" if lt is not None else f"{le}]" if le is not None else None
     if low and high:
-        bounds = f" in {low[0]}, {high[0]}"
+        bounds = f" in {low}, {high}"
     else:
-        bounds = "".join(f" {op} {bound}" for op, bound in (("> ", gt), (">=", ge), ("< ", lt), ("<=", le))
-                         if bound is not None).replace("  ", " ")
+        bounds = "".join(f" {op} {b}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None)
     allowed = f"must be {'an integer' if integer else 'a number'}{bounds}"
     if isinstance(value, bool) or not isinstance(value, Integral if integer else Real) or not math.isfinite(value):
         raise bad(key, value, allowed)
@@ -101,13 +100,31 @@ def check_keys(node: dict, schema: type, key: str) -> None:
         raise ConfigError(f"{key}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
 
 
+def structured(schema: type):
+    """OmegaConf's node of a dataclass, with the nested ones marked OPEN left open for keys of their own."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(schema)
+
+    def unlock(n, cls: type) -> None:
+        if getattr(cls, "OPEN", False):
+            OmegaConf.set_struct(n, False)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                unlock(n[f.name], hints[f.name])
+
+    unlock(node, schema)
+    return node
+
+
 def check_types(node: dict, schema: type, key: str) -> None:
     """The types Hydra checks while composing, for a plain dict: OmegaConf merges it into the schema."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        OmegaConf.merge(OmegaConf.structured(schema, flags={"struct": False}), node)
+        OmegaConf.merge(structured(schema), node)
     except OmegaConfBaseException as exc:
         value = OmegaConf.select(OmegaConf.create(node), str(exc.full_key), default=None)
         raise ConfigError(f"{key}.{exc.full_key}={value!r} is invalid: {str(exc.msg).splitlines()[0]}") from None
@@ -115,19 +132,23 @@ def check_types(node: dict, schema: type, key: str) -> None:
 
 def check_fields(node: dict, schema: type, key: str, strict: bool = False) -> None:
     """Every field of the dataclass `schema` in `node` (the config node at `key`) against its `checked` rules,
-    nested dataclasses included; `strict` (a node Hydra may not have composed): also no key beyond the schema's
-    (but in a schema marked OPEN) and every value of its type."""
+    nested dataclasses included; `strict` (a node Hydra may not have composed): also every value of its type
+    and no key beyond the schema's (but in a schema marked OPEN)."""
     if strict:
-        if not getattr(schema, "OPEN", False):
-            check_keys(node, schema, key)
         check_types(node, schema, key)
+    _check_fields(node, schema, key, strict)
+
+
+def _check_fields(node: dict, schema: type, key: str, strict: bool) -> None:
+    if strict and not getattr(schema, "OPEN", False):
+        check_keys(node, schema, key)
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
         if f.name not in node:
             continue
         hint, name = hints[f.name], f"{key}.{f.name}" if key else f.name
         if dataclasses.is_dataclass(hint):
-            check_fields(node[f.name] or {}, hint, name, strict)
+            _check_fields(node[f.name] or {}, hint, name, strict)
         else:
             integer = int in (hint, *typing.get_args(hint), *(a for t in typing.get_args(hint)
                                                               for a in typing.get_args(t)))

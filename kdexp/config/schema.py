@@ -1,4 +1,4 @@
-"""The typed schema of `kdexp-train`'s config, registered in Hydra's ConfigStore.
+"""The typed schema of `kdexp-train`'s config, registered in Hydra's ConfigStore by kdexp.config.store.
 
 conf/train.yaml lists `train_schema` first in its defaults, so Hydra itself rejects a value of the wrong
 type (`seed=abc`, `recipe.lr=fast`) while composing, before kdexp imports Lightning or reads data.
@@ -9,10 +9,11 @@ chosen data set / method accepts. `variant` is typed by the kind chosen (kdexp/c
 present in every composed config are declared, and none but `tune`'s has a default of its own: the resolved
 config (and so every cache key and matrix cell key) is what the YAML says. `tune` has no YAML: TuneSchema holds
 its defaults, and an untouched `tune` node is left out of the parsed config (kdexp.config.parse). Ranges and
-choices a type cannot express are `checked(...)` rules on the fields, checked by kdexp.config.validate.
+choices a type cannot express are `checked(...)` rules on the fields (kdexp.config.rules), checked by
+kdexp.config.validate.
 
-`teacher=<name>` and `student=<name>` accept every model in `kdexp.models.list_models()`; they are
-generated from the registry rather than written as one YAML file per model and per role.
+`teacher=<name>` and `student=<name>` accept every model in `kdexp.models.list_models()`; kdexp.config.store
+generates them from the registry rather than one YAML file per model and per role.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING, OmegaConf
 
-from kdexp.config.rules import checked
+from kdexp.config.rules import checked, structured
 
 
 @dataclass
@@ -181,12 +182,11 @@ class TrainSchema:
     skip_finished: bool = MISSING
 
 
-OPEN_NODES = ("data", "teacher", "student", "distill", "trainer", "tune.sampler", "tune.pruner")  # keys beyond
-                                                                                              # the typed ones
+OPEN_NODES = ("data", "teacher", "student", "distill", "trainer")  # keys beyond the typed ones allowed
 
 
 def train_schema():
-    node = OmegaConf.structured(TrainSchema)
+    node = structured(TrainSchema)  # tune.sampler, tune.pruner: OPEN
     for name in OPEN_NODES:
-        OmegaConf.set_struct(OmegaConf.select(node, name), False)
+        OmegaConf.set_struct(node[name], False)
     return node
