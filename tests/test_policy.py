@@ -103,7 +103,7 @@ def test_bad_policy_settings_are_config_errors():
     for key, value, message in (("student_hidden", 4, "variant.student_hidden=4"),
                                 ("student_hidden", [4, 0], r"variant.student_hidden\[1\]=0"),
                                 ("collect", "random", "variant.collect='random'"), ("states", 0, "variant.states=0"),
-                                ("ppo", {"learning_rate": 1.0}, "variant.ppo.learning_rate=1.0 is invalid"),
+                                ("ppo", {"learning_rate": 1.0}, r"variant.ppo: unknown keys \['learning_rate'\]"),
                                 ("student", {"temperature": 0}, "variant.student.temperature=0")):
         with pytest.raises(ConfigError, match=message):
             parse_config({**good, "variant": {**good["variant"], key: value}})

@@ -134,9 +134,9 @@ def check_fields(node: dict, schema: type, key: str, strict: bool = False) -> No
     """Every field of the dataclass `schema` in `node` (the config node at `key`) against its `checked` rules,
     nested dataclasses included; `strict` (a node Hydra may not have composed): also every value of its type
     and no key beyond the schema's (but in a schema marked OPEN)."""
+    _check_fields(node, schema, key, strict)
     if strict:
         check_types(node, schema, key)
-    _check_fields(node, schema, key, strict)
 
 
 def _check_fields(node: dict, schema: type, key: str, strict: bool) -> None:
