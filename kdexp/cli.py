@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -13,15 +14,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdexp.config.schema import register_configs
+from kdexp.config.store import register_configs
 from kdexp.tracking.locate import add_store_arguments, hydra_style, parsed_uri
 
 log = logging.getLogger("kdexp")
+COMPOSED = threading.Event()  # set once Hydra hands a composed config to the job
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (a link to conf/ in the repo)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> dict[str, float]:
+    COMPOSED.set()
     from kdexp.config.errors import ConfigError, MatrixError
     from kdexp.experiments import run_experiment
 
@@ -49,7 +52,12 @@ def train() -> None:
         print(f"kdexp-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
     register_configs()
-    _train()
+    try:
+        _train()
+    except SystemExit as exc:  # Hydra reports what it could not compose (a wrong type, a bad override) and exits 1
+        if exc.code == 1 and not COMPOSED.is_set():
+            sys.exit(2)  # bad input, like every other config error
+        raise
 
 
 def ui_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from kdexp.config.schema import register_configs
+from kdexp.config.store import register_configs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

@@ -84,3 +84,22 @@ def test_default_run_keys_are_unchanged():
     conf = parse_config(compose_train([]))
     assert "variant" not in conf  # the schema's empty slot does not enter the keys
     assert (cell_key(conf), settings_key(conf)) == ("0946ecd1c5efc046d2ea", "5ac1c54fa7b8f8c18947")
+
+
+# variant -> (kdexp.cell, kdexp.settings) of its default config at 131c61a, before each kind was typed: the schema
+# adds no key and changes no value. (policy is not here: its ppo node now lists every PPO setting.)
+PINNED_KINDS = {
+    "chain": ("a27b92c901b56ab3beeb", "8b6f41e807f3f692daed"),
+    "born_again": ("7f2b692158e4353b32ae", "2fa24aca6688d65ae774"),
+    "mutual": ("86e468f09b711f00461e", "9ec5ed3bf7f4c61a4ff1"),
+    "augmented": ("2838d6c0a8aa6277f62a", "5f73c070d1bfc61c8f37"),
+    "quantized": ("ba55159cdfa877d14403", "f433dd5dc1f8c5da49ba"),
+    "ensemble": ("e7d634e37349ec03aae9", "7328da91b597988860bd"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PINNED_KINDS))
+def test_typed_kinds_keep_their_cell_and_settings_keys(kind):
+    extra = ["student=cnn_tiny"] if kind == "mutual" else []
+    conf = parse_config(compose_train([f"variant={kind}", *extra]))
+    assert (cell_key(conf), settings_key(conf)) == PINNED_KINDS[kind]

@@ -294,9 +294,9 @@ def test_config_errors():
         with pytest.raises(ValueError, match=rf"data.val_fraction must be a number in \(0, 1\).*got {bad!r}"):
             create_datamodule("digits", val_fraction=bad)
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match=rf"data.limit must be an integer >= 1 or null, got {bad!r}"):
+        with pytest.raises(ValueError, match=rf"data.limit={bad!r} is invalid: must be an integer >= 1"):
             create_datamodule("digits", limit=bad)
-    with pytest.raises(ValueError, match="data.batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="data.batch_size=0 is invalid: must be an integer >= 1"):
         create_datamodule("digits", batch_size=0)
     with pytest.raises(ValueError, match="split must be one of train, val, test"):
         create_datamodule("synthetic", num_samples=20).split_tensors("valid")

@@ -85,8 +85,10 @@ def test_data_module_loaders_pad_only_training():
 
 
 @pytest.mark.parametrize("rank, world, match", [
-    (2, 2, "rank must be an integer in 0..1, got 2"), (0, 0, "world_size must be an integer >= 1, got 0"),
-    (-1, 2, "rank must be an integer in 0..1, got -1"), (True, 2, "rank must be an integer in 0..1, got True"),
+    (2, 2, r"rank=2 is invalid: must be an integer in \[0, 2\)"),
+    (0, 0, "world_size=0 is invalid: must be an integer >= 1"),
+    (-1, 2, r"rank=-1 is invalid: must be an integer in \[0, 2\)"),
+    (True, 2, "rank=True is invalid: must be an integer"),
 ])
 def test_bad_shard_is_named(rank, world, match):
     x, y = split()

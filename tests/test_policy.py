@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -10,11 +11,11 @@ import torch
 pytest.importorskip("gymnasium")
 
 from kdexp.config.errors import ConfigError  # noqa: E402
-from kdexp.experiments.policy import check_variant, settings  # noqa: E402
-from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy, policy_kl_loss  # noqa: E402
+from kdexp.policy.distill import agreement_metrics, distill_policy, policy_kl_loss  # noqa: E402
 from kdexp.policy.envs import collect_states, episode_returns, mean_std  # noqa: E402
 from kdexp.policy.nets import ActorCritic, PolicyMLP  # noqa: E402
-from kdexp.policy.ppo import PPOSettings, train_ppo  # noqa: E402
+from kdexp.policy.ppo import train_ppo  # noqa: E402
+from kdexp.policy.settings import PPOSettings, StudentSettings  # noqa: E402
 
 ENV = "CartPole-v1"
 
@@ -92,14 +93,22 @@ def test_dagger_rounds_add_the_students_states():
 
 
 def test_bad_policy_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="variant.ppo"):
-        settings(PPOSettings, {"learning_rate": 1.0}, "variant.ppo")
-    good = {"states": 10, "heldout_states": 10, "eval_episodes": 2, "eval_seed": 0, "teacher_seed": 0,
-            "teacher_hidden": [8], "student_hidden": [4], "collect": "sample", "student": {"temperature": 1.0}}
-    check_variant(good)
-    for key, value in (("student_hidden", 4), ("collect", "random"), ("states", 0)):
-        with pytest.raises(ConfigError, match=f"variant.{key}"):
-            check_variant({**good, key: value})
+    from omegaconf import OmegaConf
+
+    from kdexp.config.parse import parse_config
+    from tests.conftest import compose_train
+
+    good = OmegaConf.to_container(compose_train(["variant=policy"]), resolve=True)
+    parse_config(good)
+    for key, value, message in (("student_hidden", 4, "variant.student_hidden=4"),
+                                ("student_hidden", [4, 0], r"variant.student_hidden\[1\]=0"),
+                                ("collect", "random", "variant.collect='random'"), ("states", 0, "variant.states=0"),
+                                ("ppo", {"learning_rate": 1.0}, r"variant.ppo: unknown keys \['learning_rate'\]"),
+                                ("student", {"temperature": 0}, "variant.student.temperature=0")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**good, "variant": {**good["variant"], key: value}})
+    # the YAML sets no PPO or student value: the settings dataclasses' defaults are the only ones
+    assert good["variant"]["ppo"] == asdict(PPOSettings()) and good["variant"]["student"] == asdict(StudentSettings())
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ pytest.importorskip("gymnasium")
 from omegaconf import OmegaConf
 
 from kdexp.policy.compare import ROLES, compare_seed, markdown, summarize
-from kdexp.policy.distill import StudentSettings
 from kdexp.policy.envs import ENV_DEFAULTS
 from kdexp.policy.nets import ActorCritic
-from kdexp.policy.ppo import PPOSettings, train_ppo
+from kdexp.policy.ppo import train_ppo
+from kdexp.policy.settings import PPOSettings, StudentSettings
 from tests.conftest import compose_train
 
 

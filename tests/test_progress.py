@@ -142,7 +142,7 @@ def test_kdexp_train_shows_kdexp_info_lines():
     """kdexp-train's Hydra logging: the root logger at INFO on stdout, nothing raising the `kdexp` logger."""
     from hydra import compose, initialize_config_dir
 
-    from kdexp.config.schema import register_configs
+    from kdexp.config.store import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from kdexp.config.matrix_keys import apply_matrix_keys
-from kdexp.config.schema import register_configs
+from kdexp.config.store import register_configs
 from kdexp.config.validate import validate_config
 from kdexp.sweep.search_space import param_overrides, parse_search_space
 

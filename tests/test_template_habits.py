@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from kdexp.config.matrix_keys import apply_matrix_keys
-from kdexp.config.schema import register_configs
+from kdexp.config.store import register_configs
 from kdexp.config.validate import validate_config
 from kdexp.tracking.runs import source_tags, user_tags
 from tests.conftest import CONF_DIR

@@ -60,6 +60,31 @@ def test_search_spaces_leave_cell_keys_of_existing_matrices_unchanged():
         assert cell_key(c) == expected, name
 
 
+# Study names at 131c61a, before TuneSchema filled in the default sampler/pruner keys beside a matrix's own
+# (fashion_full's pruner is {name: none}): a store tuned then still finds its finished studies.
+PINNED_STUDIES = {
+    ("fashion_full", "cnn_medium->cnn_tiny", "dkd"): "tune-dkd-cnn_medium->cnn_tiny-48e543313a88",
+    ("fashion_zoo_tuned", "cnn_small->cnn_tiny", "kd"): "tune-kd-cnn_small->cnn_tiny-a7b9939593e1",
+}
+
+
+@pytest.mark.parametrize("matrix, pair, method", sorted(PINNED_STUDIES))
+def test_study_names_of_tuned_matrices_are_unchanged(matrix, pair, method):
+    c = conf(f"matrix={matrix}", f"distill={method}", "seed=1", f"pair='{pair}'")
+    apply_matrix_keys(c)
+    s = tuning.tune_settings(c)
+    assert tuning.study_name(c, s, tuning.search_space(method)) == PINNED_STUDIES[(matrix, pair, method)]
+
+
+def test_the_tune_node_is_typed_with_its_defaults_and_absent_when_untouched():
+    untouched = conf("distill=kd")
+    assert untouched["tune"]["n_trials"] == 12 and untouched["tune"]["pruner"]["name"] == "median"
+    assert "tune" not in parse_config(untouched)  # untuned runs log no tune.* params, as before the schema
+    assert parse_config(conf("distill=kd", "tune.n_trials=3"))["tune"]["n_trials"] == 3
+    # a pruner's own keys beyond the typed ones are allowed (sha, hyperband)
+    assert conf("tune.pruner.name=sha", "+tune.pruner.reduction_factor=3")["tune"]["pruner"]["reduction_factor"] == 3
+
+
 def test_a_search_key_the_config_lacks_is_a_clear_error():
     with pytest.raises(ValueError, match="search key 'distill.nope' does not exist"):
         tuning.apply_overrides(conf("distill=kd"), ["distill.nope=1.0"])
@@ -70,7 +95,7 @@ def test_a_search_key_the_config_lacks_is_a_clear_error():
     ({"n_trials": 0}, "tune.n_trials=0 is invalid"),
     ({"budget": 3}, r"tune: unknown keys \['budget'\]"),
     ({"repeats": 0}, "tune.repeats=0 is invalid: must be an integer >= 1"),
-    ({"train_batches": 1.5}, r"tune.train_batches=1.5 is invalid: must be a fraction in \(0, 1\]"),
+    ({"train_batches": 1.5}, r"tune.train_batches=1.5 is invalid: must be a number in \(0, 1\]"),
     ({"train_batches": 0}, r"tune.train_batches=0 is invalid"),
 ])
 def test_bad_tune_settings_are_clear_errors(bad, match):
@@ -79,7 +104,7 @@ def test_bad_tune_settings_are_clear_errors(bad, match):
 
 
 def test_trials_on_part_of_each_epoch_are_their_own_study_and_leave_the_cell_whole():
-    c = conf("distill=kd", "+tune.enabled=true")
+    c = conf("distill=kd", "tune.enabled=true")
     whole, half = tuning.tune_settings(c), tuning.tune_settings({**c, "tune": {**c["tune"], "train_batches": 0.5}})
     assert "limit_train_batches" not in tuning.trial_base(c, whole)["trainer"]
     base = tuning.trial_base(c, half)
@@ -107,8 +132,8 @@ def test_a_tuned_cell_runs_one_study_on_validation_and_every_seed_reuses_it(tiny
     import mlflow
     import optuna
 
-    overrides = [*tiny_overrides, "distill=kd", "+tune.enabled=true", "+tune.n_trials=2", "+tune.epochs=1",
-                 "+tune.sampler.name=random", "+tune.pruner.name=none",
+    overrides = [*tiny_overrides, "distill=kd", "tune.enabled=true", "tune.n_trials=2", "tune.epochs=1",
+                 "tune.sampler.name=random", "tune.pruner.name=none",
                  "teacher.seed=0"]  # one teacher for every seed, as matrices pin it: one study per (pair, method)
     cell = conf(*overrides, "seed=3")
     apply_matrix_keys(cell)
@@ -158,8 +183,8 @@ def test_a_tuned_cell_trains_its_seed_at_the_best_settings_and_tags_its_run(tiny
 
     from kdexp.experiments import run_experiment
 
-    cfg = compose_train([*tiny_overrides, "distill=kd", "+tune.enabled=true", "+tune.n_trials=2",
-                         "+tune.epochs=1", "+tune.sampler.name=random", "+tune.pruner.name=none", "teacher.seed=0",
+    cfg = compose_train([*tiny_overrides, "distill=kd", "tune.enabled=true", "tune.n_trials=2",
+                         "tune.epochs=1", "tune.sampler.name=random", "tune.pruner.name=none", "teacher.seed=0",
                          "baseline=false"])
     metrics = run_experiment(cfg, tmp_path / "run")
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")

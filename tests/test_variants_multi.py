@@ -73,11 +73,23 @@ def test_members_config_forms_and_default_seeds():
         ("cnn_tiny", 5, 1.0), ("cnn_small", 5, 3.0), ("cnn_tiny", 6, 1.0)]  # a repeated arch gets a new seed
     explicit = parse_members({"seed": 0, "members": ["cnn_tiny", "cnn_tiny"], "seeds": [3, 4], "weights": [1, 0]})
     assert [(m["seed"], m["weight"]) for m in explicit] == [(3, 1.0), (4, 0.0)]
-    for bad in ({"members": ["nope"]}, {"members": []}, {"members": ["cnn_tiny"], "weights": [1, 2]},
-                {"members": ["cnn_tiny"], "combine": "median"}, {"members": [{"arch": "cnn_tiny", "colour": 1}]},
-                {"members": ["cnn_tiny"], "weights": [0]}):
-        with pytest.raises(ConfigError):
+    for bad in ({"members": []}, {"members": ["cnn_tiny"], "weights": [1, 2]},
+                {"members": ["cnn_tiny"], "weights": [0]}, {"members": [{"arch": "cnn_tiny", "weight": -1}]},
+                {"members": ["cnn_tiny"], "ckpt": "t.pt"}):
+        with pytest.raises(ConfigError):  # settings that do not fit together
             parse_members({"seed": 0, **bad})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.members=[nope]", r"teacher.members\[0\]='nope' is invalid: an architecture name or \{arch, seed"),
+    ("teacher.members=[{arch:cnn_tiny,colour:1}]", r"teacher.members\[0\]=.*colour.* is invalid"),
+    ("teacher.combine=median", r"teacher.combine='median' is invalid: choose one of: mean_logits, mean_probs"),
+    ("teacher.weights=[1,-1]", r"teacher.weights\[1\]=-1.0 is invalid: must be a number >= 0"),
+    ("teacher.seeds=[0,-1]", r"teacher.seeds\[1\]=-1 is invalid: must be an integer >= 0"),
+])
+def test_bad_ensemble_settings_are_named_when_the_config_is_parsed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(compose_train(["variant=ensemble", override]))
 
 
 def test_feature_methods_are_refused_for_an_ensemble():
@@ -258,14 +270,24 @@ def test_variant_configs_compose_with_their_cli_forms():
 def test_unknown_variant_and_bad_settings_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match="variant.name"):
         experiment_kind({"variant": {"name": "nope"}})
-    from kdexp.experiments import born_again, chain, mutual
+    from kdexp.experiments import mutual
 
     base = OmegaConf.to_container(compose_train(["variant=mutual"]), resolve=True)
     with pytest.raises(ConfigError, match="not among"):
-        mutual.check({**base, "variant": {**base["variant"], "students": ["cnn_small", "cnn_small"]}})
+        mutual.peers({**base, "variant": {**base["variant"], "students": ["cnn_small", "cnn_small"]}})
     with pytest.raises(ConfigError, match="two or more"):
-        mutual.check({**base, "variant": {**base["variant"], "students": ["cnn_tiny"]}})
-    with pytest.raises(ConfigError, match="generations"):
-        born_again.check({"variant": {"generations": 0}})
-    with pytest.raises(ConfigError, match="assistants"):
-        chain.parse_assistants({"variant": {"assistants": ["nope"]}})
+        mutual.peers({**base, "variant": {**base["variant"], "students": ["cnn_tiny"]}})
+    with pytest.raises(ConfigError, match="one seed per student"):
+        mutual.peers({**base, "variant": {**base["variant"], "seeds": [1, 2, 3]}})
+    assert mutual.peers(base) == ([{"arch": "cnn_tiny", "kwargs": {}}] * 2, [0, 1])  # null: two copies, seed+k
+    for override, message in (("variant=born_again", "variant.generations=0 is invalid"),
+                              ("variant=chain", r"variant.assistants\[0\]='nope' is invalid")):
+        conf = OmegaConf.to_container(compose_train([override]), resolve=True)
+        key = "generations" if "born" in override else "assistants"
+        conf["variant"][key] = 0 if key == "generations" else ["nope"]
+        with pytest.raises(ConfigError, match=message):  # a plain dict (no Hydra) is checked the same way
+            parse_config(conf)
+    conf = OmegaConf.to_container(compose_train(["variant=chain"]), resolve=True)
+    conf["variant"]["colour"] = "red"
+    with pytest.raises(ConfigError, match=r"variant: unknown keys \['colour'\]"):
+        parse_config(conf)

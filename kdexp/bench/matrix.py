@@ -38,7 +38,7 @@ def cell_key(conf: dict) -> str:
     A tuned matrix with several study repeats adds the repeat (two repeats may choose the same settings)."""
     view = _view(conf, CELL_IGNORED_KEYS, CELL_IGNORED_SUBKEYS)
     view["student_lr"] = student_lr(conf, conf["student"]["arch"])
-    version = method_version((conf.get("distill") or {}).get("name"))
+    version = method_version(conf["distill"]["name"])
     if version != 1:  # only then: the keys of cells run before versions existed stay valid
         view["method_version"] = version
     repeat = (conf.get("tune") or {}).get("repeat")

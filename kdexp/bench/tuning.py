@@ -31,33 +31,15 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from kdexp.config.errors import ConfigError, MatrixError
+from kdexp.config.schema import TUNE_METRICS, TuneSchema
 
 log = logging.getLogger("kdexp")
 SEARCH_DIR = Path(__file__).resolve().parents[1] / "conf" / "search"  # shipped in the package (link in the repo)
-ALLOWED_METRICS = ("student/val_acc", "student/best_val_acc")  # validation only: tuning never sees test
+ALLOWED_METRICS = TUNE_METRICS  # validation only: tuning never sees test
 # What a search space may set: a method's own settings, or the student's recipe (never `recipe`, which is the
 # teacher's too: searching it would give every trial its own teacher, whose cache key holds its recipe)
 SEARCHABLE = ("distill.", "student_recipe.")
-DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "n_trials": 12,          # per (pair, method, repeat), whatever the size of its search space
-    "epochs": 3,             # per trial
-    "train_batches": 1.0,    # part of each trial epoch's training batches (a random half at 0.5): the
-                             #   settings are ranked on less data, every cell still trains on all of it
-    "seed": 1000,            # the trials' seed (repeat r: seed + r); must differ from the matrix's seeds
-    "allow_seed_overlap": False,  # true: trials may train at an evaluation seed (a ConfigError otherwise)
-    "repeats": 1,            # independent studies per (pair, method), each with its own trial and sampler seed;
-                             #   each one's best settings train every seed (tag kdexp.tune_repeat; in the cell
-                             #   key only when > 1, so single-study cells keep their keys)
-    "match_budget": True,    # an init stage that trains the student (AB, FSP) takes its epochs from
-                             #   trainer.max_epochs (and a trial's from tune.epochs): every row gets the same
-                             #   student optimizer steps. false: the init stage comes on top, as outside matrices
-    "metric": "student/val_acc",
-    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},  # repeat r: seed + r
-    "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1},
-    "storage": None,         # default sqlite:///${paths.root}/optuna.db
-    "experiment_suffix": "-tuning",
-}
+# The settings and their defaults: kdexp.config.schema.TuneSchema (new keys go there, with their rules).
 RECORD_KEYS = ("study", "chosen", "best_value", "repeat", "tags")  # what the orchestration writes into conf["tune"]
 
 
@@ -82,23 +64,17 @@ def search_space(method: str) -> dict[str, str]:
 
 
 def tune_settings(conf: dict) -> dict[str, Any]:
-    """The `tune` node over DEFAULTS, checked (a bad value: ConfigError naming it)."""
+    """conf["tune"] over TuneSchema's defaults, checked (a plain dict was not typed by Hydra)."""
+    from dataclasses import asdict
+
+    from kdexp.config.rules import check_fields
+
     node = {k: v for k, v in (conf.get("tune") or {}).items() if k not in RECORD_KEYS}
-    unknown = sorted(set(node) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"tune: unknown keys {unknown}; allowed: {', '.join(DEFAULTS)}")
-    s = {**copy.deepcopy(DEFAULTS), **node}
-    if s["metric"] not in ALLOWED_METRICS:
-        raise ConfigError(f"tune.metric={s['metric']!r} is invalid: tuning optimises a validation metric, one of: "
-                          f"{', '.join(ALLOWED_METRICS)}")
-    for key in ("n_trials", "epochs", "repeats"):
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
-            raise ConfigError(f"tune.{key}={s[key]!r} is invalid: must be an integer >= 1")
-    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
-        raise ConfigError(f"tune.seed={s['seed']!r} is invalid: must be an integer >= 0")
-    tb = s["train_batches"]
-    if isinstance(tb, bool) or not isinstance(tb, (int, float)) or not 0 < tb <= 1:
-        raise ConfigError(f"tune.train_batches={tb!r} is invalid: must be a fraction in (0, 1]")
+    check_fields(node, TuneSchema, "tune", strict=True)
+    defaults = asdict(TuneSchema())
+    s = {**defaults, **node}
+    for key in ("sampler", "pruner"):  # given keys over the defaults, as a composed config has them
+        s[key] = {**defaults[key], **(node.get(key) or {})}
     return s
 
 
@@ -198,8 +174,15 @@ def study_name(conf: dict, s: dict, space: dict[str, str]) -> str:
     """Same cell settings (but the seed), budget and space -> same study, whichever seed asks first."""
     from kdexp.bench.matrix import cell_key
     from kdexp.caching.fingerprint import fingerprint
+    from kdexp.sweep.factories import PRUNER_ARGS, SAMPLER_ARGS
 
-    budget = {k: s[k] for k in ("n_trials", "epochs", "seed", "metric", "sampler", "pruner")}
+    budget = {k: s[k] for k in ("n_trials", "epochs", "seed", "metric")}
+    # the keys the chosen sampler / pruner reads: a pruner `none` names its study as before TuneSchema filled
+    # in median's settings beside it
+    for key, used in (("sampler", SAMPLER_ARGS), ("pruner", PRUNER_ARGS)):
+        spec = s[key]
+        keys = used.get(spec["name"], ("seed",) if key == "sampler" else ())
+        budget[key] = {k: v for k, v in spec.items() if k == "name" or (k in keys and v is not None)}
     if s["train_batches"] < 1:  # only then: studies run before the option existed keep their names
         budget["train_batches"] = float(s["train_batches"])
     key = fingerprint({"what": "tuning", "cell": cell_key({**trial_base(conf, s), "seed": 0}),

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from kdexp.caching.fingerprint import fingerprint
 from kdexp.caching.models import ModelCache
+from kdexp.config.rules import check_fields
+from kdexp.config.schema import TeacherCacheSchema
 from kdexp.data.loader import TensorBatchLoader, epoch_generator
 from kdexp.models.base import FeatureOutput
 
@@ -36,7 +38,6 @@ FORMAT = 1  # bump when what is stored, or how views are generated, changes: inv
 FEATURES = ("stages", "preact", "embedding")
 FILL_BATCH = 256  # teacher batch while filling: fastest on CPU here (1024 falls out of cache); fixed
 VIEW_CHUNK = 4096  # augmentation chunk while building views; fixed, it is part of what a view seed means
-MODES = ("auto", "on", "off")
 PER_TOKEN = frozenset({"attentions", "values", "mask"})  # transformer features: not cached (kdexp.distill.transformer)
 
 
@@ -53,18 +54,8 @@ class TeacherCacheSettings:
     def from_conf(cls, node: dict | None, augment: bool = False) -> TeacherCacheSettings:
         """Validated settings; `augment` (data.augment) also checks that mode=on can apply."""
         node = dict(node or {})
-        unknown = sorted(set(node) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"teacher_cache: unknown keys {unknown}; allowed: mode, views, seed, max_gb")
+        check_fields(node, TeacherCacheSchema, "teacher_cache", strict=True)
         s = cls(**node)
-        if s.mode not in MODES:
-            raise ValueError(f"teacher_cache.mode={s.mode!r} is invalid: choose one of {', '.join(MODES)}")
-        for key in ("views", "seed"):
-            value = getattr(s, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"teacher_cache.{key}={value!r} is invalid: must be an integer >= 0")
-        if isinstance(s.max_gb, bool) or not isinstance(s.max_gb, (int, float)) or not s.max_gb > 0:
-            raise ValueError(f"teacher_cache.max_gb={s.max_gb!r} is invalid: must be a number > 0")
         if s.mode == "on" and augment and not s.views:
             raise ValueError("teacher_cache.mode=on needs deterministic inputs, but data.augment=true draws new ones "
                              "every epoch; set teacher_cache.views=K (K cached augmented copies) or mode=auto|off")

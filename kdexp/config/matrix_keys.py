@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 
 from kdexp.config.errors import ConfigError
+from kdexp.config.rules import check_number
 
 PAIR_SEP = "->"
 
@@ -38,9 +39,8 @@ def apply_matrix_keys(conf: dict) -> None:
         extra = (overrides.get(pair) or {}).get(conf["method"])
         if extra:
             merge(conf["distill"], extra)
-    for arch, lr in (conf.get("student_lr") or {}).items():
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ConfigError(f"student_lr.{arch}={lr!r} is invalid: a learning rate must be a number > 0")
+    for arch, lr in conf["student_lr"].items():
+        check_number(f"student_lr.{arch}", lr, gt=0)
 
 
 def distill_choice() -> str | None:
@@ -61,5 +61,5 @@ def merge(into: dict, extra: dict) -> None:
 
 def student_lr(conf: dict, arch: str) -> float | None:
     """`student_lr[arch]`: the lr of a student of that architecture (kdexp.config.parse.recipe_for applies it)."""
-    lr = (conf.get("student_lr") or {}).get(arch)
+    lr = conf["student_lr"].get(arch)
     return None if lr is None else float(lr)

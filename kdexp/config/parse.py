@@ -69,9 +69,9 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
     from kdexp.config.plugins import load_plugins
 
     load_plugins(conf.get("imports") or [])  # users' models / methods / data sets, before names are checked
-    # the schema's empty slots: absent, as before they existed (cell keys)
+    # the schema's empty slots: absent, as before they existed (run params, cell keys)
     for slot in ("variant", "tune", "imports", "student_recipe"):
-        if slot in conf and not conf[slot]:
+        if slot in conf and (not conf[slot] or (slot == "tune" and conf[slot] == untouched_tune())):
             del conf[slot]
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
     validate_config(conf)
@@ -80,6 +80,15 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
 
         check_stores({**conf, "tracking": dict(conf["tracking"])})  # the URI as the user gave it stays
     return freeze(conf)
+
+
+def untouched_tune() -> dict:
+    """The `tune` node as TuneSchema's defaults make it: tuning off and nothing set."""
+    from dataclasses import asdict
+
+    from kdexp.config.schema import TuneSchema
+
+    return asdict(TuneSchema())
 
 
 def recipe_for(conf: Mapping, role: str, arch: str | None = None) -> dict:

@@ -77,7 +77,7 @@ def composed_defaults() -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from kdexp.config.schema import register_configs
+    from kdexp.config.store import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,24 +1,29 @@
-"""The typed schema of `kdexp-train`'s config, registered in Hydra's ConfigStore.
+"""The typed schema of `kdexp-train`'s config, registered in Hydra's ConfigStore by kdexp.config.store.
 
 conf/train.yaml lists `train_schema` first in its defaults, so Hydra itself rejects a value of the wrong
 type (`seed=abc`, `recipe.lr=fast`) while composing, before kdexp imports Lightning or reads data.
 Nodes whose keys depend on a choice stay open for those keys: `data` (a data set's own options), `distill`
 (a method's own settings), `teacher`/`student` (ensemble members), `trainer` (any lightning.Trainer
-argument), `variant`. Their common keys are typed; kdexp.config.validate checks the open ones against what the
-chosen data set / method accepts. Only keys present in every composed config are declared, and none has a
-default of its own: the resolved config (and so every cache key and matrix cell key) is what the YAML says.
+argument). Their common keys are typed; kdexp.config.validate checks the open ones against what the
+chosen data set / method accepts. `variant` is typed by the kind chosen (kdexp/config/variants.py). Only keys
+present in every composed config are declared, and none but `tune`'s has a default of its own: the resolved
+config (and so every cache key and matrix cell key) is what the YAML says. `tune` has no YAML: TuneSchema holds
+its defaults, and an untouched `tune` node is left out of the parsed config (kdexp.config.parse). Ranges and
+choices a type cannot express are `checked(...)` rules on the fields (kdexp.config.rules), checked by
+kdexp.config.validate.
 
-`teacher=<name>` and `student=<name>` accept every model in `kdexp.models.list_models()`; they are
-generated from the registry rather than written as one YAML file per model and per role.
+`teacher=<name>` and `student=<name>` accept every model in `kdexp.models.list_models()`; kdexp.config.store
+generates them from the registry rather than one YAML file per model and per role.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from kdexp.config.rules import checked, structured
 
 
 @dataclass
@@ -44,21 +49,21 @@ class ModelSchema:
 @dataclass
 class TeacherSchema(ModelSchema):
     ckpt: Optional[str] = MISSING
-    max_epochs: int = MISSING
+    max_epochs: int = checked(ge=1)
     seed: int = MISSING
 
 
 @dataclass
 class DistillSchema:
     name: str = MISSING
-    temperature: float = MISSING
-    weights: Dict[str, float] = MISSING
+    temperature: float = checked(gt=0)
+    weights: Dict[str, float] = checked(ge=0)  # which terms a method has: kdexp.config.validate
 
 
 @dataclass
 class RecipeSchema:
     optimizer: str = MISSING
-    lr: float = MISSING
+    lr: float = checked(gt=0)
     momentum: float = MISSING
     weight_decay: float = MISSING
     nesterov: bool = MISSING
@@ -69,7 +74,7 @@ class RecipeSchema:
 
 @dataclass
 class TrainerSchema:
-    max_epochs: int = MISSING
+    max_epochs: int = checked(ge=1)
     accelerator: str = MISSING
     devices: Any = MISSING  # 1, 2, [0, 1], "auto"
     precision: Any = MISSING  # "32-true", "bf16-mixed", 32
@@ -79,23 +84,23 @@ class TrainerSchema:
 
 @dataclass
 class FinetuneSchema:
-    epochs: int = MISSING
+    epochs: int = checked(ge=0)
     lr_scale: float = MISSING
 
 
 @dataclass
 class EvalSchema:
-    latency_batch: int = MISSING
-    latency_repeats: int = MISSING
+    latency_batch: int = checked(ge=1)
+    latency_repeats: int = checked(ge=1)  # the blocks of the latency protocol (kdexp.measure.latency)
     ece_bins: int = MISSING
 
 
 @dataclass
 class TeacherCacheSchema:
-    mode: str = MISSING
-    views: int = MISSING
-    seed: int = MISSING
-    max_gb: float = MISSING
+    mode: str = checked(choices=("auto", "on", "off"))  # kdexp/caching/teacher_outputs.py
+    views: int = checked(ge=0)
+    seed: int = checked(ge=0)
+    max_gb: float = checked(gt=0)
 
 
 @dataclass
@@ -118,6 +123,49 @@ class TrackingSchema:
 
 
 @dataclass
+class SamplerSchema:  # kdexp.sweep.factories.build_sampler
+    OPEN: ClassVar[bool] = True  # the other samplers' own keys are allowed
+    name: str = "tpe"
+    seed: Optional[int] = 0
+    n_startup_trials: int = checked(5, ge=0)
+
+
+@dataclass
+class PrunerSchema:  # kdexp.sweep.factories.build_pruner
+    OPEN: ClassVar[bool] = True  # the other pruners' own keys (sha, hyperband) are allowed
+    name: str = "median"
+    n_startup_trials: int = checked(4, ge=0)
+    n_warmup_steps: int = checked(1, ge=0)
+
+
+TUNE_METRICS = ("student/val_acc", "student/best_val_acc")  # validation only: tuning never sees test
+
+
+@dataclass
+class TuneSchema:
+    """A matrix's tuning (kdexp/bench/tuning.py): per (pair, method), one Optuna study on the validation split."""
+
+    enabled: bool = False
+    n_trials: int = checked(12, ge=1)      # per (pair, method, repeat), whatever the size of its search space
+    epochs: int = checked(3, ge=1)         # per trial
+    train_batches: float = checked(1.0, gt=0, le=1)  # part of each trial epoch's training batches (a random half
+                                           #   at 0.5): settings are ranked on less data, cells train on all of it
+    seed: int = checked(1000, ge=0)        # the trials' seed (repeat r: seed + r); must differ from the matrix's seeds
+    allow_seed_overlap: bool = False       # true: trials may train at an evaluation seed (a ConfigError otherwise)
+    repeats: int = checked(1, ge=1)        # independent studies per (pair, method), each with its own trial and
+                                           #   sampler seed; each one's best settings train every seed (tag
+                                           #   kdexp.tune_repeat; in the cell key only when > 1)
+    match_budget: bool = True              # an init stage that trains the student (AB, FSP) takes its epochs from
+                                           #   trainer.max_epochs (a trial's from tune.epochs): equal student steps
+    metric: str = checked("student/val_acc", choices=TUNE_METRICS, hint="tuning optimises a validation metric")
+    sampler: SamplerSchema = field(default_factory=SamplerSchema)  # repeat r: sampler seed + r
+    pruner: PrunerSchema = field(default_factory=PrunerSchema)
+    storage: Optional[str] = None          # default sqlite:///${paths.root}/optuna.db
+    experiment_suffix: str = "-tuning"
+    # new tuning keys go here, each with its default and a `checked` rule where a type is not enough
+
+
+@dataclass
 class TrainSchema:
     data: DataSchema = field(default_factory=DataSchema)
     teacher: TeacherSchema = field(default_factory=TeacherSchema)
@@ -130,13 +178,13 @@ class TrainSchema:
     teacher_cache: TeacherCacheSchema = field(default_factory=TeacherCacheSchema)
     paths: PathsSchema = field(default_factory=PathsSchema)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
-    variant: Optional[Dict[str, Any]] = None
-    tune: Dict[str, Any] = field(default_factory=dict)  # a matrix's tuning (kdexp/bench/tuning.py); {}: none
+    variant: Any = None  # None, or the chosen kind's node (kdexp/config/variants.py KINDS)
+    tune: TuneSchema = field(default_factory=TuneSchema)  # a matrix's tuning (kdexp/bench/tuning.py)
     # recipe keys (and label_smoothing) of the student stages only; {}: none (kdexp.config.parse.recipe_for)
     student_recipe: Dict[str, Any] = field(default_factory=dict)
     imports: List[str] = field(default_factory=list)  # plug-in modules (kdexp/config/plugins.py)
     tags: List[str] = field(default_factory=list)  # lightning-hydra-template's tags=[dev,mnist]: one MLflow tag
-    seed: int = MISSING
+    seed: int = checked(ge=0)
     baseline: bool = MISSING
     pair: Optional[str] = MISSING
     method: Optional[str] = MISSING
@@ -149,41 +197,7 @@ OPEN_NODES = ("data", "teacher", "student", "distill", "trainer")  # keys beyond
 
 
 def train_schema():
-    node = OmegaConf.structured(TrainSchema)
+    node = structured(TrainSchema)  # tune.sampler, tune.pruner: OPEN
     for name in OPEN_NODES:
         OmegaConf.set_struct(node[name], False)
     return node
-
-
-def teacher_node(arch: str) -> dict:
-    return {
-        "arch": arch,
-        "kwargs": {},                           # extra constructor arguments for create_model
-        "ckpt": None,                           # a weights file to load instead of training
-        "max_epochs": "${trainer.max_epochs}",  # epochs when kdexp trains the teacher itself
-        "seed": "${seed}",
-        **hf_keys(arch),
-    }
-
-
-def student_node(arch: str) -> dict:
-    return {"arch": arch, "kwargs": {}, **hf_keys(arch),
-            **({"init_from_teacher": False} if arch == "hf" else {})}  # true: DistilBERT's every-k-th-layer init
-
-
-def hf_keys(arch: str) -> dict:
-    """`teacher=hf` / `student=hf` (arch hf:<hub id or folder>, or a BERT from scratch): config overrides
-    (num_hidden_layers, hidden_size, ...) that build the model from scratch; the other models have no such key."""
-    return {"hf_config": {}} if arch == "hf" else {}
-
-
-def register_configs(models: list[str] | None = None) -> None:
-    if models is None:  # without importing the zoo (torch): a bad value is rejected in a second or two
-        from kdexp.config.registry import known_names
-
-        models = known_names("kdexp.models", "register_model", "kdexp.models", "MODELS")
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=train_schema())
-    for arch in models:
-        cs.store(group="teacher", name=arch, node=teacher_node(arch))
-        cs.store(group="student", name=arch, node=student_node(arch))

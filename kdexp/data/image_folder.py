@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdexp.config.rules import check_number
+
 from .base import DATASETS, DataFormatError, DataNotFoundError, TensorDataModule, check_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -94,9 +96,7 @@ class ImageFolderDataModule(TensorDataModule):
         check_int("image_size", image_size, 4)
         if in_channels not in MODES:
             raise ValueError(f"data.in_channels must be 1 (grey) or 3 (RGB), got {in_channels!r}")
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-                or not 0 < test_fraction < 1:
-            raise ValueError(f"data.test_fraction must be a number in (0, 1) (exclusive), got {test_fraction!r}")
+        check_number("data.test_fraction", test_fraction, gt=0, lt=1)
         if not isinstance(flip, bool):
             raise ValueError(f"data.flip must be true or false, got {flip!r}")
         if self.root is None:

@@ -16,16 +16,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from kdexp.config.rules import check_number
+
 Batch = tuple[Tensor, Tensor, Tensor]
 AugmentFn = Callable[[Tensor, torch.Generator], Tensor]
 
 
 def check_int(key: str, value: object, minimum: int, *, allow_none: bool = False) -> None:
+    """data.<key> is an integer >= minimum (or None with `allow_none`); else a ConfigError naming it."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise ValueError(f"data.{key} must be {allowed}, got {value!r}")
+    check_number(f"data.{key}", value, integer=True, ge=minimum)
 
 
 def epoch_generator(seed: int, epoch: int, *more: int) -> torch.Generator:
@@ -97,10 +98,8 @@ class TensorBatchLoader:
 
     def shard(self, rank: int, world_size: int) -> TensorBatchLoader:
         """Serve rank `rank`'s shard of `world_size` (instead of torch.distributed's); returns self."""
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an integer in 0..{world_size - 1}, got {rank!r}")
+        check_number("world_size", world_size, integer=True, ge=1)
+        check_number("rank", rank, integer=True, ge=0, lt=world_size)
         self._shard = (rank, world_size)
         return self
 

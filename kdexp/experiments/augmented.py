@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdexp.config.errors import ConfigError
+from kdexp.config.variants import AUGMENT_POLICIES
 from kdexp.modules.distill import DistillModule
 from kdexp.training.context import make_context
 from kdexp.training.distilled import StageSpec, distillation_pair, train_distilled
@@ -33,7 +34,6 @@ from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import ReportSpec, lineage_tags, method_label, report_student, student_run
 
 log = logging.getLogger("kdexp")
-POLICIES = ("mixup", "cutmix", "erasing")
 
 
 @dataclass
@@ -54,8 +54,8 @@ class BatchAugmenter:
 
     def __init__(self, policy: str, alpha: float = 1.0, seed: int = 0, erase_prob: float = 0.5,
                  erase_scale: tuple[float, float] = (0.02, 0.33), erase_ratio: tuple[float, float] = (0.3, 3.3)):
-        if policy not in POLICIES:
-            raise ConfigError(f"variant.policy={policy!r} is invalid: choose one of {', '.join(POLICIES)}")
+        if policy not in AUGMENT_POLICIES:
+            raise ConfigError(f"variant.policy={policy!r} is invalid: choose one of {', '.join(AUGMENT_POLICIES)}")
         if policy != "erasing" and not alpha > 0:
             raise ConfigError(f"variant.alpha={alpha!r} is invalid: the Beta(α, α) parameter must be > 0")
         if not 0 <= erase_prob <= 1 or not 0 < erase_scale[0] <= erase_scale[1] <= 1:
@@ -159,10 +159,10 @@ def loss_weights(conf: Mapping) -> dict[str, float]:
 
 def online_teacher(conf: Mapping) -> dict:
     """The run's config with `teacher_cache.mode=off`: cached outputs belong to the clean samples."""
-    if (conf.get("teacher_cache") or {}).get("mode") == "on":
+    if conf["teacher_cache"]["mode"] == "on":
         raise ConfigError("variant=augmented queries the teacher on new inputs every step: "
                           "teacher_cache.mode=on cannot apply (use auto or off)")
-    return {**conf, "teacher_cache": {**(conf.get("teacher_cache") or {}), "mode": "off"}}
+    return {**conf, "teacher_cache": {**conf["teacher_cache"], "mode": "off"}}
 
 
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:

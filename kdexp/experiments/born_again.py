@@ -15,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from kdexp.config.errors import ConfigError
-from kdexp.models.ensemble import COMBINE, EnsembleTeacher
+from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.training.alone import train_alone
 from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
@@ -24,19 +23,9 @@ from kdexp.training.evaluation import evaluate
 from kdexp.training.results import ReportSpec, accuracy_table, lineage_tags, method_label, report_link, student_run
 
 
-def check(conf: dict) -> tuple[int, str]:
-    node = conf["variant"]
-    n, combine = node.get("generations"), node.get("ensemble_combine", "mean_probs")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"variant.generations={n!r} is invalid: must be an integer >= 1 (born-again students)")
-    if combine not in COMBINE:
-        raise ConfigError(f"variant.ensemble_combine={combine!r} is invalid: choose one of {', '.join(COMBINE)}")
-    return n, combine
-
-
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
-    generations, combine = check(conf)
-    node = {"arch": conf["student"]["arch"], "kwargs": conf["student"].get("kwargs") or {}}
+    generations, combine = conf["variant"]["generations"], conf["variant"]["ensemble_combine"]
+    node = {"arch": conf["student"]["arch"], "kwargs": conf["student"]["kwargs"]}
     label = method_label(conf, "born_again")
     ctx = make_context(conf, run_dir, {"kdexp.variant": "born_again", "teacher": node["arch"],
                                           "kdexp.generations": str(generations)}, cell=cell)

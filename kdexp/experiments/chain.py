@@ -17,25 +17,12 @@ import lightning as L
 from torch import nn
 
 from kdexp.caching.teacher_outputs import weights_digest
-from kdexp.config.errors import ConfigError
-from kdexp.models import list_models
+from kdexp.config.variants import model_node
 from kdexp.training.alone import resolve_teacher, vanilla_baseline
 from kdexp.training.context import make_context
 from kdexp.training.distilled import distilled_link
 from kdexp.training.evaluation import evaluate
 from kdexp.training.results import ReportSpec, accuracy_table, lineage_tags, method_label, report_link, student_run
-
-
-def parse_assistants(conf: dict) -> list[dict]:
-    """variant.assistants -> [{arch, kwargs}] (an entry is an architecture name or {arch, kwargs})."""
-    models, nodes = list_models(), []
-    for i, item in enumerate(conf["variant"].get("assistants") or []):
-        node = {"arch": item} if isinstance(item, str) else dict(item)
-        if set(node) - {"arch", "kwargs"} or node.get("arch") not in models:
-            raise ConfigError(f"variant.assistants[{i}]={item!r} is invalid: an architecture name or {{arch, kwargs}} "
-                              f"with arch one of: {', '.join(models)}")
-        nodes.append({"arch": node["arch"], "kwargs": node.get("kwargs") or {}})
-    return nodes
 
 
 def teacher_key(meta: dict, teacher: nn.Module) -> str:
@@ -44,8 +31,8 @@ def teacher_key(meta: dict, teacher: nn.Module) -> str:
 
 
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
-    assistants = parse_assistants(conf)
-    student_node = {"arch": conf["student"]["arch"], "kwargs": conf["student"].get("kwargs") or {}}
+    assistants = [model_node(a) for a in conf["variant"]["assistants"]]  # checked: kdexp.config.variants
+    student_node = {"arch": conf["student"]["arch"], "kwargs": conf["student"]["kwargs"]}
     path = [conf["teacher"]["arch"], *(a["arch"] for a in assistants), student_node["arch"]]
     label = method_label(conf, "chain")
     ctx = make_context(conf, run_dir, {"kdexp.variant": "chain", "kdexp.chain": "->".join(path)}, cell=cell)

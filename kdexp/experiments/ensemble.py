@@ -14,7 +14,6 @@ Feature-based methods are refused before training: member features have no commo
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping
 
@@ -25,8 +24,9 @@ from kdexp.caching.fingerprint import fingerprint
 from kdexp.caching.models import load_weights
 from kdexp.caching.teacher_outputs import weights_digest
 from kdexp.config.errors import ConfigError
-from kdexp.models import list_models
-from kdexp.models.ensemble import COMBINE, EnsembleTeacher
+from kdexp.config.rules import check_number
+from kdexp.config.variants import model_node
+from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.training.alone import train_alone, vanilla_baseline
 from kdexp.training.context import build_method, make_context
 from kdexp.training.distilled import StageSpec, train_distilled
@@ -34,38 +34,28 @@ from kdexp.training.evaluation import evaluate
 from kdexp.training.lifecycle import trial_callbacks
 from kdexp.training.results import ReportSpec, lineage_tags, method_label, report_student, student_run
 
-MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")
 
-
-def parse_members(node: dict) -> list[dict]:
-    """teacher.{members, seeds, weights} -> [{arch, seed, weight, kwargs, ckpt}], validated."""
-    raw = node.get("members") or []
+def parse_members(node: Mapping) -> list[dict]:
+    """teacher.{members, seeds, weights} -> [{arch, seed, weight, kwargs, ckpt}]. Each setting is checked by its
+    schema (kdexp.config.variants.EnsembleTeacherSchema); this checks how they fit together."""
+    raw, seeds, weights = node["members"], node.get("seeds"), node.get("weights")
     if not raw:
         raise ConfigError("teacher.members is empty: list the ensemble's architectures, e.g. "
                           "teacher.members=[cnn_medium,cnn_small]")
-    seeds, weights = node.get("seeds"), node.get("weights")
     for key, values in (("teacher.seeds", seeds), ("teacher.weights", weights)):
         if values is not None and len(values) != len(raw):
             raise ConfigError(f"{key}={values!r} is invalid: give one value per member ({len(raw)})")
-    models, members, seen = list_models(), [], {}
+    members, seen = [], {}
     for i, item in enumerate(raw):
         m = {"arch": item} if isinstance(item, str) else dict(item)
-        unknown = sorted(set(m) - set(MEMBER_KEYS))
-        if unknown or m.get("arch") not in models:
-            raise ConfigError(f"teacher.members[{i}]={item!r} is invalid: an architecture name or "
-                              f"{{{', '.join(MEMBER_KEYS)}}} with arch one of: {', '.join(models)}")
         default_seed = int(node["seed"]) + seen.get(m["arch"], 0)
         seen[m["arch"]] = seen.get(m["arch"], 0) + 1
         seed = m.get("seed", seeds[i] if seeds is not None else default_seed)
         weight = m.get("weight", weights[i] if weights is not None else 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ConfigError(f"teacher member {i} weight={weight!r} is invalid: a finite number >= 0")
-        members.append({"arch": m["arch"], "seed": int(seed), "weight": float(weight),
-                        "kwargs": m.get("kwargs") or {}, "ckpt": m.get("ckpt")})
+        check_number(f"teacher.members[{i}].weight", weight, ge=0)  # a member's own weight has no schema
+        members.append({**model_node(m), "seed": int(seed), "weight": float(weight), "ckpt": m.get("ckpt")})
     if not sum(m["weight"] for m in members) > 0:
         raise ConfigError("teacher.weights are all 0: at least one member must count")
-    if node.get("combine", "mean_logits") not in COMBINE:
-        raise ConfigError(f"teacher.combine={node.get('combine')!r} is invalid: choose one of {', '.join(COMBINE)}")
     if node.get("ckpt"):
         raise ConfigError("teacher.ckpt is for one teacher; give an ensemble member its weights with "
                           "teacher.members=[{arch: ..., ckpt: PATH}, ...]")
@@ -112,7 +102,7 @@ def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     student = ctx.build("student")
     models, metas = resolve_members(ctx, members)
     method = build_method(ctx, student, models[0])  # logit methods: the teacher's shapes are its logits'
-    teacher = EnsembleTeacher(models, [m["weight"] for m in members], conf["teacher"].get("combine", "mean_logits"))
+    teacher = EnsembleTeacher(models, [m["weight"] for m in members], conf["teacher"]["combine"])
     teacher_meta = {
         "run_id": None, "cached": all(m.get("cached", False) for m in metas),
         "key": fingerprint({"role": "ensemble", "members": [m["key"] for m in metas],

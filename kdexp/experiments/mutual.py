@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdexp.config.errors import ConfigError
+from kdexp.config.variants import model_node
 from kdexp.distill import kd_loss
-from kdexp.models import list_models
 from kdexp.models.ensemble import EnsembleTeacher
 from kdexp.modules.base import EpochModule, MetricSink
 from kdexp.training.alone import vanilla_baseline
@@ -110,38 +110,29 @@ class MutualModule(EpochModule):
         return [b.best_state for b in self.best]
 
 
-def check(conf: dict) -> tuple[list[dict], list[int], dict, float]:
-    node, models = conf["variant"], list_models()
-    raw = node.get("students") or [conf["student"]["arch"]] * 2
-    nodes = []
-    for i, item in enumerate(raw):
-        n = {"arch": item} if isinstance(item, str) else dict(item)
-        if set(n) - {"arch", "kwargs"} or n.get("arch") not in models:
-            raise ConfigError(f"variant.students[{i}]={item!r} is invalid: an architecture name or {{arch, kwargs}} "
-                              f"with arch one of: {', '.join(models)}")
-        nodes.append({"arch": n["arch"], "kwargs": n.get("kwargs") or {}})
+def peers(conf: Mapping) -> tuple[list[dict], list[int]]:
+    """The students (null: two copies of `student`) and their seeds (null: seed, seed+1, ...). Each setting is
+    checked by its schema (kdexp.config.variants.MutualSchema); this checks how they fit together."""
+    v, student = conf["variant"], conf["student"]["arch"]
+    nodes = [model_node(s) for s in v["students"] or [student] * 2]
     if len(nodes) < 2:
-        raise ConfigError(f"variant.students={raw!r} is invalid: mutual learning needs two or more students")
-    if conf["student"]["arch"] not in [n["arch"] for n in nodes]:
-        raise ConfigError(f"student={conf['student']['arch']} is not among variant.students={raw!r}: the reported "
+        raise ConfigError(f"variant.students={v['students']!r} is invalid: mutual learning needs two or more students")
+    if student not in [n["arch"] for n in nodes]:
+        raise ConfigError(f"student={student} is not among variant.students={v['students']!r}: the reported "
                           "student is the best peer of that architecture; set student=<one of them>")
-    seeds = node.get("seeds") or [conf["seed"] + k for k in range(len(nodes))]
+    seeds = v["seeds"] or [conf["seed"] + k for k in range(len(nodes))]
     if len(seeds) != len(nodes):
         raise ConfigError(f"variant.seeds={seeds!r} is invalid: one seed per student ({len(nodes)})")
-    weights = dict(node.get("weights") or {"ce": 1.0, "kl": 1.0})
-    if set(weights) - {"ce", "kl"} or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
-                                          for v in weights.values()) or not any(v > 0 for v in weights.values()):
-        raise ConfigError(f"variant.weights={weights!r} is invalid: ce and kl, numbers >= 0, not all 0")
-    temperature = node.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(f"variant.temperature={temperature!r} is invalid: must be a number > 0")
-    return nodes, [int(s) for s in seeds], weights, float(temperature)
+    if not any(w > 0 for w in v["weights"].values()):
+        raise ConfigError(f"variant.weights={v['weights']!r} is invalid: ce and kl must not both be 0")
+    return nodes, list(seeds)
 
 
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
-    nodes, seeds, weights, temperature = check(conf)
+    nodes, seeds = peers(conf)
+    weights, temperature = dict(conf["variant"]["weights"]), conf["variant"]["temperature"]
     archs = [n["arch"] for n in nodes]
-    label = (conf.get("variant") or {}).get("label") or "dml"
+    label = conf["variant"]["label"] or "dml"
     ctx = make_context(conf, run_dir, {"kdexp.variant": "mutual", "teacher": "none", "distill": "dml",
                                        "kdexp.peers": "+".join(archs)}, cell=cell)
     students = []

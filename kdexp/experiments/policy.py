@@ -8,20 +8,20 @@ composed and validated with their defaults but ignored: they appear neither in t
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from kdexp.caching.fingerprint import fingerprint
-from kdexp.config.errors import ConfigError
 from kdexp.measure.latency import time_models
 from kdexp.measure.metrics import cost_metrics, ratios
-from kdexp.policy.distill import StudentSettings, agreement_metrics, distill_policy
+from kdexp.policy.distill import agreement_metrics, distill_policy
 from kdexp.policy.envs import collect_states, env_dims, episode_returns, mean_std
 from kdexp.policy.nets import ActorCritic, PolicyMLP
-from kdexp.policy.ppo import PPOSettings, train_ppo
+from kdexp.policy.ppo import train_ppo
+from kdexp.policy.settings import PPOSettings, StudentSettings
 from kdexp.tracking.runs import flatten
 from kdexp.tracking.summary import latency_lines
 from kdexp.training.evaluation import latency_flags, latency_tags
@@ -33,38 +33,13 @@ TEACHER_FORMAT = 1  # bump when PPO or the nets change what a cached teacher mea
 COLLECT_SEED, HELDOUT_SEED = 500_000, 600_000  # episode seeds apart from PPO's, the checks' and eval_seed
 
 
-def settings(cls, node: dict | None, key: str):
-    node = dict(node or {})
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(node) - allowed)
-    if unknown:
-        raise ConfigError(f"{key}: unknown keys {unknown}; allowed: {', '.join(sorted(allowed))}")
-    return cls(**node)
-
-
-def check_variant(v: dict) -> None:
-    for key in ("states", "heldout_states", "eval_episodes", "eval_seed", "teacher_seed"):
-        if isinstance(v[key], bool) or not isinstance(v[key], int) or v[key] < (0 if "seed" in key else 1):
-            raise ConfigError(f"variant.{key}={v[key]!r} is invalid: must be a positive integer")
-    for key in ("teacher_hidden", "student_hidden"):
-        if not isinstance(v[key], list) or not all(isinstance(h, int) and h > 0 for h in v[key]):
-            raise ConfigError(f"variant.{key}={v[key]!r} is invalid: a list of layer widths, e.g. [64, 64]")
-    if v["collect"] not in ("sample", "greedy"):
-        raise ConfigError(f"variant.collect={v['collect']!r} is invalid: sample | greedy")
-    if not v["student"]["temperature"] > 0:
-        raise ConfigError(f"variant.student.temperature={v['student']['temperature']!r} is invalid: "
-                          "must be > 0")
-
-
 def arch_name(hidden: list[int]) -> str:
     return "policy_mlp_" + "x".join(map(str, hidden))
 
 
 def run(conf: Mapping, run_dir: Path, cell: str = "") -> dict[str, float]:
     v = conf["variant"]
-    check_variant(v)
-    ppo = settings(PPOSettings, v.get("ppo"), "variant.ppo")
-    student_settings = settings(StudentSettings, v.get("student"), "variant.student")
+    ppo, student_settings = PPOSettings(**v["ppo"]), StudentSettings(**v["student"])  # typed: config.variants
     env_id, seed = v["env"], conf["seed"]
     obs_dim, num_actions = env_dims(env_id)
     identity = open_run(conf, run_dir, cell=cell)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from kdexp.config.variants import COMBINE
 from kdexp.models.base import FeatureOutput, ZooModel
-
-COMBINE = ("mean_logits", "mean_probs")
 
 
 class EnsembleTeacher(ZooModel):

@@ -19,10 +19,11 @@ from dataclasses import asdict, replace
 
 import torch
 
-from kdexp.policy.distill import StudentSettings, distill_policy
+from kdexp.policy.distill import distill_policy
 from kdexp.policy.envs import ENV_DEFAULTS, collect_states, env_dims, episode_returns
 from kdexp.policy.nets import PolicyMLP
-from kdexp.policy.ppo import PPOSettings, train_ppo
+from kdexp.policy.ppo import train_ppo
+from kdexp.policy.settings import PPOSettings, StudentSettings
 
 COLLECT_SEED = 500_000  # as kdexp.policy.run: episode seeds apart from PPO's checks and the evaluation
 ROLES = ("teacher", "alone", "distilled")

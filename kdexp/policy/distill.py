@@ -9,13 +9,13 @@ own outputs are what it acts on. With T=1 this is Hinton's KD at T=1.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdexp.policy.envs import collect_states
+from kdexp.policy.settings import StudentSettings
 
 DAGGER_SEED = 700_000  # episode seeds of the student's rollouts, apart from every other use
 
@@ -33,16 +33,6 @@ def agreement_metrics(student: nn.Module, teacher: nn.Module, states: Tensor) ->
     s, t = student(states), teacher(states)
     return {"agreement": (s.argmax(1) == t.argmax(1)).float().mean().item(),
             "kl_teacher": policy_kl_loss(s, t, 1.0).item()}
-
-
-@dataclass(frozen=True)
-class StudentSettings:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 3e-3
-    temperature: float = 1.0
-    dagger_rounds: int = 0      # extra rounds on states the student visits, labelled by the teacher
-    dagger_states: int = 2000   # states collected per round
 
 
 def fit_student(student: nn.Module, teacher: nn.Module, states: Tensor, settings: StudentSettings, seed: int,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,28 +18,10 @@ from torch import Tensor
 
 from kdexp.policy.envs import env_dims, episode_returns, make_env, mean_std
 from kdexp.policy.nets import ActorCritic
+from kdexp.policy.settings import PPOSettings
 
 log = logging.getLogger("kdexp")
 CHECK_SEED = 900_000  # check episodes during training; final evaluations use variant.eval_seed
-
-
-@dataclass(frozen=True)
-class PPOSettings:
-    num_envs: int = 8
-    rollout: int = 128          # steps per env per update
-    update_epochs: int = 4
-    minibatch: int = 256
-    lr: float = 2.5e-3
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip: float = 0.2
-    entropy: float = 0.0
-    value_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    max_steps: int = 200_000
-    target_return: float = 490.0
-    check_every: int = 5        # updates between greedy check episodes
-    check_episodes: int = 10
 
 
 def train_ppo(env_id: str, hidden: list[int], settings: PPOSettings, seed: int,

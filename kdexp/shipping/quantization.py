@@ -24,9 +24,10 @@ from torch.ao import quantization as tq
 from torch.ao.nn import quantized as ao_nn
 
 from kdexp.config.errors import ConfigError
+from kdexp.config.variants import QUANT_BACKENDS
 from kdexp.models.resnet import BasicBlock
 
-BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
+BACKENDS = QUANT_BACKENDS  # the variant=quantized choices (kdexp.config.variants)
 
 
 @contextmanager

@@ -203,12 +203,11 @@ def _check_server(uri: str, shown: str) -> None:
 def check_stores(conf: dict) -> None:
     """The orchestration's early check of a resolved config: `tracking.uri` normalized in place and reached,
     and kept apart from the Optuna study of a sweep trial. Raises StoreError."""
-    tracking = conf.get("tracking") or {}
+    tracking = conf["tracking"]  # required by the schema; optuna_trial only in a sweep's trial
     trial = conf.get("optuna_trial") or {}
     if trial.get("storage"):  # before connecting: this needs no server
-        check_apart(trial["storage"], tracking.get("uri"), "optuna_trial.storage", "tracking.uri")
-    if tracking.get("uri"):
-        tracking["uri"] = check_store(tracking["uri"], "tracking.uri", "mlflow")
+        check_apart(trial["storage"], tracking["uri"], "optuna_trial.storage", "tracking.uri")
+    tracking["uri"] = check_store(tracking["uri"], "tracking.uri", "mlflow")
 
 
 @contextlib.contextmanager

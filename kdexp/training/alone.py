@@ -39,7 +39,7 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
     """
     c = ctx.conf
     return {
-        "role": "trained-alone", "arch": node["arch"], "kwargs": node.get("kwargs") or {},
+        "role": "trained-alone", "arch": node["arch"], "kwargs": node["kwargs"],
         **({"hf_config": dict(node["hf_config"])} if node.get("hf_config") else {}),  # absent: keys unchanged
         "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels, "data": ctx.dm.fingerprint(),
         "batch_size": c["data"]["batch_size"], "recipe": recipe, "max_epochs": max_epochs, "seed": seed,

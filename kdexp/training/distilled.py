@@ -158,9 +158,9 @@ def link_spec(ctx: Context, teacher_key: str) -> dict:
     """
     conf = ctx.conf
     spec = model_spec(ctx, conf["student"], ctx.recipe_for("student"), conf["trainer"]["max_epochs"], conf["seed"])
-    views = conf.get("teacher_cache") or {}
+    views = conf["teacher_cache"]
     return {**spec, "role": "distilled", "teacher": teacher_key, "distill": conf["distill"],
-            "views": [views.get("views", 0), views.get("seed", 0)] if conf["data"].get("augment") else None}
+            "views": [views["views"], views["seed"]] if conf["data"]["augment"] else None}
 
 
 def distilled_link(ctx: Context, teacher: nn.Module, teacher_meta: dict, node: Mapping, label: str,

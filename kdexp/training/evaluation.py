@@ -50,7 +50,7 @@ def evaluate(ctx: Context, model: nn.Module, role: str, costs: bool = True) -> d
         return dict(out)
     x, y = ctx.dm.split_tensors("test")
     batch = ctx.conf["data"].get("eval_batch_size", 1024)
-    mode = (ctx.conf.get("teacher_cache") or {}).get("mode", "auto")
+    mode = ctx.conf["teacher_cache"]["mode"]
     if role in CACHED_ROLES and mode != "off":
         logits = cached_test_logits(ctx, model, digest, batch)
     else:

@@ -78,8 +78,8 @@ def use_cached_teacher(ctx: Context, module: DistillModule):
     """
     if not module.uses_teacher:
         return None
-    node = dict(ctx.conf.get("teacher_cache") or {})
-    if ctx.conf["trainer"].get("fast_dev_run") and node.get("mode", "auto") == "auto":
+    node = dict(ctx.conf["teacher_cache"])
+    if ctx.conf["trainer"].get("fast_dev_run") and node["mode"] == "auto":
         return None  # one batch: filling the whole split would cost more than it saves
     cached = prepare_cached_teacher(
         node, ctx.dm, module.teacher, module.method.needs, module.needs_features,
