@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from kdexp.tracking.redact import redact_text
-from kdexp.tracking.stores import check_apart, check_store, normalize_uri
+from kdexp.tracking.stores import check_apart, check_store, normalize_uri, tolerate_concurrent_creator
 
 from . import factories
 from .outcomes import job_outcome
@@ -101,8 +101,9 @@ class OptunaSweep:
         self.parent = ParentRun(self.config) if self.s.get("mlflow", True) else None
         # One worker at a time creates the tables, the study and the parent run.
         with study_lock(self.url):
-            storage = rdb_storage(self.url, int(self.s["heartbeat_interval"]), int(self.s["grace_period"]),
-                                  int(self.s.get("retry_killed", 1)))
+            storage = tolerate_concurrent_creator(lambda: rdb_storage(
+                self.url, int(self.s["heartbeat_interval"]), int(self.s["grace_period"]),
+                int(self.s.get("retry_killed", 1))))
             study = self._open_study(storage, space)
             seed = sampler_spec.get("seed")
             study.sampler = factories.build_sampler(
