@@ -60,12 +60,16 @@ def stores_of(config: DictConfig) -> Stores:
     def select(key: str) -> Any:
         return OmegaConf.select(config, key, default=None, throw_on_missing=False)
 
-    tracking = OmegaConf.to_container(select("tracking") or {}, resolve=True)
+    def plain(key: str) -> dict:
+        node = select(key)
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+
+    tracking = plain("tracking")
     stores = Stores(tracking.get("uri"), [tracking.get("experiment") or "kdexp"], tracking.get("artifact_root"))
     sweeper = select("hydra.sweeper") or {}
     if str(sweeper.get("_target_", "")).startswith(OPTUNA_SWEEPER) and sweeper.get("storage"):
         stores.optuna["hydra.sweeper.storage"] = absolute_sqlite_url(normalize_uri(str(sweeper.storage)))
-    tune = tune_settings({"tune": OmegaConf.to_container(select("tune") or {}, resolve=True)})
+    tune = tune_settings({"tune": plain("tune")})
     root = select("paths.root")
     if tune["enabled"]:
         url = tune["storage"] or f"sqlite:///{root}/optuna.db"

@@ -276,7 +276,7 @@ def tolerate_concurrent_creator(open_store, attempts: int = SETUP_ATTEMPTS):
         try:
             return open_store()
         except Exception as exc:  # noqa: BLE001 - each driver raises its own "exists"
-            migrating = "out-of-date database schema" in str(exc)
+            migrating = any(m in str(exc) for m in ("out-of-date database schema", "Online migration expected"))
             if attempt == attempts or not (already_exists(exc) or migrating):
                 raise
             time.sleep(1.0)
