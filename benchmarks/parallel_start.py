@@ -38,7 +38,8 @@ RACE = re.compile(r"already exists|OperationalError|UniqueViolation|IntegrityErr
 
 def smoke(work: Path, launcher: str, tracking: str, code: Path) -> dict:
     """One fresh `kdexp-train -m matrix=smoke` in `work`; what happened to its jobs and its store."""
-    cmd = [str(Path(sys.executable).parent / "kdexp-train"), "-m", "matrix=smoke", *LEAN, *LAUNCHERS[launcher], f"tracking.uri={tracking}", "hydra.sweep.dir=multirun"]
+    cmd = [str(Path(sys.executable).parent / "kdexp-train"), "-m", "matrix=smoke", *LEAN, *LAUNCHERS[launcher],
+           f"tracking.uri={tracking}", "hydra.sweep.dir=multirun"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KDEXP_OPTUNA"))}
     env.update(KDEXP_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(code))
     start = time.perf_counter()
