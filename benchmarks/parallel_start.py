@@ -32,7 +32,8 @@ LAUNCHERS = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"], "lo
 LEAN = ["trainer.max_epochs=1", "tracking.log_model=false", "tracking.export_student=false", "eval.latency_repeats=1"]
 CELLS = 4  # matrix=smoke: 1 pair x 2 methods x 2 seeds
 EXPERIMENT = "matrix-smoke"
-READY = re.compile(r"stores ready in ([0-9.]+) s")  # the launching process's set-up (kdexp/tracking/prepare_hydra.py)
+# The launching process's set-up, as kdexp/tracking/prepare_hydra.py logs it.
+READY = re.compile(r"stores ready in ([0-9.]+) s \(([0-9.]+) s CPU\)")
 RACE = re.compile(r"already exists|OperationalError|UniqueViolation|IntegrityError|Online migration expected")
 
 
@@ -50,6 +51,7 @@ def smoke(work: Path, launcher: str, tracking: str, code: Path) -> dict:
     experiments, finished = store_counts(tracking)
     ready = READY.search(done.stdout + done.stderr)
     return {"exit": done.returncode, "wall_s": round(wall, 1), "setup_s": float(ready.group(1)) if ready else None,
+            "setup_cpu_s": float(ready.group(2)) if ready else None,
             "experiments": experiments, "finished_cells": finished, "failed_jobs": CELLS - finished,
             "race_errors": sorted(set(RACE.findall(logs))), "tail": (done.stdout + done.stderr)[-600:]}
 

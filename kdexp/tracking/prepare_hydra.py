@@ -54,8 +54,12 @@ def stores_of(config: DictConfig) -> Stores:
         Stores: the tracking store, its experiments, Optuna storages (a kdexp_optuna sweep's, a tuned matrix's)
         and the cache folders."""
     from kdexp.bench.tuning import tune_settings
-    from kdexp.sweep.storage import absolute_sqlite_url
     from kdexp.tracking.stores import normalize_uri
+
+    def absolute_sqlite_url(url: str) -> str:
+        from kdexp.sweep.storage import absolute_sqlite_url  # imports Optuna: only for a run that has a study
+
+        return absolute_sqlite_url(url)
 
     def select(key: str) -> Any:
         return OmegaConf.select(config, key, default=None, throw_on_missing=False)
@@ -91,21 +95,22 @@ def check(stores: Stores) -> str | None:
 
 def create(stores: Stores, uri: str | None) -> None:
     """Create (or only open, when they exist) the MLflow store and experiments, the Optuna storages and folders."""
-    from kdexp.sweep.storage import open_storage
-
     for folder in stores.folders:
         folder.mkdir(parents=True, exist_ok=True)
     if uri:
         client = open_tracking_store(uri)
         for name in stores.experiments:
             ensure_experiment(client, uri, name, artifact_location(uri, stores.artifact_root))
-    for url in stores.optuna.values():
-        open_storage(url)
+    if stores.optuna:
+        from kdexp.sweep.storage import open_storage
+
+        for url in stores.optuna.values():
+            open_storage(url)
 
 
 class PrepareStores(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             stores = stores_of(config)
         except (OmegaConfBaseException, ValueError) as exc:  # e.g. a key only a job can resolve: jobs serialise
@@ -116,5 +121,6 @@ class PrepareStores(Callback):
         except StoreError as exc:  # bad input: once here, before any job is submitted
             print(f"kdexp-train: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        log.info("stores ready in %.2f s before the jobs start: %s", time.perf_counter() - start,
-                 redact_text(", ".join(filter(None, [stores.tracking_uri, *stores.optuna.values()]))))
+        names = ", ".join(filter(None, [stores.tracking_uri, *stores.optuna.values()]))
+        log.info("stores ready in %.2f s (%.2f s CPU) before the jobs start: %s", time.perf_counter() - start,
+                 time.process_time() - cpu, redact_text(names))

@@ -107,9 +107,11 @@ def assert_every_cell_finished_once(done: subprocess.CompletedProcess, tracking:
     assert len({r.data.tags["kdexp.cell"] for r in runs}) == CELLS
 
 
+# Fresh folders, repeated: the race struck most first runs before (benchmarks/parallel_start.py); the barrier
+# tests above are the sharper check of the jobs' own serialised path, so the CLI runs stay few (CI time).
 @pytest.mark.e2e
-@pytest.mark.parametrize("repeat", range(3))
-@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+@pytest.mark.parametrize(("launcher", "repeat"), [("joblib", 0), ("joblib", 1), ("joblib", 2), ("local_matrix", 0),
+                                                  ("local_matrix", 1)])
 def test_smoke_matrix_in_a_fresh_folder_finishes_every_cell(launcher, repeat, tmp_path):
     tracking = f"sqlite:///{tmp_path}/outputs/mlflow.db"
     done = train(["-m", "matrix=smoke", *LAUNCHERS[launcher], *LEAN], tmp_path)
