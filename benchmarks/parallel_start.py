@@ -3,6 +3,7 @@ folder (SQLite) or on a fresh PostgreSQL database, counting the jobs that fail a
 
     .venv/bin/python benchmarks/parallel_start.py --repeats 3 --launchers joblib local_matrix --stores sqlite postgres
     git archive 131c61a | tar -x -C /tmp/base   # the code before issue 26, then the same with --code /tmp/base
+    .venv/bin/python benchmarks/parallel_start.py --setup-only --repeats 3 --stores sqlite postgres
 
 Before issue 26 every job created the new MLflow store's tables itself and some died with "table ... already
 exists"; now the launching process creates the stores before submitting. Needs PostgreSQL's binaries
@@ -56,6 +57,26 @@ def smoke(work: Path, launcher: str, tracking: str, code: Path) -> dict:
             "race_errors": sorted(set(RACE.findall(logs))), "tail": (done.stdout + done.stderr)[-600:]}
 
 
+SETUP = """
+import sys, time
+wall, cpu = time.perf_counter(), time.process_time()
+from kdexp.tracking.prepare_hydra import Stores, check, create
+stores = Stores(sys.argv[1], ["matrix-smoke"], sys.argv[2])
+create(stores, check(stores))
+print(time.perf_counter() - wall, time.process_time() - cpu)
+"""
+
+
+def setup_only(work: Path, tracking: str, code: Path) -> dict:
+    """The launching process's set-up alone (imports included) on a new store, in a fresh interpreter."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KDEXP_OPTUNA"))}
+    env.update(PYTHONPATH=str(code))
+    done = subprocess.run([sys.executable, "-c", SETUP, tracking, str(work / "mlartifacts")], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600, check=True)
+    wall, cpu = map(float, done.stdout.split()[-2:])
+    return {"setup_s": round(wall, 2), "setup_cpu_s": round(cpu, 2)}
+
+
 def store_counts(tracking: str) -> tuple[int, int]:
     """(experiments named EXPERIMENT, cells with exactly one FINISHED student run)."""
     from mlflow import MlflowClient
@@ -82,6 +103,7 @@ def main() -> None:
     parser.add_argument("--stores", nargs="+", choices=["sqlite", "postgres"], default=["sqlite"])
     parser.add_argument("--code", default=str(REPO), help="kdexp source tree the jobs import (e.g. an older "
                         "commit's `git archive` to measure before a change)")
+    parser.add_argument("--setup-only", action="store_true", help="time only the launching process's set-up")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench" / "parallel_start.json"))
     args = parser.parse_args()
     if "postgres" in args.stores and why_no_postgres():
@@ -97,12 +119,15 @@ def main() -> None:
                             tracking = f"sqlite:///{tmp}/outputs/mlflow.db"
                         else:
                             tracking = pg.add_database(f"race_{uuid.uuid4().hex[:10]}", "race", "racepw")
-                        row = {"store": store, "launcher": launcher, "repeat": repeat,
-                               **smoke(Path(tmp), launcher, tracking, Path(args.code))}
+                        work = Path(tmp)
+                        measured = (setup_only(work, tracking, Path(args.code)) if args.setup_only
+                                    else smoke(work, launcher, tracking, Path(args.code)))
+                        row = {"store": store, "launcher": launcher, "repeat": repeat, **measured}
                     results.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "tail" or row["failed_jobs"]}), flush=True)
+                    shown = {k: v for k, v in row.items() if k != "tail" or row.get("failed_jobs")}
+                    print(json.dumps(shown), flush=True)
     summary = {}
-    for row in results:
+    for row in [] if args.setup_only else results:
         key = f"{row['store']}/{row['launcher']}"
         entry = summary.setdefault(key, {"runs": 0, "runs_with_a_failed_job": 0, "failed_jobs": 0, "jobs": 0})
         entry["runs"] += 1
