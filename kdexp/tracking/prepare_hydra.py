@@ -27,6 +27,7 @@ from kdexp.tracking.stores import (
     check_apart,
     check_store,
     ensure_experiment,
+    normalize_uri,
     open_tracking_store,
 )
 
@@ -54,12 +55,6 @@ def stores_of(config: DictConfig) -> Stores:
         Stores: the tracking store, its experiments, Optuna storages (a kdexp_optuna sweep's, a tuned matrix's)
         and the cache folders."""
     from kdexp.bench.tuning import tune_settings
-    from kdexp.tracking.stores import normalize_uri
-
-    def absolute_sqlite_url(url: str) -> str:
-        from kdexp.sweep.storage import absolute_sqlite_url  # imports Optuna: only for a run that has a study
-
-        return absolute_sqlite_url(url)
 
     def select(key: str) -> Any:
         return OmegaConf.select(config, key, default=None, throw_on_missing=False)
@@ -72,12 +67,11 @@ def stores_of(config: DictConfig) -> Stores:
     stores = Stores(tracking.get("uri"), [tracking.get("experiment") or "kdexp"], tracking.get("artifact_root"))
     sweeper = select("hydra.sweeper") or {}
     if str(sweeper.get("_target_", "")).startswith(OPTUNA_SWEEPER) and sweeper.get("storage"):
-        stores.optuna["hydra.sweeper.storage"] = absolute_sqlite_url(normalize_uri(str(sweeper.storage)))
+        stores.optuna["hydra.sweeper.storage"] = str(sweeper.storage)  # a relative SQLite path: the jobs' cwd too
     tune = tune_settings({"tune": plain("tune")})
     root = select("paths.root")
     if tune["enabled"]:
-        url = tune["storage"] or f"sqlite:///{root}/optuna.db"
-        stores.optuna["tune.storage"] = absolute_sqlite_url(normalize_uri(url))
+        stores.optuna["tune.storage"] = tune["storage"] or f"sqlite:///{root}/optuna.db"
         stores.experiments.append(stores.experiments[0] + tune["experiment_suffix"])
     cache = select("paths.cache")
     if cache:
@@ -105,7 +99,7 @@ def create(stores: Stores, uri: str | None) -> None:
         from kdexp.sweep.storage import open_storage
 
         for url in stores.optuna.values():
-            open_storage(url)
+            open_storage(normalize_uri(url))
 
 
 class PrepareStores(Callback):

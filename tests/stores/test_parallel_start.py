@@ -90,6 +90,24 @@ def test_processes_racing_to_create_a_new_postgres_store_all_succeed(kind, postg
         assert len(optuna.get_all_study_summaries(url)) == 1
 
 
+def test_the_launcher_creates_a_tuned_matrix_stores_and_experiments(tmp_path, monkeypatch):
+    from kdexp.tracking.prepare_hydra import check, create, stores_of
+    from tests.conftest import compose_train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    stores = stores_of(compose_train(["matrix=fashion_zoo_tuned", f"paths.root={tmp_path}/out"]))
+    assert stores.optuna == {"tune.storage": f"sqlite:///{tmp_path}/out/optuna.db"}
+    create(stores, check(stores))
+    tracking = f"sqlite:///{tmp_path}/out/mlflow.db"
+    names = [stores.experiments[0], stores.experiments[0] + "-tuning"]
+    assert stores.experiments == names and all(len(experiments(tracking, n)) == 1 for n in names)
+    assert optuna.get_all_study_summaries(stores.optuna["tune.storage"]) == []  # its tables, no study yet
+    assert (tmp_path / "out" / "cache" / "teacher_outputs").is_dir()
+    create(stores, check(stores))  # a second launch only opens them
+    assert all(len(experiments(tracking, n)) == 1 for n in names)
+
+
 def train(args: list[str], work: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "kdexp-train"), *args], cwd=work, env=env or clean_env(), capture_output=True,
                           text=True, timeout=900)
