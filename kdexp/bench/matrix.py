@@ -124,14 +124,12 @@ def cell_lease(conf: dict, cell: str) -> Iterator[None]:
 
 
 def find_finished_run(uri: str, experiment: str, cell: str):
-    from mlflow.tracking import MlflowClient
-
-    from kdexp.tracking.stores import sqlite_file
+    from kdexp.tracking.stores import open_tracking_store, sqlite_file
 
     db = sqlite_file(uri)
     if db is not None and not db.is_file():  # nothing tracked yet: do not create an empty store here
         return None
-    client = MlflowClient(tracking_uri=uri)
+    client = open_tracking_store(uri)  # a new database's tables: one process at a time
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None

@@ -265,14 +265,14 @@ def _finished_study(url: str, name: str, n_trials: int):
     import optuna
     from optuna.trial import TrialState
 
-    from kdexp.sweep.storage import counted_trials, rdb_storage
+    from kdexp.sweep.storage import counted_trials, open_storage
     from kdexp.tracking.stores import sqlite_file
 
     path = sqlite_file(url)
     if path is not None and not path.is_file():
         return None
-    try:
-        study = optuna.load_study(study_name=name, storage=rdb_storage(url))
+    try:  # another cell may be creating this storage's tables right now
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         return None
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # a stopped trial, to be asked again

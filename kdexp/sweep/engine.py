@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from kdexp.config.errors import ConfigError
 from kdexp.tracking.redact import redact_text
-from kdexp.tracking.stores import check_apart, check_store, normalize_uri
+from kdexp.tracking.stores import check_apart, check_store, normalize_uri, tolerate_concurrent_creator
 
 from . import factories
 from .outcomes import job_outcome
@@ -187,8 +187,9 @@ class OptunaSweep:
     def _storage(self) -> Any:
         if not self.url:
             return optuna.storages.InMemoryStorage()
-        return rdb_storage(self.url, int(self.s.get("heartbeat_interval", 30)),
-                           int(self.s.get("grace_period", 120)), int(self.s.get("retry_killed", 1)))
+        return tolerate_concurrent_creator(lambda: rdb_storage(  # a new storage: another creator may race us
+            self.url, int(self.s.get("heartbeat_interval", 30)), int(self.s.get("grace_period", 120)),
+            int(self.s.get("retry_killed", 1))))
 
     def _say_if_complete(self, study: optuna.Study) -> None:
         """A persistent study that already holds n_trials runs nothing: say so, and how to go on."""

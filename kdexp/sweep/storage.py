@@ -14,7 +14,13 @@ from pathlib import Path
 import optuna
 from sqlalchemy.engine import make_url
 
-from kdexp.tracking.stores import StoreError, normalize_uri, sqlite_file, store_lock  # one parser of SQLite URLs
+from kdexp.tracking.stores import (  # one parser of SQLite URLs
+    StoreError,
+    normalize_uri,
+    sqlite_file,
+    store_lock,
+    tolerate_concurrent_creator,
+)
 
 log = logging.getLogger(__name__)
 # The sweeper hands its jobs the storage URL with the password masked, and the whole URL in this variable
@@ -62,6 +68,17 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                       grace_period=grace_period, **retry_callback(retry_killed))
+
+
+def open_storage(url: str):
+    """rdb_storage(url), its tables created by one process at a time when the storage is new (study_lock).
+
+    Args:
+        url: the study storage's SQLAlchemy URL.
+    Returns:
+        optuna.storages.RDBStorage."""
+    with study_lock(url):
+        return tolerate_concurrent_creator(lambda: rdb_storage(url))
 
 
 def retry_interrupted(study: optuna.Study, trial_id: int, retry_killed: int) -> None:

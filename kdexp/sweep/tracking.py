@@ -21,7 +21,13 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from kdexp.tracking.redact import redact_text
-from kdexp.tracking.stores import artifact_location, normalize_uri, sqlite_file, store_lock
+from kdexp.tracking.stores import (
+    artifact_location,
+    ensure_experiment,
+    normalize_uri,
+    open_tracking_store,
+    sqlite_file,
+)
 
 from .report import best_summary, state_counts
 from .storage import absolute_sqlite_url
@@ -50,18 +56,15 @@ def tracking_target(app_config: DictConfig) -> tuple[str | None, str]:
 
 class ParentRun:
     def __init__(self, app_config: DictConfig):
-        from mlflow import MlflowClient
-
         self.app_config = app_config
         self.uri, self.experiment = tracking_target(app_config)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = open_tracking_store(self.uri)  # a new store's tables: one process at a time
         self.run_id: str | None = None
 
     def open(self, study: optuna.Study, params: Mapping[str, str]) -> str | None:
         """Reopen the study's parent run (resume, second worker) or create it."""
         try:
-            with store_lock(self.uri, "mlflow-setup"):  # first use of a new store creates its tables
-                self.run_id = self._reusable_run(study) or self._create_run(study)
+            self.run_id = self._reusable_run(study) or self._create_run(study)
             self._log_new_params(params)
         except Exception as exc:  # noqa: BLE001
             log.warning("MLflow parent run unavailable (%s): the sweep goes on without it", exc)
@@ -117,15 +120,8 @@ class ParentRun:
         return run_id
 
     def _create_run(self, study: optuna.Study) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            location = experiment_artifacts(self.app_config, self.uri)
-            try:
-                experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
-            except Exception:  # noqa: BLE001 - created meanwhile by another process
-                experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
-        else:
-            experiment_id = experiment.experiment_id
+        location = experiment_artifacts(self.app_config, self.uri)
+        experiment_id = ensure_experiment(self.client, self.uri, self.experiment, location)
         tags = {"kdexp.role": "sweep", "optuna.study_name": study.study_name}
         run = self.client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags=tags)
         study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)

@@ -17,7 +17,7 @@ from typing import Any
 
 import kdexp
 from kdexp.tracking.redact import redact_text
-from kdexp.tracking.stores import artifact_location, check_store, store_lock
+from kdexp.tracking.stores import artifact_location, check_store, ensure_experiment, open_tracking_store
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -109,28 +109,14 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None,
                  tags: dict[str, str] | None = None, system_metrics: bool = False):
-        from mlflow.tracking import MlflowClient  # heavy import, kept off module import
-
         self.uri = check_store(uri, "tracking.uri", "mlflow")  # a bad store: StoreError (one line), no run made
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # Normally the launching process made the store and experiment; a job started alone may be the first.
+        self.client = open_tracking_store(self.uri)
+        self.experiment_id = ensure_experiment(self.client, self.uri, experiment,
+                                               artifact_location(self.uri, artifact_root))
         self.user_tags = dict(tags or {})
         self.system_metrics = system_metrics and _psutil()
         self._monitors: dict[str, Any] = {}
-        # Parallel jobs on a new store would both create its tables (and the experiment).
-        with store_lock(self.uri, "mlflow-setup"):
-            self.experiment_id = self._experiment(experiment, artifact_location(self.uri, artifact_root))
-
-    def _experiment(self, experiment: str, location: str | None) -> str:
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(experiment, artifact_location=location)
-        except Exception:  # created meanwhile by another process (a tracking server has no lock of ours)
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-            return found.experiment_id
 
     def start(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
         tags = {**self.user_tags, "kdexp.version": kdexp.__version__, **tags}  # kdexp's own keys win

@@ -9,6 +9,10 @@ psycopg 3: ``pip install 'kdexp[postgres]'``) or, for MLflow, a tracking server 
   database schema, so a store that holds the other's tables is refused with what to do instead.
 - ``store_lock`` serialises first-time set-up (tables, experiment, study) across processes: a file lock
   beside a SQLite file, an advisory lock on PostgreSQL, nothing on a tracking server (it serialises).
+- ``open_tracking_store`` and ``ensure_experiment`` do that set-up for MLflow: the launching process of a
+  multirun calls them before any job starts (kdexp.tracking.prepare_hydra), a job only opens what is there.
+  "Already exists" from a creator outside our lock (another tool, a tracking server) counts as success once
+  opening the store again finds every table at the current schema version.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from kdexp.tracking.redact import redact_text
 
+ALREADY_EXISTS = ("already exists", "duplicate key", "unique constraint", "uniqueviolation", "duplicatetable")
+SETUP_ATTEMPTS = 5  # openings of a store whose creator holds no lock of ours, 1 s apart
 SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc")
 CONNECT_TIMEOUT_S = 5
 DRIVER_PACKAGES = {"psycopg": "kdexp[postgres]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
@@ -247,3 +254,68 @@ def advisory_lock(uri: str, purpose: str) -> Iterator[None]:
                 conn.commit()
     finally:
         engine.dispose()
+
+
+def already_exists(exc: BaseException) -> bool:
+    """A database's "table/row already exists" (SQLite, PostgreSQL, MySQL, MLflow's RESOURCE_ALREADY_EXISTS)."""
+    text = f"{type(exc).__name__} {exc} {getattr(exc, 'orig', '')} {getattr(exc, 'error_code', '')}".lower()
+    return any(marker in text for marker in ALREADY_EXISTS)
+
+
+def tolerate_concurrent_creator(open_store, attempts: int = SETUP_ATTEMPTS):
+    """`open_store()`, opened again while it fails with "already exists" or with a schema still being migrated by
+    a creator outside our lock; opening again re-checks every table and the schema version.
+
+    Args:
+        open_store: creates (if new) and opens a store, raising on a missing or outdated table.
+        attempts: how many openings before the last error is raised.
+    Returns:
+        What `open_store` returned."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return open_store()
+        except Exception as exc:  # noqa: BLE001 - each driver raises its own "exists"
+            migrating = any(m in str(exc) for m in ("out-of-date database schema", "Online migration expected"))
+            if attempt == attempts or not (already_exists(exc) or migrating):
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def open_tracking_store(uri: str):
+    """An MlflowClient on `uri`, whose tables are created and migrated first if the store is new, one process
+    at a time (store_lock); a tracking server or an existing store is only opened.
+
+    Args:
+        uri: a normalized MLflow tracking URI (check_store's result).
+    Returns:
+        mlflow.MlflowClient on the store."""
+    from mlflow.tracking import MlflowClient
+
+    if is_server_uri(uri):  # the server made its own tables
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(uri, "mlflow-setup"):
+        return tolerate_concurrent_creator(lambda: MlflowClient(tracking_uri=uri))
+
+
+def ensure_experiment(client, uri: str, name: str, location: str | None) -> str:
+    """The id of experiment `name`, created if missing: two processes creating it at once end with one.
+
+    Args:
+        client: an MlflowClient on `uri` (open_tracking_store).
+        uri: the store, for the lock.
+        name: the experiment's name.
+        location: artifact location of a new experiment (artifact_location), None for MLflow's default.
+    Returns:
+        The experiment id."""
+    with store_lock(uri, "mlflow-setup"):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # created meanwhile by a process outside our lock (a tracking server has none)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
