@@ -60,11 +60,12 @@ def test_search_spaces_leave_cell_keys_of_existing_matrices_unchanged():
         assert cell_key(c) == expected, name
 
 
-# Study names at 131c61a, before TuneSchema filled in the default sampler/pruner keys beside a matrix's own
-# (fashion_full's pruner is {name: none}): a store tuned then still finds its finished studies.
+# Study names under the tuning protocol (tune.seed 1000, its matched budgets: commit c4202cf, before the typed
+# schema filled in the default sampler/pruner keys beside a matrix's own; fashion_full's pruner is {name: none}):
+# a store tuned with them still finds its finished studies.
 PINNED_STUDIES = {
-    ("fashion_full", "cnn_medium->cnn_tiny", "dkd"): "tune-dkd-cnn_medium->cnn_tiny-48e543313a88",
-    ("fashion_zoo_tuned", "cnn_small->cnn_tiny", "kd"): "tune-kd-cnn_small->cnn_tiny-a7b9939593e1",
+    ("fashion_full", "cnn_medium->cnn_tiny", "dkd"): "tune-dkd-cnn_medium->cnn_tiny-119b0cf6b965",
+    ("fashion_zoo_tuned", "cnn_small->cnn_tiny", "kd"): "tune-kd-cnn_small->cnn_tiny-e20350ee5f01",
 }
 
 

@@ -23,8 +23,8 @@ from kdexp.config.parse import parse_config, recipe_for, thaw
 from kdexp.sweep.search_space import param_overrides, parse_search_space
 from tests.conftest import compose_train
 
-TUNED = ["+tune.enabled=true", "+tune.n_trials=2", "+tune.epochs=1", "+tune.sampler.name=random",
-         "+tune.pruner.name=none", "teacher.seed=0", "baseline=false"]
+TUNED = ["tune.enabled=true", "tune.n_trials=2", "tune.epochs=1", "tune.sampler.name=random",
+         "tune.pruner.name=none", "teacher.seed=0", "baseline=false"]
 
 
 def cell(*overrides: str) -> dict:
@@ -54,7 +54,7 @@ def finish_studies(conf: dict, chosen: list[dict[str, float]]) -> list[str]:
 # -- tuning seeds vs evaluation seeds ------------------------------------------------------------------------------
 
 def test_trial_seeds_that_overlap_an_evaluation_seed_are_a_matrix_error(tmp_path):
-    c = cell("distill=kd", "seed=3", "+tune.enabled=true", "+tune.seed=2", "+tune.repeats=2",
+    c = cell("distill=kd", "seed=3", "tune.enabled=true", "tune.seed=2", "tune.repeats=2",
              f"paths.root={tmp_path}")
     with pytest.raises(MatrixError, match=r"^tune.seed=2 \(trial seeds \[2, 3\], tune.repeats=2\) overlaps the "
                                           r"matrix's seeds \[3\] at \[3\]: set tune.seed outside them"):
@@ -69,7 +69,7 @@ def test_trial_seeds_that_overlap_an_evaluation_seed_are_a_matrix_error(tmp_path
 def test_kdexp_train_stops_a_matrix_whose_tuning_seeds_overlap_at_once_with_exit_2(tmp_path):
     root = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", "from kdexp.cli import train; train()", "-m", "matrix=smoke",
-                           "+tune.enabled=true", "+tune.seed=1", f"paths.root={root}",
+                           "tune.enabled=true", "tune.seed=1", f"paths.root={root}",
                            f"hydra.sweep.dir={tmp_path / 'multirun'}"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -83,7 +83,7 @@ def test_kdexp_train_stops_a_matrix_whose_tuning_seeds_overlap_at_once_with_exit
 # -- study repeats ---------------------------------------------------------------------------------------------------
 
 def test_repeats_are_independent_studies_with_their_own_sampler_and_trial_seeds():
-    c = cell("distill=kd", "+tune.enabled=true", "+tune.repeats=3")
+    c = cell("distill=kd", "tune.enabled=true", "tune.repeats=3")
     s, space = tuning.tune_settings(c), tuning.search_space("kd")
     studies = [tuning.repeat_settings(s, r) for r in range(3)]
     assert [r["seed"] for r in studies] == [1000, 1001, 1002] and tuning.trial_seeds(s) == [1000, 1001, 1002]
@@ -99,7 +99,7 @@ def test_repeats_are_independent_studies_with_their_own_sampler_and_trial_seeds(
 
 def test_each_repeat_is_its_own_cell_tagged_with_the_repeat_and_keyed_by_it_only_when_repeats_exceed_one(tmp_path):
     same = {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}
-    two = cell("distill=kd", *TUNED, "+tune.repeats=2", f"paths.root={tmp_path}")
+    two = cell("distill=kd", *TUNED, "tune.repeats=2", f"paths.root={tmp_path}")
     names = finish_studies(two, [same, same])  # two studies that happen to choose the same settings
     keys = []
     for repeat in (0, 1):
@@ -183,19 +183,19 @@ def test_a_tuned_vanilla_study_trains_one_teacher_and_its_cells_train_at_the_cho
 @pytest.mark.parametrize("method, extra, cell_epochs, trial_epochs", [
     ("kd", [], 3, 2),
     ("ab", ["distill.init_epochs=1"], 2, 1),  # AB's first stage trains the student: it comes out of the budget
-    ("ab", ["distill.init_epochs=1", "+tune.match_budget=false"], 3, 2),  # the matrix says otherwise
+    ("ab", ["distill.init_epochs=1", "tune.match_budget=false"], 3, 2),  # the matrix says otherwise
     ("ft", ["distill.init_epochs=1"], 3, 2),  # FT's first stage trains its paraphraser only
 ])
 def test_an_init_stage_that_trains_the_student_takes_its_epochs_from_the_budget(method, extra, cell_epochs,
                                                                               trial_epochs):
-    c = cell(f"distill={method}", "trainer.max_epochs=3", "+tune.enabled=true", "+tune.epochs=2", *extra)
+    c = cell(f"distill={method}", "trainer.max_epochs=3", "tune.enabled=true", "tune.epochs=2", *extra)
     s = tuning.tune_settings(c)
     assert tuning.main_epochs(c, s, 3, "trainer.max_epochs") == cell_epochs
     assert tuning.trial_base(c, tuning.repeat_settings(s, 0))["trainer"]["max_epochs"] == trial_epochs
 
 
 def test_a_budget_that_cannot_be_matched_is_a_matrix_error(tmp_path):
-    c = cell("distill=ab", "distill.init_epochs=3", "trainer.max_epochs=3", "+tune.enabled=true", "+tune.epochs=4",
+    c = cell("distill=ab", "distill.init_epochs=3", "trainer.max_epochs=3", "tune.enabled=true", "tune.epochs=4",
              f"paths.root={tmp_path}")
     with pytest.raises(MatrixError, match=r"^distill.init_epochs=3 leaves no main-stage epoch of "
                                           r"trainer.max_epochs=3 \(ab in a tuned matrix"):
@@ -214,7 +214,7 @@ def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_
     steps = {}
     for method, chosen in (("kd", {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}),
                            ("ab", {"distill.margin": 1.0, "distill.weights.ab": 0.5})):
-        overrides = [*tiny_overrides, f"distill={method}", *TUNED, "trainer.max_epochs=2", "++tune.epochs=2"]
+        overrides = [*tiny_overrides, f"distill={method}", *TUNED, "trainer.max_epochs=2", "tune.epochs=2"]
         if method == "ab":
             overrides.append("distill.init_epochs=1")
         conf = cell(*overrides)

@@ -40,7 +40,10 @@ ALLOWED_METRICS = TUNE_METRICS  # validation only: tuning never sees test
 # teacher's too: searching it would give every trial its own teacher, whose cache key holds its recipe)
 SEARCHABLE = ("distill.", "student_recipe.")
 # The settings and their defaults: kdexp.config.schema.TuneSchema (new keys go there, with their rules).
-RECORD_KEYS = ("study", "chosen", "best_value", "repeat", "tags")  # what the orchestration writes into conf["tune"]
+RECORD_KEYS = ("study", "chosen", "best_value", "repeat", "tags")
+# The keys of `tune.sampler` that name a study, per sampler (its other keys fill in defaults of no effect)
+SAMPLER_ARGS = {"tpe": ("seed", "n_startup_trials"), "motpe": ("seed", "n_startup_trials"),
+                "cmaes": ("seed", "n_startup_trials")}  # what the orchestration writes into conf["tune"]
 
 
 def search_params(method: str) -> dict[str, str]:
@@ -174,7 +177,7 @@ def study_name(conf: dict, s: dict, space: dict[str, str]) -> str:
     """Same cell settings (but the seed), budget and space -> same study, whichever seed asks first."""
     from kdexp.bench.matrix import cell_key
     from kdexp.caching.fingerprint import fingerprint
-    from kdexp.sweep.factories import PRUNER_ARGS, SAMPLER_ARGS
+    from kdexp.sweep.factories import PRUNER_ARGS
 
     budget = {k: s[k] for k in ("n_trials", "epochs", "seed", "metric")}
     # the keys the chosen sampler / pruner reads: a pruner `none` names its study as before TuneSchema filled
