@@ -5,7 +5,7 @@
 
 "gathered": memory[idx] as a (B, 1 + k, feat_dim) tensor, then a batched product (RepDistiller's way);
 "whole bank": one (B, feat_dim) x (feat_dim, N) GEMM, then a gather of the (B, 1 + k) scores. CRD picks
-the second when 1 + k >= N / DENSE_FRACTION. Same numbers (tests/test_distill_crd.py runs both).
+the second when 1 + k >= N / DENSE_FRACTION. Same numbers (tests/distill/test_distill_crd.py runs both).
 "shared" (crd.shared_negatives, a different estimator): one draw of k entries for the whole batch, a
 (B, feat_dim) x (feat_dim, k) product, own-sample and same-class entries masked per row.
 Also times drawing the negatives: the previous sampler (whole-block redraws) against CRD.sample_indices.

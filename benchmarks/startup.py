@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 MILESTONES = (
-    "import kdexp.cli (torch, hydra)", "import kdexp.experiments.standard (lightning, torchmetrics)",
+    "import kdexp.cli (torch, hydra)", "import kdexp.variants.standard (lightning, torchmetrics)",
     "hydra: compose + plugins",
     "data + MLflow store", "teacher (cache) + its test evaluation", "baseline (cache) + its evaluation",
     "first student step", "end of trial",
@@ -30,9 +30,9 @@ def _child(stamps: Path, overrides: list[str]) -> None:
     import kdexp.cli
 
     stamp(MILESTONES[0])
-    import kdexp.experiments as experiments
-    import kdexp.experiments.standard as standard
     import kdexp.training.alone as alone
+    import kdexp.variants as experiments
+    import kdexp.variants.standard as standard
     from kdexp.modules.distill import DistillModule
 
     stamp(MILESTONES[1])

@@ -26,7 +26,7 @@ CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the packa
 def _train(cfg: DictConfig) -> dict[str, float]:
     COMPOSED.set()
     from kdexp.config.errors import ConfigError, MatrixError
-    from kdexp.experiments import run_experiment
+    from kdexp.variants import run_experiment
 
     try:
         return run_experiment(cfg, HydraConfig.get().runtime.output_dir)

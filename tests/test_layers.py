@@ -1,4 +1,4 @@
-"""kdexp's layering: cli -> experiments -> training -> modules -> capabilities -> leaves; no module imports a
+"""kdexp's layering: cli -> variants -> training -> modules -> capabilities -> leaves; no module imports a
 higher layer, no top-level module but the CLI and the package face, no private name imported across modules,
 and no import cycle anywhere in kdexp/ (lazy imports inside functions count too)."""
 
@@ -13,7 +13,7 @@ import kdexp
 ROOT = Path(kdexp.__file__).parent
 # Higher number = higher layer. Leaves (0): methods, models, data, policy.
 CAPABILITIES = ("config", "tracking", "shipping", "caching", "bench", "measure", "runtime", "report", "sweep")
-LAYERS = {"kdexp.cli": 5, "kdexp.experiments": 4, "kdexp.training": 3, "kdexp.modules": 2,
+LAYERS = {"kdexp.cli": 5, "kdexp.variants": 4, "kdexp.training": 3, "kdexp.modules": 2,
           **{f"kdexp.{c}": 1 for c in CAPABILITIES}}
 # Capabilities are one layer; these (the config one first) are read by leaves and must import no other.
 FOUNDATION = ("kdexp.config", "kdexp.caching.fingerprint", "kdexp.runtime")
@@ -73,7 +73,7 @@ def test_no_private_name_is_imported_across_modules():
 
 def test_experiment_kinds_do_not_import_each_other():
     graph = imports()
-    kinds = {m for m in graph if m.startswith("kdexp.experiments.")}
+    kinds = {m for m in graph if m.startswith("kdexp.variants.")}
     assert kinds and all(not (graph[m] & kinds) for m in kinds)
 
 

@@ -205,7 +205,7 @@ class Tuning:
 def tune_cell(conf: dict, run: Callable[[Any, Path], dict] | None = None, repeat: int = 0) -> Tuning | None:
     """Find or run study `repeat` of this cell's (pair, method); None when tuning is off or nothing is searched.
     `run(cfg, run_dir) -> metrics` trains one trial: the experiment entry point, handed down by the
-    dispatcher that calls this (kdexp.experiments.run_experiment), so that this module imports no layer
+    dispatcher that calls this (kdexp.variants.run_experiment), so that this module imports no layer
     above it."""
     conf = OmegaConf.to_container(conf, resolve=True) if OmegaConf.is_config(conf) else conf
     s = tune_settings(conf)

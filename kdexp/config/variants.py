@@ -24,7 +24,7 @@ from kdexp.config.schema import TeacherSchema
 from kdexp.policy.settings import PPOSettings, StudentSettings
 
 COMBINE = ("mean_logits", "mean_probs")           # kdexp.models.ensemble.EnsembleTeacher
-AUGMENT_POLICIES = ("mixup", "cutmix", "erasing")  # kdexp.experiments.augmented
+AUGMENT_POLICIES = ("mixup", "cutmix", "erasing")  # kdexp.variants.augmented
 QUANT_BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
 MODEL_NODE = ("arch", "kwargs")                    # a model entry: a name or {arch, kwargs}
 MEMBER_KEYS = ("arch", "seed", "weight", "kwargs", "ckpt")

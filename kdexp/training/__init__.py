@@ -1,4 +1,4 @@
-"""How a model is trained and recorded, written once; every experiment kind (kdexp/experiments) composes these.
+"""How a model is trained and recorded, written once; every experiment kind (kdexp/variants) composes these.
 
     run         RunIdentity (config, tracker, model cache, run folder, the keys naming its runs) and what
                 recording needs no data for: open_run, cached_model, log_config, write_summary, log_table
@@ -13,6 +13,6 @@
                 student run, its metrics, summary and weights
 
 No public function here takes more than 6 parameters (tests/test_layers.py); docs/training_api.md shows how a
-kind composes them. Layers: kdexp.cli -> kdexp.experiments -> kdexp.training -> kdexp.modules and the leaves
-(methods, models, data, caches, tracking, sweep). Nothing here imports kdexp.experiments or kdexp.cli.
+kind composes them. Layers: kdexp.cli -> kdexp.variants -> kdexp.training -> kdexp.modules and the leaves
+(methods, models, data, caches, tracking, sweep). Nothing here imports kdexp.variants or kdexp.cli.
 """
