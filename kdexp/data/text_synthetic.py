@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 
+from kdexp.config.rules import check_number
+
 from .base import DATASETS, check_int
 from .text import TextDataModule
 
@@ -65,8 +67,7 @@ class SyntheticTextDataModule(TextDataModule):
         check_int("num_samples", num_samples, 2)
         check_int("num_test", num_test, 1)
         check_int("data_seed", data_seed, 0)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
-            raise ValueError(f"data.noise must be a number in [0, 1), got {noise!r}")
+        check_number("data.noise", noise, ge=0, lt=1)
         self.num_samples, self.num_test, self.noise, self.data_seed = num_samples, num_test, float(noise), data_seed
 
     def source_description(self) -> dict:
