@@ -95,9 +95,10 @@ def child_run_tags(cfg: Mapping) -> dict[str, str]:
 
 
 def trial_run_name(cfg: Mapping, name: str) -> str:
-    """``trial-007 <name>``: the trial's number first, so that every trial's run has its own name."""
+    """``trial-007 <name>``: the trial's number first, so that every trial's run has its own name; 1-based like
+    kdexp's progress lines ("trial 7/20"), i.e. Optuna's 0-based trial number + 1."""
     ctx = trial_context(cfg)
-    return name if ctx is None else f"trial-{int(ctx['trial_number']):03d} {name}"
+    return name if ctx is None else f"trial-{int(ctx['trial_number']) + 1:03d} {name}"
 
 
 def link_run(cfg: Mapping, run_id: str) -> None:

@@ -78,7 +78,7 @@ def test_pruned_trials_are_killed_and_tagged_in_mlflow(sweep):
     for t in study.get_trials():
         run = students[t.number]
         # one name per trial in the UI, and the trial's link to its run (optuna-dashboard shows user attrs)
-        assert run.info.run_name.startswith(f"trial-{t.number:03d} ")
+        assert run.info.run_name.startswith(f"trial-{t.number + 1:03d} ")
         assert t.user_attrs["mlflow_run_id"] == run.info.run_id
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED" and run.data.tags["kdexp.trial_state"] == "PRUNED"

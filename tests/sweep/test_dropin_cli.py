@@ -121,6 +121,6 @@ def test_optuna_dashboard_reads_metric_names_and_run_links_of_a_kdexp_study(tmp_
     for trial in trials:
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         mlflow_run = client.get_run(attrs["mlflow_run_id"])  # the dashboard's trial leads to its MLflow run
-        assert mlflow_run.info.run_name == f"trial-{trial['number']:03d} toy"
+        assert mlflow_run.info.run_name == f"trial-{trial['number'] + 1:03d} toy"
         assert mlflow_run.data.tags["optuna.trial_number"] == str(trial["number"])
         assert float(trial["values"][0]) == pytest.approx(mlflow_run.data.metrics["student/val_acc"])
