@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kdexp.config.errors import ConfigError
-from kdexp.config.registry import Registry, known_names
+from kdexp.config.registry import Registry, declared_names
 
 VARIANTS: Registry[Callable[..., dict]] = Registry("variant")
 register_variant = VARIANTS.register
 
 
 def variant_names() -> list[str]:
-    """Every variant's name, without importing the variants (their modules import torch)."""
-    return known_names("kdexp.variants", "register_variant", "kdexp.variants", "VARIANTS")
+    """Every variant's name, without importing the variants (their modules import torch): those declared in
+    this package's source and those registered so far (a plug-in's)."""
+    return sorted(set(declared_names("kdexp.variants", "register_variant")) | set(VARIANTS.names()))
 
 
 def experiment_kind(conf: Mapping) -> str:
