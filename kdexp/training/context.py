@@ -162,7 +162,8 @@ def build_method(ctx: Context, student: nn.Module, teacher: nn.Module):
 
 def quiet_lightning() -> None:
     """Keep Lightning's start-up banners out of the summary; warnings still show."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "pytorch_lightning"):  # the second where the standalone package is installed
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen teacher, on purpose
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     # DDP: epoch metrics are already all-reduced by EpochSums; Lightning's sync_dist advice does not apply

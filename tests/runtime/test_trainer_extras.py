@@ -128,3 +128,16 @@ def test_misspelled_trainer_argument_fails_before_any_mlflow_run(tmp_path):
                          env={k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"})
     assert out.returncode == 2 and "did you mean max_epochs" in out.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
+
+
+def test_lightning_banners_stay_out_of_every_stage_whichever_package_logs_them():
+    """GPU/TPU/tip lines and 'fit stopped' come from lightning.pytorch or, where the standalone package is
+    installed, pytorch_lightning: neither logs at INFO once kdexp has set up an experiment."""
+    import logging
+
+    from kdexp.training.context import quiet_lightning
+
+    quiet_lightning()
+    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING)
