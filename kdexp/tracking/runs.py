@@ -136,6 +136,8 @@ class Tracker:
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines, per run
+
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
         monitor.start()
         self._monitors[run_id] = monitor
