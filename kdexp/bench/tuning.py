@@ -173,6 +173,20 @@ def trial_base(conf: dict, s: dict) -> dict:
     return base
 
 
+def sampler_settings(spec: dict) -> dict:
+    """`tune.sampler` as the sweeper takes it: the keys its sampler's constructor accepts (TuneSchema fills in
+    tpe's n_startup_trials beside any name, which e.g. RandomSampler refuses)."""
+    import inspect
+
+    from kdexp.sweep.factories import SAMPLERS, sampler_class
+
+    name = str(spec.get("name", "tpe")).lower()
+    if name not in SAMPLERS:
+        return dict(spec)  # the sweeper names the error and the choices
+    accepted = inspect.signature(sampler_class(SAMPLERS[name]["_target_"]).__init__).parameters
+    return {k: v for k, v in spec.items() if k == "name" or k in accepted}
+
+
 def study_name(conf: dict, s: dict, space: dict[str, str]) -> str:
     """Same cell settings (but the seed), budget and space -> same study, whichever seed asks first."""
     from kdexp.bench.matrix import cell_key
@@ -292,7 +306,7 @@ def _run_study(conf: dict, s: dict, params: dict[str, str], url: str, name: str,
 
     base = trial_base(conf, s)
     settings = {"storage": url, "study_name": name, "n_trials": s["n_trials"], "n_jobs": 1,
-                "sampler": s["sampler"], "pruner": s["pruner"],
+                "sampler": sampler_settings(s["sampler"]), "pruner": s["pruner"],
                 "objectives": [{"metric": s["metric"], "direction": "maximize"}], "params": params,
                 "max_failure_rate": 1.0, "max_failures": 3, "heartbeat_interval": 30, "grace_period": 120,
                 "mlflow": True}
@@ -315,7 +329,7 @@ def _result(study, name: str) -> Tuning:
     nested: dict = {}
     for key, value in best.params.items():
         node = nested
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.lstrip("+").split(".")  # the sweeper names a param by its override key
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value

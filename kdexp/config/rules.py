@@ -118,11 +118,21 @@ def structured(schema: type):
     return node
 
 
+def plain(node: Any) -> Any:
+    """Plain dicts and lists all the way down."""
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    return node
+
+
 def check_types(node: dict, schema: type, key: str) -> None:
     """The types Hydra checks while composing, for a plain dict: OmegaConf merges it into the schema."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    node = plain(node)  # a parsed config's read-only nodes are dict subclasses OmegaConf refuses
     try:
         OmegaConf.merge(structured(schema), node)
     except OmegaConfBaseException as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -294,6 +295,7 @@ def open_tracking_store(uri: str):
 
     if is_server_uri(uri):  # the server made its own tables
         return MlflowClient(tracking_uri=uri)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables": ours
     with store_lock(uri, "mlflow-setup"):
         return tolerate_concurrent_creator(lambda: MlflowClient(tracking_uri=uri))
 
