@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 
 import hydra
@@ -18,13 +17,19 @@ from kdexp.config.store import register_configs
 from kdexp.tracking.locate import add_store_arguments, hydra_style, parsed_uri
 
 log = logging.getLogger("kdexp")
-COMPOSED = threading.Event()  # set once Hydra hands a composed config to the job
+_STATE = {"composed": False}  # set once Hydra hands a composed config to the job
+
+
+def _mark_composed() -> None:
+    # A function, not a threading.Event read by _train: submitit pickles _train by value with the globals it
+    # names, and a lock does not pickle.
+    _STATE["composed"] = True
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (a link to conf/ in the repo)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> dict[str, float]:
-    COMPOSED.set()
+    _mark_composed()
     from kdexp.config.errors import ConfigError, MatrixError
     from kdexp.variants import run_experiment
 
@@ -55,7 +60,7 @@ def train() -> None:
     try:
         _train()
     except SystemExit as exc:  # Hydra reports what it could not compose (a wrong type, a bad override) and exits 1
-        if exc.code == 1 and not COMPOSED.is_set():
+        if exc.code == 1 and not _STATE["composed"]:
             sys.exit(2)  # bad input, like every other config error
         raise
 

@@ -135,7 +135,7 @@ def test_the_sweeper_stops_on_a_bad_store_with_one_line_and_exit_2(postgres, tmp
                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
     assert wrong.returncode == 2, wrong.stderr[-3000:]
     assert wrong.stderr.strip().splitlines() == [(
-        f"kdexp-train: error: hydra.sweeper.storage=postgresql+psycopg://sweeper:***@127.0.0.1:{postgres.port}/"
+        f"kdexp_optuna: error: hydra.sweeper.storage=postgresql+psycopg://sweeper:***@127.0.0.1:{postgres.port}/"
         'sweepcheck: the server refused the user or password: password authentication failed for user "sweeper"')]
     assert not (tmp_path / "mlflow.db").exists()  # nothing created, so no run left RUNNING
     same = sweep_app(f"hydra.sweeper.storage={url}", f"tracking.uri={url}", cwd=tmp_path)
