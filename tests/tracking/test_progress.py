@@ -132,8 +132,8 @@ def test_positions_in_real_multiruns(tmp_path):
     assert multirun("x=1,2", "y=a,b,c") == [f"job {i}/6" for i in range(1, 7)]
     assert multirun("matrix=small", "y=a,b") == [f"cell {i}/6" for i in range(1, 7)]
     optuna = ["hydra/sweeper=kdexp_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.mlflow=false",
-              f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-              "hydra.sweeper.objectives=[{metric:score,direction:maximize}]", "x=range(0,10)"]
+              f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.study_name=positions",
+              "hydra.sweeper.objectives=[{metric:score,direction:maximize}]", "x=range(0,10)"]  # a named study resumes
     assert multirun(*optuna) == ["trial 1/3", "trial 2/3", "trial 3/3"]
     assert multirun(*optuna[:1], "hydra.sweeper.n_trials=5", *optuna[2:]) == ["trial 4/5", "trial 5/5"]  # resumed
 
