@@ -29,6 +29,8 @@ CELL_IGNORED_SUBKEYS = {
                 "logger"),
     "teacher_cache": ("mode", "max_gb"),  # cached or online teacher outputs: the same numbers
 }
+# Keys added after cells existed, left out at their defaults so that older cells keep their keys.
+LATER_DEFAULTS = {"teacher": {"augment": False, "label_smoothing": 0.0}}
 FINAL_PREFIXES = ("student/", "teacher/", "baseline/")  # what run_experiment returns, not per-epoch curves
 
 
@@ -65,6 +67,9 @@ def _view(conf: dict, keys: tuple[str, ...], subkeys: dict[str, tuple[str, ...]]
     for node, drop in subkeys.items():
         if isinstance(view.get(node), dict):
             view[node] = {k: v for k, v in view[node].items() if k not in drop}
+    for node, defaults in LATER_DEFAULTS.items():
+        if isinstance(view.get(node), dict):
+            view[node] = {k: v for k, v in view[node].items() if k not in defaults or v != defaults[k]}
     return view
 
 

@@ -96,9 +96,10 @@ def recipe_for(conf: Mapping, role: str, arch: str | None = None) -> dict:
     architecture `arch` (default: `student.arch`) uses `student_lr[arch]` where a matrix sets one — the
     papers' "lr 0.01 for MobileNetV2/ShuffleNet students" — for its vanilla baseline and every stage, then
     `student_recipe` (e.g. a tuned vanilla student's lr, weight_decay, label_smoothing). The teacher's recipe,
-    and so its cache key, never sees either."""
+    and so its cache key, never sees either; it adds `teacher.label_smoothing` where that is set."""
     recipe = dict(conf["recipe"])
     if role == "teacher":
-        return recipe
+        smoothing = float(conf["teacher"].get("label_smoothing") or 0.0)
+        return {**recipe, "label_smoothing": smoothing} if smoothing else recipe  # 0: the key it always had
     lr = student_lr(conf, arch or conf["student"]["arch"])
     return {**recipe, **({} if lr is None else {"lr": lr}), **(conf.get("student_recipe") or {})}

@@ -51,6 +51,9 @@ class TeacherSchema(ModelSchema):
     ckpt: Optional[str] = MISSING
     max_epochs: int = checked(ge=1)
     seed: int = MISSING
+    # the teacher's own regularisation when kdexp trains it (the students' data and loss are untouched)
+    augment: bool = False  # random crop (+ flip) of data's kind on the teacher's training batches
+    label_smoothing: float = checked(0.0, ge=0, lt=1)
 
 
 @dataclass

@@ -27,6 +27,8 @@ def teacher_node(arch: str) -> dict:
         "ckpt": None,                           # a weights file to load instead of training
         "max_epochs": "${trainer.max_epochs}",  # epochs when kdexp trains the teacher itself
         "seed": "${seed}",
+        "augment": False,                       # the teacher trains on augmented batches (students do not)
+        "label_smoothing": 0.0,                 # the teacher's cross-entropy smoothing (students' is 0)
         **hf_keys(arch),
     }
 

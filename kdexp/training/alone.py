@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from contextlib import contextmanager
+from typing import Iterator, Mapping
 
 import lightning as L
 from torch import nn
@@ -65,7 +66,9 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
         (model, meta): meta has the MLflow run id that trained it, its cache key and `cached`.
     """
     role = "teacher" if label == "teacher" else "student"  # the config node naming the architecture
-    spec = model_spec(ctx, ctx.conf[role], ctx.recipe_for(role), max_epochs, seed)
+    augment = label == "teacher" and bool(ctx.conf["teacher"].get("augment"))  # teacher.augment: its batches only
+    with augmented(ctx.dm, augment):
+        spec = model_spec(ctx, ctx.conf[role], ctx.recipe_for(role), max_epochs, seed)
     key = fingerprint(spec)
 
     def train() -> tuple[nn.Module, dict]:
@@ -80,7 +83,8 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
             log.info("training %s %s for %d epochs (cache key %s)", label, spec["arch"], max_epochs, key)
             ctx.dm.seed = seed  # the loader's shuffle order is part of what the cache key promises
             try:
-                fit(ctx, module, max_epochs, stage=f"{label} {spec['arch']}", ckpt_dir=ckpt)
+                with augmented(ctx.dm, augment):
+                    fit(ctx, module, max_epochs, stage=f"{label} {spec['arch']}", ckpt_dir=ckpt)
             finally:
                 ctx.dm.seed = ctx.conf["seed"]
             metrics = evaluate(ctx, model, label, costs=False)
@@ -91,6 +95,17 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
         return model, {"run_id": run_id, "spec": spec, "test_metrics": metrics}
 
     return cached_model(ctx.run, key, train, lambda: ctx.build(role), f"{label} {spec['arch']}")
+
+
+@contextmanager
+def augmented(dm, on: bool) -> Iterator[None]:
+    """`teacher.augment`: the data module augments training batches (and says so in its fingerprint) inside."""
+    before = dm.augment
+    dm.augment = before or on
+    try:
+        yield
+    finally:
+        dm.augment = before
 
 
 def resolve_teacher(ctx: Context, teacher: nn.Module) -> dict:

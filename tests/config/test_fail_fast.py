@@ -32,6 +32,7 @@ train()
     ("teacher.arch=resnet9000", "teacher.arch='resnet9000' is invalid: unknown model; choose one of: "),
     ("data.name=imagenet", "data.name='imagenet' is invalid: unknown data set"),
     ("teacher.ckpt=/no/such/file.pt", "teacher.ckpt='/no/such/file.pt' is invalid: no such file"),
+    ("teacher.label_smoothing=1.5", "teacher.label_smoothing=1.5 is invalid: must be a number in [0, 1)"),
 ])
 def test_bad_values_are_rejected_without_heavy_imports(tmp_path, override, message):
     done = subprocess.run([sys.executable, "-c", RUN, override], cwd=tmp_path, capture_output=True, text=True,
@@ -47,6 +48,7 @@ def test_bad_values_are_rejected_without_heavy_imports(tmp_path, override, messa
     (["variant=ensemble", "teacher.weights=[1,heavy]"], "teacher.weights"),
     (["variant=mutual", "variant.weights.kl=x"], "variant.weights.kl"),
     (["tune.n_trials=abc"], "tune.n_trials"),
+    (["teacher.augment=maybe"], "teacher.augment"),
     (["tune.sampler.seed=x"], "tune.sampler.seed"),
 ])
 def test_a_wrong_type_in_a_kind_or_tune_fails_while_composing(tmp_path, overrides, key):
