@@ -40,7 +40,7 @@ class Cell:
     values: list[float]  # one per seed, in %
     params: float | None = None
     latency_ms: float | None = None
-    seeds: list[str] = field(default_factory=list)  # parallel to values
+    seeds: list[str] = field(default_factory=list)  # parallel to values: the pairing unit, seed or seed/rK
 
     @property
     def by_seed(self) -> dict[str, float]:
@@ -185,6 +185,13 @@ class Table:
         return out
 
 
+def pairing_unit(rec: Record) -> str:
+    """What pairs two rows' runs: the seed (same init and data order), and in a tuned matrix with study repeats
+    also the repeat, so that every run of a cell enters the test once (seed 0 of repeat 1 pairs with seed 0 of
+    the vanilla row's repeat 1)."""
+    return rec.seed if rec.repeat is None else f"{rec.seed}/r{rec.repeat}"
+
+
 def build_table(records: list[Record], select: str, notes: Notes | None = None, pairs: list[str] | None = None,
                 methods: list[str] | None = None, expected_seeds: int | None = None, test: str = stats.PAIRED_T,
                 correction: str = "holm") -> Table:
@@ -200,7 +207,7 @@ def build_table(records: list[Record], select: str, notes: Notes | None = None, 
     found = [r.row for r in records if r.row not in (TEACHER, VANILLA)]
     methods = [m for m in (methods or dict.fromkeys(found)) if m not in (TEACHER, VANILLA)]
     cells = {key: Cell([r.value for r in recs], _mean([r.params for r in recs]),
-                       _mean([r.latency_ms for r in recs]), [r.seed for r in recs])
+                       _mean([r.latency_ms for r in recs]), [pairing_unit(r) for r in recs])
              for key, recs in grouped.items() if key[1] in pairs}
     if expected_seeds is None:
         expected_seeds = max((c.n for (row, _), c in cells.items() if row != TEACHER), default=1)

@@ -104,3 +104,15 @@ def test_the_settings_each_study_chose(report):
         "r0{distill.temperature=2.0;distill.weights.kd=0.5;distill.weights.ce=0.5}|"
         "r1{distill.temperature=3.0;distill.weights.kd=0.9;distill.weights.ce=0.1}")
     assert rows[("none", A)]["study_settings"].startswith("r0{student_recipe.lr=0.001;")
+
+
+def test_with_study_repeats_every_run_enters_the_paired_test_once_paired_by_seed_and_repeat(report):
+    from scipy import stats as sp
+
+    _, rows = report
+    kd = rows[("kd+tuned", A)]
+    diffs = [10, 11, 12, 13, 13, 13]  # KD minus tuned vanilla at (seed, repeat): r0 80-70 ... r1 87-74
+    assert (kd["test"], kd["n_compared"]) == ("paired-t", "6")
+    assert float(kd["p_vs_vanilla"]) == pytest.approx(sp.ttest_1samp(diffs, 0).pvalue, rel=1e-3)
+    ab = rows[("ab+tuned", A)]  # one repeat only: its 3 runs pair with the vanilla row's repeat 0
+    assert (ab["test"], ab["n_compared"]) == ("welch", "3")
