@@ -31,6 +31,7 @@ def _child(stamps: Path, overrides: list[str]) -> None:
 
     stamp(MILESTONES[0])
     import kdexp.training.alone as alone
+    import kdexp.training.distilled as distilled
     import kdexp.variants as experiments
     import kdexp.variants.standard as standard
     from kdexp.modules.distill import DistillModule
@@ -47,7 +48,7 @@ def _child(stamps: Path, overrides: list[str]) -> None:
     run = experiments.run_experiment
     experiments.run_experiment = lambda *a, **k: (stamp(MILESTONES[2]), run(*a, **k))[1]
     standard.make_context = after(standard.make_context, MILESTONES[3])
-    standard.resolve_teacher = after(standard.resolve_teacher, MILESTONES[4])
+    distilled.resolve_teacher = after(distilled.resolve_teacher, MILESTONES[4])  # called from there
     alone.evaluate = after(alone.evaluate, "evaluate")
     hook = DistillModule.on_train_batch_start
 
