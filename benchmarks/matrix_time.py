@@ -1,7 +1,7 @@
 """Where a matrix's time went, from its MLflow runs: per student and method, the cells' and the tuning
 studies' summed run durations, the trials run and pruned, and the wall-clock span of the whole matrix.
 
-    python benchmarks/matrix_time.py --uri sqlite:///outputs/mlflow.db --experiment fashion-full
+    python benchmarks/matrix_time.py --experiment fashion-full [--root DIR | paths.root=DIR | --uri URI]
 
 Reads the matrix's experiment and its tuning experiment (`<experiment>-tuning`, kdexp/bench/tuning.py). Durations
 are MLflow's start/end times of every ended run (a stopped or failed run's time was spent too); a run
@@ -11,9 +11,16 @@ continued after a kill counts from its first start, so a resumed matrix shows it
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `kdexp` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlflow.tracking import MlflowClient
+
+from kdexp.tracking.locate import add_store_arguments, hydra_style, parsed_uri
 
 
 def runs_of(client: MlflowClient, name: str) -> list:
@@ -40,10 +47,10 @@ def key(run) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--uri", default="sqlite:///outputs/mlflow.db")
+    add_store_arguments(parser)  # --uri / --root / paths.root=DIR, found as kdexp-train writes them
     parser.add_argument("--experiment", required=True)
-    args = parser.parse_args()
-    client = MlflowClient(args.uri)
+    args = parser.parse_args(hydra_style(sys.argv[1:]))
+    client = MlflowClient(parsed_uri(args))
     cells, trials = runs_of(client, args.experiment), runs_of(client, args.experiment + "-tuning")
     trials = [r for r in trials if r.data.tags.get("kdexp.role") != "sweep"]  # a study's parent spans its trials
     teachers = [r for r in cells if r.data.tags.get("kdexp.role") == "teacher"]
