@@ -38,7 +38,8 @@ FORMAT = 1  # bump when what is stored, or how views are generated, changes: inv
 FEATURES = ("stages", "preact", "embedding")
 FILL_BATCH = 256  # teacher batch while filling: fastest on CPU here (1024 falls out of cache); fixed
 VIEW_CHUNK = 4096  # augmentation chunk while building views; fixed, it is part of what a view seed means
-PER_TOKEN = frozenset({"attentions", "values", "mask"})  # transformer features: not cached (kdexp.distill.transformer)
+# transformer features: not cached (kdexp.distill.transformer)
+PER_TOKEN = frozenset({"attentions", "values", "queries", "keys", "mask"})
 
 
 @dataclass(frozen=True)

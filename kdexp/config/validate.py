@@ -51,6 +51,7 @@ def validate_config(conf: dict) -> None:
 
     validate_method_keys(distill)
     validate_weights(distill["weights"], method_terms(distill["name"]), "distill.weights")
+    validate_stages(distill)
     check_trainer_arguments(conf["trainer"])  # imports Lightning: last
 
 
@@ -75,6 +76,22 @@ def validate_weights(weights: dict, terms: tuple[str, ...], key: str) -> None:
         check_number(f"{key}.{name}", value, ge=0)
     if not any(float(v) > 0 for v in weights.values()):
         raise bad(key, weights, f"at least one weight must be > 0 (terms: {', '.join(terms)})")
+
+
+def validate_stages(distill: dict) -> None:
+    """A method with a first stage switched off (init_epochs=0) and every own term weighted 0 would train nothing of
+    its own (TinyBERT and MiniLM weight their terms 0 in the main stage: their first stage trains them)."""
+    import inspect
+
+    from kdexp.distill import METHODS
+
+    cls = METHODS.get(distill["name"])
+    default = inspect.signature(cls.__init__).parameters.get("init_epochs")
+    if default is None or distill.get("init_epochs", default.default) or not cls.terms:
+        return
+    if not any(float(distill["weights"].get(term, 0)) > 0 for term in cls.terms):
+        raise bad("distill.init_epochs", 0, f"with no first stage, {distill['name']} needs a weight > 0 on one of "
+                  f"its terms ({', '.join(cls.terms)}), e.g. distill.weights.{cls.terms[0]}=1")
 
 
 def validate_method_keys(distill: dict) -> None:

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from kdexp.models.base import FeatureOutput
 
-FEATURES = frozenset({"logits", "stages", "preact", "embedding", "index", "attentions", "values", "mask"})
+FEATURES = frozenset({"logits", "stages", "preact", "embedding", "index", "attentions", "values", "queries",
+                      "keys", "mask"})
 
 
 class IncompatiblePairError(ValueError):

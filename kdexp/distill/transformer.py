@@ -2,15 +2,21 @@
 
   hidden    DistilBERT (Sanh et al. 2019): cosine between student and teacher hidden states; `loss=mse` with a
             learned projection when widths differ is TinyBERT's hidden-state loss (Jiao et al. 2020)
-  tinybert  TinyBERT's intermediate layers: hidden-state MSE through a learned projection W_h (term `hidden`,
-            the embedding outputs included) + attention-map MSE averaged over heads (term `attention`)
+  tinybert  TinyBERT's task-specific distillation: first an intermediate-layer stage (`init_epochs`): hidden-state
+            MSE through a learned projection W_h (term `hidden`, the embedding outputs included) + MSE of the
+            pre-softmax attention scores, averaged over heads (term `attention`), summed over layers; then the
+            prediction layer (the built-in `kd` term at T=1) for trainer.max_epochs
   minilm    MiniLM (Wang et al. 2020): KL of the last layer's attention distributions and of its value relations
-            softmax(V V^T / sqrt(d_k)), per head, averaged over heads and tokens
+            softmax(V V^T / sqrt(d_k)), per head, averaged over heads and tokens; a first stage of these alone
+            (`init_epochs`), then fine-tuning on hard labels
 
 Which teacher layer teaches which student layer is `layers`: uniform (student layer m <- teacher layer m*N/M, as
-TinyBERT) or last (the top M teacher layers). Every loss counts real tokens only (the attention mask).
-HF attention outputs are probabilities, so the attention MSE compares probabilities (TinyBERT used the
-pre-softmax scores). The teacher runs online for these methods: its per-token features follow each batch's padding.
+TinyBERT) or last (the top M teacher layers). Every loss counts real tokens only (the attention mask): TinyBERT's
+scores of padded (query, key) pairs are left out of the mean (its public code sets the masked scores to 0 and
+keeps them in). The scores are Q_a K_a^T / sqrt(d_k) of each layer's own query and key projections (caught by
+forward hooks, before the mask is added and before softmax and dropout); `build` refuses a model whose attention
+probabilities are not their softmax (relative or rotary positions). The teacher runs online for these methods:
+its per-token features follow each batch's padding.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from kdexp.distill.common import in_float32
 from kdexp.models.base import FeatureOutput
 
 LAYER_MAPS = ("uniform", "last")
-TEXT_FEATURES = frozenset({"attentions", "values", "mask"})
+ATTENTION_FORMS = ("scores", "probs")  # TinyBERT's attention term: pre-softmax scores (the paper's) or probabilities
+INTERMEDIATE_EPOCHS = 20  # TinyBERT on GLUE: 20 epochs of intermediate-layer distillation, then 3 of prediction
 
 
 def layer_map(n_student: int, n_teacher: int, mode: str) -> list[tuple[int, int]]:
@@ -94,6 +101,31 @@ def value_relation(values: Tensor, heads: int, mask: Tensor) -> Tensor:
     return scores.masked_fill(mask[:, None, None, :n] == 0, torch.finfo(scores.dtype).min).softmax(-1)
 
 
+@in_float32
+def attention_scores(queries: Tensor, keys: Tensor, heads: int) -> Tensor:
+    """Pre-softmax scores Q_a K_a^T / sqrt(d_k) of each head a: (B, L, H) projections -> (B, heads, L, L)."""
+    b, n, h = queries.shape
+    q = queries.view(b, n, heads, h // heads).transpose(1, 2)
+    k = keys.view(b, keys.shape[1], heads, h // heads).transpose(1, 2)
+    return q @ k.transpose(-1, -2) / math.sqrt(h // heads)
+
+
+def check_scores(features: FeatureOutput, role: str) -> None:
+    """Refuse a model whose attention probabilities are not the softmax of attention_scores over real keys (the
+    scores would not be the ones it attends with: relative or rotary positions, another scaling). `features` are
+    build's examples, from eval mode (no attention dropout)."""
+    if not (len(features.queries) == len(features.keys) == len(features.attentions)):
+        raise IncompatiblePairError(f"tinybert: the {role}'s query and key projections were not found; "
+                                    "distill.attention=probs compares attention probabilities instead")
+    heads, keep = features.attentions[0].shape[1], features.mask[:, None, None, :] != 0
+    for layer, (q, k, probs) in enumerate(zip(features.queries, features.keys, features.attentions), 1):
+        scores = attention_scores(q, k, heads)
+        if not torch.allclose(scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(-1), probs.float(),
+                              atol=1e-4):
+            raise IncompatiblePairError(f"tinybert: the {role}'s attention in layer {layer} is not softmax(QK^T/"
+                                        "sqrt(d)) of its projections; distill.attention=probs compares probabilities")
+
+
 class TransformerMethod(Distiller):
     """Checks that both nets are transformers (hidden states, attentions) and keeps their layer counts."""
 
@@ -146,13 +178,21 @@ class HiddenStates(TransformerMethod):
 
 @register_method("tinybert")
 class TinyBERT(TransformerMethod):
-    """TinyBERT's intermediate-layer distillation: embeddings + mapped layers' hidden states through one learned
-    projection W_h (MSE), and mapped layers' attention maps (MSE, averaged over heads; equal head counts)."""
+    """TinyBERT's task-specific distillation. Intermediate layers (the first stage, `init_epochs`; with 0, terms of
+    the one stage): embeddings + mapped layers' hidden states through one learned projection W_h (MSE), and mapped
+    layers' attention scores (`attention=scores`, the paper's) or probabilities (`probs`) (MSE averaged over heads;
+    equal head counts); each summed over layers, as the paper's L_model. The first stage's loss is hidden +
+    attention (TinyBERT's code); the prediction layer is the built-in `kd` term of the main stage."""
 
     terms = ("hidden", "attention")
+    needs = frozenset({"logits", "stages", "attentions", "queries", "keys", "mask"})
+    version = 2  # 1: attention probabilities, one stage, layers averaged
 
-    def __init__(self, layers: str = "uniform"):
+    def __init__(self, layers: str = "uniform", attention: str = "scores", init_epochs: int = INTERMEDIATE_EPOCHS):
         super().__init__(layers)
+        if attention not in ATTENTION_FORMS:
+            raise ValueError(f"distill.attention={attention!r} is invalid: choose one of {', '.join(ATTENTION_FORMS)}")
+        self.attention, self.init_epochs = attention, init_epochs
         self.proj: nn.Module = nn.Identity()
 
     def build(self, student, teacher, num_classes, num_samples):
@@ -160,23 +200,44 @@ class TinyBERT(TransformerMethod):
         hs, ht = student.attentions[0].shape[1], teacher.attentions[0].shape[1]
         if hs != ht:
             raise IncompatiblePairError(f"tinybert: attention maps need equal head counts (student {hs}, teacher {ht})")
+        if self.attention == "scores":
+            check_scores(student, "student")
+            check_scores(teacher, "teacher")
         self.proj = nn.Linear(student.stages[0].shape[-1], teacher.stages[0].shape[-1])
+
+    def maps(self, features: FeatureOutput) -> list[Tensor]:
+        """Each layer's attention scores or probabilities, (B, heads, L, L)."""
+        if self.attention == "probs":
+            return features.attentions
+        heads = features.attentions[0].shape[1]
+        return [attention_scores(q, k, heads) for q, k in zip(features.queries, features.keys)]
 
     def forward(self, student, teacher, target, index, epoch):
         mask = student.mask
         hidden = [hidden_loss(self.proj(student.stages[i]), teacher.stages[j], mask, "mse")
                   for i, j in [(0, 0), *self.pairs]]
-        attention = [attention_mse(student.attentions[i - 1], teacher.attentions[j - 1], mask) for i, j in self.pairs]
-        return {"hidden": sum(hidden) / len(hidden), "attention": sum(attention) / len(attention)}
+        s_maps, t_maps = self.maps(student), self.maps(teacher)
+        attention = [attention_mse(s_maps[i - 1], t_maps[j - 1], mask) for i, j in self.pairs]
+        return {"hidden": sum(hidden), "attention": sum(attention)}
+
+    def init_terms(self, student, teacher, target, index):
+        return self(student, teacher, target, index, 0)
 
 
 @register_method("minilm")
 class MiniLM(TransformerMethod):
     """MiniLM's deep self-attention distillation of the last layers: attention-distribution KL + value-relation KL
-    (per head; equal head counts; any widths)."""
+    (per head; equal head counts; any widths). The paper distils task-agnostically, then fine-tunes; here the
+    first stage (`init_epochs`) trains this term alone on the task's data and the main stage is by `weights`
+    (default: hard labels only, the fine-tuning)."""
 
     terms = ("minilm",)
     needs = frozenset({"logits", "stages", "attentions", "values", "mask"})
+    version = 2  # 1: one stage, the term added to the hard-label loss
+
+    def __init__(self, layers: str = "uniform", init_epochs: int = INTERMEDIATE_EPOCHS):
+        super().__init__(layers)
+        self.init_epochs = init_epochs
 
     def build(self, student, teacher, num_classes, num_samples):
         super().build(student, teacher, num_classes, num_samples)
@@ -194,3 +255,6 @@ class MiniLM(TransformerMethod):
         vr = relation_kl(value_relation(student.values[i - 1], heads, mask),
                          value_relation(teacher.values[j - 1][:, : mask.shape[1]], heads, mask), mask)
         return {"minilm": at + vr}
+
+    def init_terms(self, student, teacher, target, index):
+        return self(student, teacher, target, index, 0)

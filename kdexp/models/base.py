@@ -18,6 +18,7 @@ class FeatureOutput:
     Transformers (kdexp.models.text) also give, with stages = every hidden state (B, L, H), embeddings first:
     attentions: each layer's attention probabilities (B, heads, L, L)
     values:     each layer's value projection (B, L, H), for MiniLM's value relation
+    queries, keys: each layer's query and key projections (B, L, H), for TinyBERT's pre-softmax scores
     mask:       the attention mask (B, L), 1 on real tokens
     """
 
@@ -27,6 +28,8 @@ class FeatureOutput:
     embedding: Tensor
     attentions: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)
+    queries: list[Tensor] = field(default_factory=list)
+    keys: list[Tensor] = field(default_factory=list)
     mask: Tensor | None = None
 
 

@@ -28,7 +28,11 @@ from kdexp.models.base import FeatureOutput, ZooModel
 HF_FAMILIES = ("hf", "bert_l4", "bert_l6")  # Hugging Face models: they take hf_config
 TEXT_MODELS = (*HF_FAMILIES, "text_cnn")
 BERT_DEFAULTS = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
-VALUE_SUFFIXES = (".self.value", ".v_lin", ".self_attn.v_proj", ".attention.v_proj")  # BERT, DistilBERT, others
+# Each layer's self-attention projections, by module name (BERT, DistilBERT, others): MiniLM reads the values,
+# TinyBERT the queries and keys (its pre-softmax scores)
+PROJECTIONS = {"queries": (".self.query", ".q_lin", ".self_attn.q_proj", ".attention.q_proj"),
+               "keys": (".self.key", ".k_lin", ".self_attn.k_proj", ".attention.k_proj"),
+               "values": (".self.value", ".v_lin", ".self_attn.v_proj", ".attention.v_proj")}
 
 
 class TextModel(ZooModel):
@@ -39,7 +43,8 @@ class TextModel(ZooModel):
 
 class HFClassifier(TextModel):
     """An AutoModelForSequenceClassification behind kdexp's interface. forward_intermediates gives every hidden
-    state (stages, embeddings output first), the attention maps, the value projections of each layer and the mask."""
+    state (stages, embeddings output first), the attention maps, the query, key and value projections of each
+    layer and the mask."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 3, *, source: str | None = None,
                  hf_config: dict | None = None, vocab_size: int | None = None, pad_token_id: int = 0,
@@ -64,9 +69,10 @@ class HFClassifier(TextModel):
         return self.model(**self.inputs(x)).logits
 
     def forward_intermediates(self, x: Tensor) -> FeatureOutput:
-        values: list[Tensor] = []  # each layer's value projection (MiniLM), caught for this call only
-        hooks = [m.register_forward_hook(lambda _m, _i, out: values.append(out))
-                 for n, m in self.model.named_modules() if n.endswith(VALUE_SUFFIXES)]
+        caught: dict[str, list[Tensor]] = {kind: [] for kind in PROJECTIONS}  # per layer, for this call only
+        hooks = [m.register_forward_hook(lambda _m, _i, out, got=caught[kind]: got.append(out))
+                 for n, m in self.model.named_modules() for kind, suffixes in PROJECTIONS.items()
+                 if n.endswith(suffixes)]
         try:
             out = self.model(**self.inputs(x), output_hidden_states=True, output_attentions=True)
         finally:
@@ -74,7 +80,7 @@ class HFClassifier(TextModel):
                 hook.remove()
         hidden = list(out.hidden_states)
         return FeatureOutput(out.logits, hidden, hidden, hidden[-1][:, 0], attentions=list(out.attentions),
-                             values=values, mask=x[:, 1])
+                             mask=x[:, 1], **caught)
 
 
 def build_hf_model(source: str | None, overrides: dict, num_classes: int, vocab_size: int | None, pad_token_id: int,

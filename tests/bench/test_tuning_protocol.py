@@ -187,6 +187,8 @@ def test_a_tuned_vanilla_study_trains_one_teacher_and_its_cells_train_at_the_cho
     ("ab", ["distill.init_epochs=1"], 2, 1),  # AB's first stage trains the student: it comes out of the budget
     ("ab", ["distill.init_epochs=1", "tune.match_budget=false"], 3, 2),  # the matrix says otherwise
     ("ft", ["distill.init_epochs=1"], 3, 2),  # FT's first stage trains its paraphraser only
+    ("tinybert", ["distill.init_epochs=1"], 2, 1),  # TinyBERT's intermediate-layer stage trains the student
+    ("minilm", ["distill.init_epochs=1"], 2, 1),  # MiniLM's self-attention stage too
 ])
 def test_an_init_stage_that_trains_the_student_takes_its_epochs_from_the_budget(method, extra, cell_epochs,
                                                                               trial_epochs):
@@ -226,3 +228,27 @@ def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_
         assert metrics["student/train_seconds"] > 0
     batches = 25  # synthetic: 1,000 samples, val_fraction 0.2, batch 32: 800 training images
     assert steps == {"kd": 2 * batches, "ab": 2 * batches}
+
+
+@pytest.mark.slow
+def test_a_matched_tinybert_row_takes_the_student_steps_of_a_kd_row(tmp_path):
+    """Text: tuned TinyBERT (intermediate stage 1 epoch, prediction stage the rest) and tuned KD, both of 2 epochs."""
+    pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
+    from kdexp.variants import run_experiment
+
+    text = ["data=text_synthetic", "data.num_samples=200", "data.num_test=60", "data.max_length=24", "teacher=hf",
+            "student=hf", "student.hf_config.num_hidden_layers=1", "teacher.max_epochs=1", "eval.latency_repeats=2",
+            "eval.latency_batch=8", "tracking.export_student=false", "tracking.log_model=false",
+            f"paths.root={tmp_path / 'outputs'}"]
+    steps = {}
+    for method, chosen in (("kd", {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}),
+                           ("tinybert", {"distill.temperature": 1.0, "++student_recipe.lr": 0.001})):
+        overrides = [*text, f"distill={method}", *TUNED, "trainer.max_epochs=2", "tune.epochs=2"]
+        if method == "tinybert":
+            overrides.append("distill.init_epochs=1")
+        conf = cell(*overrides)
+        finish_studies(conf, [chosen])
+        metrics = run_experiment(compose_train(overrides), tmp_path / method)
+        steps[method] = metrics["student/optimizer_steps"]
+    batches = 6  # 200 samples, 10 % held out for validation: 180, batch 32
+    assert steps == {"kd": 2 * batches, "tinybert": 2 * batches}

@@ -67,6 +67,10 @@ def _conf(*overrides):
     (["finetune.epochs=-1"], r"finetune.epochs=-1 is invalid"),
     (["recipe.lr=0"], r"recipe.lr=0.0 is invalid: must be a number > 0"),
     (["teacher.ckpt=/no/such/file.pt"], r"teacher.ckpt='/no/such/file.pt' is invalid: no such file"),
+    (["distill=tinybert", "distill.init_epochs=0"],  # one stage, and its main-stage weights (0) would train no term
+     r"distill.init_epochs=0 is invalid: with no first stage, tinybert needs a weight > 0 on one of its terms "
+     r"\(hidden, attention\), e.g. distill.weights.hidden=1"),
+    (["distill=ab", "distill.init_epochs=0"], r"distill.init_epochs=0 is invalid: with no first stage, ab needs"),
 ])
 def test_bad_values_are_rejected_with_key_value_and_choices(overrides, message):
     with pytest.raises(ConfigError, match=message):

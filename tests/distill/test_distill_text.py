@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from kdexp.distill import IncompatiblePairError, create_method
 from kdexp.distill.transformer import layer_map
 from kdexp.models import create_model
+from tests.text_helpers import tiny_bert_folder
 
 pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
 
@@ -68,14 +69,28 @@ def test_hidden_cosine_is_distilberts_loss_on_the_last_layer():
     assert not list(method.parameters())  # equal widths: no projection
 
 
-def test_tinybert_hidden_and_attention_losses():
-    teacher, student, x = bert(4, 48), bert(2, 32, seed=1), batch()
-    s, t = outputs(teacher, student, x)
-    method = create_method("tinybert", layers="uniform")
-    method.build(s, t, 3, 10)
-    got = method(s, t, None, None, 0)
+def loop_scores(model, states, layer, b, n):
+    """TinyBERT's A = Q K^T / sqrt(d_k) of one sample's n real tokens, per head, by loops: the layer's own query and
+    key weights applied to its input hidden states (eval mode: no dropout between them)."""
+    attn = model.model.bert.encoder.layer[layer - 1].attention.self
+    heads, h = attn.num_attention_heads, states.shape[-1]
+    d = h // heads
+    x = states[b]
+    out = torch.zeros(heads, n, n)
+    for a in range(heads):
+        rows = slice(a * d, (a + 1) * d)
+        q = [attn.query.weight[rows] @ x[i] + attn.query.bias[rows] for i in range(n)]
+        k = [attn.key.weight[rows] @ x[j] + attn.key.bias[rows] for j in range(n)]
+        for i in range(n):
+            for j in range(n):
+                out[a, i, j] = q[i] @ k[j] / math.sqrt(d)
+    return out
+
+
+def loop_tinybert(s, t, x, method, student, teacher, pairs, form="scores"):
+    """The paper's L_hidn = MSE(H_S W_h, H_T) and L_attn = 1/h sum_heads MSE(A_S, A_T) over real tokens, summed over
+    the mapped layers (L_model = sum_m L_layer): {term: value}."""
     w, bias = method.proj.weight.detach(), method.proj.bias.detach()
-    pairs = [(0, 0), (1, 2), (2, 4)]  # embeddings, then m <- 2m
     hidden = []
     for i, j in pairs:  # MSE(H_S W_h, H_T) over real tokens and features
         sq = [((s.stages[i][b, k] @ w.T + bias - t.stages[j][b, k]) ** 2).mean()
@@ -85,11 +100,61 @@ def test_tinybert_hidden_and_attention_losses():
     for i, j in pairs[1:]:  # 1/h sum_heads MSE(A_S, A_T) over real (query, key) pairs
         per_sample = []
         for b, n in enumerate(lengths(x)):
-            diff = (s.attentions[i - 1][b, :, :n, :n] - t.attentions[j - 1][b, :, :n, :n]) ** 2
+            if form == "scores":
+                a_s = loop_scores(student, s.stages[i - 1], i, b, n)
+                a_t = loop_scores(teacher, t.stages[j - 1], j, b, n)
+            else:
+                a_s, a_t = s.attentions[i - 1][b, :, :n, :n], t.attentions[j - 1][b, :, :n, :n]
+            diff = (a_s - a_t) ** 2
             per_sample.append((diff.sum(), diff.numel()))
         attention.append(sum(v for v, _ in per_sample) / sum(c for _, c in per_sample))
-    assert got["hidden"].item() == pytest.approx(torch.stack(hidden).mean().item(), rel=1e-5)
-    assert got["attention"].item() == pytest.approx(torch.stack(attention).mean().item(), rel=1e-5)
+    return {"hidden": torch.stack(hidden).sum(), "attention": torch.stack(attention).sum()}
+
+
+@pytest.mark.parametrize("attention", ["scores", "probs"])
+def test_tinybert_hidden_and_attention_losses(attention):
+    teacher, student, x = bert(4, 48), bert(2, 32, seed=1), batch()
+    for layer in teacher.model.bert.encoder.layer:  # scores far from 0 (BERT's init gives |scores| << 1)
+        layer.attention.self.query.weight.data *= 10
+        layer.attention.self.key.weight.data *= 10
+    s, t = outputs(teacher, student, x)
+    method = create_method("tinybert", layers="uniform", attention=attention)
+    method.build(s, t, 3, 10)
+    with torch.no_grad():
+        got = method(s, t, None, None, 0)
+        want = loop_tinybert(s, t, x, method, student, teacher, [(0, 0), (1, 2), (2, 4)], attention)  # m <- 2m
+    assert got["hidden"].item() == pytest.approx(want["hidden"].item(), rel=1e-5)
+    assert got["attention"].item() == pytest.approx(want["attention"].item(), rel=1e-5)
+    assert want["attention"] > (1.0 if attention == "scores" else 1e-4)
+    with torch.no_grad():  # the first stage trains these two terms
+        assert {k: v.item() for k, v in method.init_terms(s, t, None, None).items()} == \
+            pytest.approx({k: v.item() for k, v in got.items()})
+
+
+def test_tinybert_scores_of_a_model_from_a_folder(tmp_path):
+    """A teacher loaded from a saved folder (as hf:<folder>): the scores are its own projections' too."""
+    folder = tiny_bert_folder(tmp_path / "bert", num_labels=3, vocab_size=VOCAB)
+    teacher = create_model("hf", num_classes=3, source=str(folder), vocab_size=VOCAB, max_length=LENGTH).eval()
+    student, x = bert(1, 32, seed=1), batch()
+    s, t = outputs(teacher, student, x)
+    method = create_method("tinybert")
+    method.build(s, t, 3, 10)
+    with torch.no_grad():
+        got = method(s, t, None, None, 0)
+        want = loop_tinybert(s, t, x, method, student, teacher, [(0, 0), (1, 2)])
+    assert got["attention"].item() == pytest.approx(want["attention"].item(), rel=1e-5)
+
+
+def test_tinybert_refuses_attention_that_is_not_softmax_of_the_scores():
+    """A model that attends with other scores than Q K^T / sqrt(d_k) (here: another scaling) is refused by name."""
+    teacher, student = bert(2, 32), bert(1, 32, seed=1)
+    teacher.model.bert.encoder.layer[1].attention.self.scaling = 1.0
+    shapes = student.feature_shapes((3, LENGTH)), teacher.feature_shapes((3, LENGTH))
+    with pytest.raises(IncompatiblePairError, match=r"^tinybert: the teacher's attention in layer 2 is not softmax"):
+        create_method("tinybert").build(*shapes, 3, 10)
+    create_method("tinybert", attention="probs").build(*shapes, 3, 10)  # the probability form needs no scores
+    with pytest.raises(ValueError, match=r"distill.attention='logits' is invalid: choose one of scores, probs"):
+        create_method("tinybert", attention="logits")
 
 
 def test_minilm_attention_and_value_relation_kl():
@@ -155,7 +220,7 @@ def test_gradients_reach_the_student_and_the_projection_never_the_teacher():
         method = create_method(name, **({"loss": "mse"} if name == "hidden" else {}))
         student.zero_grad(set_to_none=True)
         s = student.forward_intermediates(x)
-        method.build(s, t, 3, 10)
+        method.build(student.feature_shapes((3, LENGTH)), t, 3, 10)  # as the pipeline: eval-mode examples
         sum(method(s, t, None, None, 0).values()).backward()
         grads = [p.grad for n, p in student.named_parameters() if "encoder" in n and p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), name

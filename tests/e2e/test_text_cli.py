@@ -46,16 +46,28 @@ def test_teacher_and_kd_student_on_csv_files(csv_run):
     assert student.data.tags["kdexp.data.train_rows"] == "180"
 
 
-def test_a_transformer_pair_trains_with_tinybert_losses(tmp_path):
+def test_a_transformer_pair_trains_with_tinybert_in_its_two_stages(tmp_path):
+    """TinyBERT's intermediate-layer stage (hidden + attention), then its prediction-layer stage (kd): in that order,
+    each with its own terms, and both counted in the student's optimizer steps."""
     out = kdexp_train("data=text_synthetic", "data.num_samples=200", "data.num_test=60", "teacher=hf", "student=hf",
-                      "student.hf_config.num_hidden_layers=1", "distill=tinybert", "baseline=false",
-                      "tracking.export_student=false", "tracking.log_model=false", *QUICK, cwd=tmp_path)
+                      "student.hf_config.num_hidden_layers=1", "distill=tinybert", "distill.init_epochs=2",
+                      "baseline=false", "tracking.export_student=false", "tracking.log_model=false", *QUICK,
+                      cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "teacher runs online: its per-token features" in out.stdout + out.stderr
-    _, all_runs = runs(tmp_path)
+    client, all_runs = runs(tmp_path)
     student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
     metrics = student.data.metrics
-    assert metrics["train/hidden"] > 0 and metrics["train/attention"] > 0 and 0 <= metrics["student/test_top1"] <= 1
+    history = {k: client.get_metric_history(student.info.run_id, k) for k in ("init/train/loss", "train/loss")}
+    first, second = history["init/train/loss"], history["train/loss"]
+    assert len(first) == 2 and len(second) == 1 and max(m.timestamp for m in first) <= second[0].timestamp
+    # stage 1: its loss is hidden + attention, unweighted; stage 2: the soft targets alone (weights kd 1, the rest 0)
+    assert metrics["init/train/loss"] == pytest.approx(metrics["init/train/hidden"] + metrics["init/train/attention"],
+                                                       rel=1e-4)
+    assert "init/train/kd" not in metrics and metrics["init/train/attention"] > 0
+    assert metrics["train/loss"] == pytest.approx(metrics["train/kd"], rel=1e-4) and metrics["train/hidden"] > 0
+    batches = 6  # 200 samples, 10 % held out for validation: 180, batch 32
+    assert metrics["student/optimizer_steps"] == 3 * batches and 0 <= metrics["student/test_top1"] <= 1
 
 
 def test_bad_text_input_is_one_line_and_exit_2(csv_run):
