@@ -18,10 +18,12 @@ import pytest
 import torch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-# Small but real: digits, a 5-epoch teacher, a 4-epoch student, deterministic kernels.
+# Small but real: digits, a 5-epoch teacher, a 4-epoch student, deterministic kernels. No MLflow Models and no
+# ONNX/.pt2 exports: nothing here reads them, and they cost seconds in each of the ~15 runs (CI time).
 RUN = ["data=synthetic", "data.num_samples=600", "data.num_test=100", "data.image_size=8", "teacher=cnn_small",
        "student=cnn_tiny", "teacher.max_epochs=5", "trainer.max_epochs=4", "trainer.deterministic=true",
-       "eval.latency_repeats=2", "eval.latency_batch=8", "baseline=false"]
+       "eval.latency_repeats=2", "eval.latency_batch=8", "baseline=false", "tracking.log_model=false",
+       "tracking.export_student=false"]
 
 
 def command(root: Path, *extra: str) -> tuple[list[str], dict]:

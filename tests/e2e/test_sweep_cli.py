@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 GOOD_LR, BAD_LR = 0.01, 50.0  # Adam at lr 50 wrecks the student in its first steps: chance accuracy
 LR = "student_lr.cnn_tiny"  # the student's lr only: recipe.lr would also give every lr its own teacher
 PARAM = f"+{LR}"  # a param is named by its override key, as in the official plugin
+# No MLflow Models or student exports per trial: the tests read the study, run tags and metrics (CI time).
 TINY = ["data=synthetic", "data.num_samples=300", "data.image_size=8", "teacher=cnn_small",
         "student=cnn_tiny", "trainer.max_epochs=3", "teacher.max_epochs=3", "eval.latency_repeats=2",
-        "eval.latency_batch=8"]
+        "eval.latency_batch=8", "tracking.log_model=false", "tracking.export_student=false"]
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -13,8 +13,11 @@ import pytest
 from tests.e2e.test_cli import kdexp_train
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# No MLflow Models or student exports: the tests read tags, metrics and logs, and the first run's 10 trained models
+# would each be logged (CI time); test_cli checks those records.
 TINY = ["data=synthetic", "data.num_samples=300", "data.num_test=100", "data.image_size=8", "teacher=cnn_small",
-        "student=cnn_tiny", "trainer.max_epochs=1", "eval.latency_repeats=2", "eval.latency_batch=8"]
+        "student=cnn_tiny", "trainer.max_epochs=1", "eval.latency_repeats=2", "eval.latency_batch=8",
+        "tracking.log_model=false", "tracking.export_student=false"]
 # conf/variant defaults: chain cnn_small -> [cnn_small] -> cnn_tiny, born_again 3 generations, mutual 2 x cnn_tiny
 VARIANTS = ["-m", "variant=chain,born_again,mutual", "finetune.epochs=1"]
 ENSEMBLE = ["variant=ensemble", "teacher.members=[cnn_small,cnn_tiny,cnn_tiny]", "teacher.combine=mean_probs",
