@@ -137,11 +137,19 @@ class Table:
     def any_few_seeds(self) -> bool:
         return any(self.few_seeds(r, p) for r in self.rows for p in self.pairs)
 
+    @property
+    def study_repeats(self) -> int:
+        """The most study repeats of any cell (pairing units seed/rK); 0 for runs without repeats."""
+        return max((len({u.split("/r")[1] for u in c.seeds if "/r" in u}) for c in self.cells.values()), default=0)
+
     def caption(self) -> str:
         data = f" on {self.notes.data}" if self.notes.data else ""
+        k = self.study_repeats
+        runs = (f"{self.expected_seeds} seed(s) × {k} study repeats ({k * self.expected_seeds} runs: the ± holds "
+                "tuning and seed variance)" if k > 1 else f"{self.expected_seeds} seed(s)")
         return (
             f"Top-1 test accuracy (%){data}; columns are teacher→student pairs. Students: mean ± sample "
-            f"standard deviation (n−1) over {self.expected_seeds} seed(s); in brackets Δ versus the vanilla "
+            f"standard deviation (n−1) over {runs}; in brackets Δ versus the vanilla "
             f"student of the same pair. Selection rule `{self.select}` ({SELECT_METRICS[self.select]}): "
             f"test accuracy of {RULES[self.select]}, for every student row. Teacher: its final weights. "
             "Bold: the best student of each column. " + self.significance_note()
@@ -155,7 +163,8 @@ class Table:
             ", p" if self.correction == "none" else " over the methods of each column, adjusted p")
         return (f"{MARK}: differs from the vanilla student of the pair ({test}, two-sided; {family} < {ALPHA}; "
                 "needs ≥ 2 seeds on both sides). "
-                f"Runs pair by seed: a seed gives every method the same student init and data order.")
+                f"Runs pair by seed{' and study repeat' if self.study_repeats > 1 else ''}: a seed gives every "
+                "method the same student init and data order.")
 
     def footnotes(self) -> list[str]:
         out = []
