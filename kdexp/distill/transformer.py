@@ -10,7 +10,8 @@
 Which teacher layer teaches which student layer is `layers`: uniform (student layer m <- teacher layer m*N/M, as
 TinyBERT) or last (the top M teacher layers). Every loss counts real tokens only (the attention mask).
 HF attention outputs are probabilities, so the attention MSE compares probabilities (TinyBERT used the
-pre-softmax scores). The teacher runs online for these methods: its per-token features follow each batch's padding.
+pre-softmax scores). The teacher's features may be longer than the batch (the teacher-output cache keeps them
+padded to data.max_length): every loss reads the teacher's leading positions, as many as the student's.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ class TransformerMethod(Distiller):
                                         "hidden states and attention maps")
         self.pairs = layer_map(len(student.attentions), len(teacher.attentions), self.layers)
 
+    def teacher_levels(self):
+        """The teacher's hidden states (index = layer, 0 = embeddings), attention maps and value projections
+        (index = layer - 1) this method reads: the teacher-output cache keeps these only."""
+        return {"stages": (), "attentions": (), "values": ()}
+
 
 @register_method("hidden")
 class HiddenStates(TransformerMethod):
@@ -137,6 +143,9 @@ class HiddenStates(TransformerMethod):
         ds, dt = student.stages[-1].shape[-1], teacher.stages[-1].shape[-1]
         if ds != dt or self.project:
             self.proj = nn.Linear(ds, dt)
+
+    def teacher_levels(self):
+        return {**super().teacher_levels(), "stages": tuple(j for _, j in self.pairs)}
 
     def forward(self, student, teacher, target, index, epoch):
         losses = [hidden_loss(self.proj(student.stages[i]), teacher.stages[j], student.mask, self.loss)
@@ -162,6 +171,10 @@ class TinyBERT(TransformerMethod):
             raise IncompatiblePairError(f"tinybert: attention maps need equal head counts (student {hs}, teacher {ht})")
         self.proj = nn.Linear(student.stages[0].shape[-1], teacher.stages[0].shape[-1])
 
+    def teacher_levels(self):
+        return {"stages": (0, *(j for _, j in self.pairs)), "attentions": tuple(j - 1 for _, j in self.pairs),
+                "values": ()}
+
     def forward(self, student, teacher, target, index, epoch):
         mask = student.mask
         hidden = [hidden_loss(self.proj(student.stages[i]), teacher.stages[j], mask, "mse")
@@ -186,6 +199,10 @@ class MiniLM(TransformerMethod):
         if len(student.values) != len(student.attentions) or len(teacher.values) != len(teacher.attentions):
             raise IncompatiblePairError("minilm: the value projections of these models were not found")
         self.pairs = [(len(student.attentions), len(teacher.attentions))]  # the last layer of each
+
+    def teacher_levels(self):
+        (_, j), = self.pairs
+        return {"stages": (), "attentions": (j - 1,), "values": (j - 1,)}
 
     def forward(self, student, teacher, target, index, epoch):
         (i, j), mask = self.pairs[0], student.mask
