@@ -7,6 +7,9 @@ student run, sweep trial and matrix cell; any change of weights, data or outputs
 With random augmentation the teacher runs online, unless `teacher_cache.views=K`: the student then
 trains on K fixed augmented copies of the train set whose teacher outputs are cached (trade-off in
 conf/train.yaml).
+Text transformers' per-token features (hidden states, attention maps, value projections) are cached per sample
+padded to data.max_length; a batch cut to its longest sequence reads their leading positions (the methods of
+kdexp.distill.transformer slice the teacher's to the student's length, and count real tokens only).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,15 +34,15 @@ from kdexp.config.schema import TeacherCacheSchema
 from kdexp.data.loader import TensorBatchLoader, epoch_generator
 from kdexp.models.base import FeatureOutput
 
-Levels = dict[str, tuple[int, ...]]  # "stages"/"preact" -> the levels kept (Distiller.teacher_levels); absent: all
+Levels = dict[str, tuple[int, ...]]  # a list ("stages", "attentions", ...) -> the levels kept; absent: all
 
 log = logging.getLogger("kdexp")
 FORMAT = 1  # bump when what is stored, or how views are generated, changes: invalidates every entry
-FEATURES = ("stages", "preact", "embedding")
+FEATURES = ("stages", "preact", "embedding", "attentions", "values")
+LISTS = ("stages", "preact", "attentions", "values")  # lists of levels (Distiller.teacher_levels picks from them)
 FILL_BATCH = 256  # teacher batch while filling: fastest on CPU here (1024 falls out of cache); fixed
 VIEW_CHUNK = 4096  # augmentation chunk while building views; fixed, it is part of what a view seed means
-# transformer features: not cached (kdexp.distill.transformer)
-PER_TOKEN = frozenset({"attentions", "values", "queries", "keys", "mask"})
+UNCACHED = frozenset({"queries", "keys"})  # TinyBERT's attention scores: the teacher runs online
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ def weights_digest(model: nn.Module) -> str:
 @dataclass
 class TeacherOutputs:
     """The teacher's outputs for every training row: row = view * num_samples + sample (views=0: row = sample).
-    A level of `stages`/`preact` that the method does not read is None (never computed, stored or looked up)."""
+    A level of a list that the method does not read is None (never computed, stored or looked up). Text
+    transformers' attentions / values are per sample padded to data.max_length (empty lists for images)."""
 
     logits: Tensor
     stages: list[Tensor | None]
@@ -84,9 +88,11 @@ class TeacherOutputs:
     embedding: Tensor | None
     num_samples: int
     views: int = 0
+    attentions: list[Tensor | None] = field(default_factory=list)
+    values: list[Tensor | None] = field(default_factory=list)
 
     def tensors(self) -> list[Tensor]:
-        every = [self.logits, *self.stages, *self.preact, self.embedding]
+        every = [self.logits, *self.stages, *self.preact, self.embedding, *self.attentions, *self.values]
         return [t for t in every if t is not None]
 
     @property
@@ -96,7 +102,8 @@ class TeacherOutputs:
     def to(self, device: torch.device) -> TeacherOutputs:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TeacherOutputs(move(self.logits), [move(t) for t in self.stages], [move(t) for t in self.preact],
-                              move(self.embedding), self.num_samples, self.views)
+                              move(self.embedding), self.num_samples, self.views,
+                              [move(t) for t in self.attentions], [move(t) for t in self.values])
 
     def sample_index(self, rows: Tensor) -> Tensor:
         """The sample positions of batch rows (what methods with a per-sample memory see as `index`)."""
@@ -105,38 +112,40 @@ class TeacherOutputs:
     def lookup(self, rows: Tensor) -> FeatureOutput:
         pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
         return FeatureOutput(pick(self.logits), [pick(t) for t in self.stages], [pick(t) for t in self.preact],
-                             pick(self.embedding))
+                             pick(self.embedding), [pick(t) for t in self.attentions], [pick(t) for t in self.values])
 
     def state(self) -> dict:
+        per_token = {"attentions": self.attentions, "values": self.values} if self.attentions or self.values else {}
         return {"format": FORMAT, "logits": self.logits, "stages": self.stages, "preact": self.preact,
-                "embedding": self.embedding, "num_samples": self.num_samples, "views": self.views}
+                "embedding": self.embedding, "num_samples": self.num_samples, "views": self.views, **per_token}
 
     @classmethod
     def from_state(cls, state: dict) -> TeacherOutputs:
         if state.get("format") != FORMAT:
             raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
         return cls(state["logits"], list(state["stages"]), list(state["preact"]), state["embedding"],
-                   int(state["num_samples"]), int(state["views"]))
+                   int(state["num_samples"]), int(state["views"]), list(state.get("attentions", [])),
+                   list(state.get("values", [])))
 
 
 @torch.no_grad()
 def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num_samples: int, views: int = 0,
                     device: torch.device | None = None, levels: Levels | None = None) -> TeacherOutputs:
     """Run the frozen teacher over every row of `x` once (in eval mode), keeping only `outputs` (and of
-    stages/preact only the `levels` named)."""
+    its lists only the `levels` named)."""
     home = next(teacher.parameters()).device
     device = torch.device(device) if device is not None else x.device
     was_training = teacher.training
     teacher.eval().to(device)
     keep = set(outputs)
     features = keep & set(FEATURES)
-    parts: dict[str, list] = {"logits": [], "stages": [], "preact": [], "embedding": []}
+    parts: dict[str, list] = {"logits": [], "embedding": [], **{name: [] for name in LISTS}}
     try:
         for i in range(0, len(x), FILL_BATCH):
             xb = x[i : i + FILL_BATCH].to(device)
             out = teacher.forward_intermediates(xb) if features else FeatureOutput(teacher(xb), [], [], None)
             parts["logits"].append(out.logits.float().cpu())
-            for name in ("stages", "preact"):
+            for name in LISTS:
                 if name in keep:
                     maps = getattr(out, name)
                     kept = kept_levels(levels, name, len(maps))
@@ -146,14 +155,16 @@ def compute_outputs(teacher: nn.Module, x: Tensor, outputs: tuple[str, ...], num
     finally:
         teacher.to(home).train(was_training)
     cat_lists = lambda chunks: [None if c[0] is None else torch.cat(c) for c in zip(*chunks)]  # noqa: E731
+    lists = {name: cat_lists(parts[name]) if parts[name] else [] for name in LISTS}
     return TeacherOutputs(
-        torch.cat(parts["logits"]), cat_lists(parts["stages"]), cat_lists(parts["preact"]),
+        torch.cat(parts["logits"]), lists["stages"], lists["preact"],
         torch.cat(parts["embedding"]) if parts["embedding"] else None, num_samples, views,
+        lists["attentions"], lists["values"],
     )
 
 
 def kept_levels(levels: Levels | None, name: str, count: int) -> set[int]:
-    """The levels of a `count`-long stages/preact list that `levels` keeps (all where it names none)."""
+    """The levels of a `count`-long list (stages, attentions, ...) that `levels` keeps (all where it names none)."""
     chosen = (levels or {}).get(name)
     if chosen is None:
         return set(range(count))
@@ -234,7 +245,7 @@ def estimated_bytes(teacher: nn.Module, dm, outputs: tuple[str, ...], rows: int,
         return rows * dm.num_classes * 4
     probe = teacher.feature_shapes(tuple(dm.input_shape))  # batch of 2
     per_sample = probe.logits[0].numel()
-    for name in ("stages", "preact"):
+    for name in LISTS:
         if name in outputs:
             maps = getattr(probe, name)
             per_sample += sum(maps[i][0].numel() for i in kept_levels(levels, name, len(maps)))
@@ -266,16 +277,15 @@ def prepare_cached_teacher(node: dict | None, dm, teacher: nn.Module, needs: fro
                            root: str | os.PathLike, memo: dict | None = None,
                            levels: Levels | None = None) -> CachedTeacher | None:
     """Teacher outputs from (or filled into) the cache, or None where the teacher must run online.
-    `levels`: the stages/preact levels the method reads (Distiller.teacher_levels); the rest is not kept."""
+    `levels`: the levels of each list the method reads (Distiller.teacher_levels); the rest is not kept."""
     settings = TeacherCacheSettings.from_conf(node, dm.augment)
     memo = {} if memo is None else memo
     if settings.mode == "off":
         return None
-    views = settings.views if dm.augment else 0
-    if needs & PER_TOKEN:
-        log.info("teacher runs online: its per-token features %s follow each batch's padding",
-                 sorted(needs & PER_TOKEN))
+    if needs_features and needs & UNCACHED:
+        log.info("teacher runs online: the cache keeps no %s", ", ".join(sorted(needs & UNCACHED)))
         return None
+    views = settings.views if dm.augment else 0
     if dm.augment and not views:
         log.info("teacher runs online: random augmentation (data.augment=true, teacher_cache.views=0)")
         return None

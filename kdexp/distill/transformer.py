@@ -15,8 +15,9 @@ TinyBERT) or last (the top M teacher layers). Every loss counts real tokens only
 scores of padded (query, key) pairs are left out of the mean (its public code sets the masked scores to 0 and
 keeps them in). The scores are Q_a K_a^T / sqrt(d_k) of each layer's own query and key projections (caught by
 forward hooks, before the mask is added and before softmax and dropout); `build` refuses a model whose attention
-probabilities are not their softmax (relative or rotary positions). The teacher runs online for these methods:
-its per-token features follow each batch's padding.
+probabilities are not their softmax (relative or rotary positions). The teacher-output cache keeps no
+query/key projections, so tinybert's teacher runs online (with `attention=probs` it is cached); for hidden and minilm it keeps the teacher's per-token
+features padded to data.max_length, and every loss reads the teacher's leading positions, as many as the student's.
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ class TransformerMethod(Distiller):
                                         "hidden states and attention maps")
         self.pairs = layer_map(len(student.attentions), len(teacher.attentions), self.layers)
 
+    def teacher_levels(self):
+        """The teacher's hidden states (index = layer, 0 = embeddings), attention maps and value projections
+        (index = layer - 1) this method reads: the teacher-output cache keeps these only."""
+        return {"stages": (), "attentions": (), "values": ()}
+
 
 @register_method("hidden")
 class HiddenStates(TransformerMethod):
@@ -170,6 +176,9 @@ class HiddenStates(TransformerMethod):
         if ds != dt or self.project:
             self.proj = nn.Linear(ds, dt)
 
+    def teacher_levels(self):
+        return {**super().teacher_levels(), "stages": tuple(j for _, j in self.pairs)}
+
     def forward(self, student, teacher, target, index, epoch):
         losses = [hidden_loss(self.proj(student.stages[i]), teacher.stages[j], student.mask, self.loss)
                   for i, j in self.pairs]
@@ -193,6 +202,8 @@ class TinyBERT(TransformerMethod):
         if attention not in ATTENTION_FORMS:
             raise ValueError(f"distill.attention={attention!r} is invalid: choose one of {', '.join(ATTENTION_FORMS)}")
         self.attention, self.init_epochs = attention, init_epochs
+        if attention == "probs":  # the probabilities need no query/key projections: the cache can serve them
+            self.needs = type(self).needs - {"queries", "keys"}
         self.proj: nn.Module = nn.Identity()
 
     def build(self, student, teacher, num_classes, num_samples):
@@ -204,6 +215,10 @@ class TinyBERT(TransformerMethod):
             check_scores(student, "student")
             check_scores(teacher, "teacher")
         self.proj = nn.Linear(student.stages[0].shape[-1], teacher.stages[0].shape[-1])
+
+    def teacher_levels(self):
+        return {"stages": (0, *(j for _, j in self.pairs)), "attentions": tuple(j - 1 for _, j in self.pairs),
+                "values": ()}
 
     def maps(self, features: FeatureOutput) -> list[Tensor]:
         """Each layer's attention scores or probabilities, (B, heads, L, L)."""
@@ -247,6 +262,10 @@ class MiniLM(TransformerMethod):
         if len(student.values) != len(student.attentions) or len(teacher.values) != len(teacher.attentions):
             raise IncompatiblePairError("minilm: the value projections of these models were not found")
         self.pairs = [(len(student.attentions), len(teacher.attentions))]  # the last layer of each
+
+    def teacher_levels(self):
+        (_, j), = self.pairs
+        return {"stages": (), "attentions": (j - 1,), "values": (j - 1,)}
 
     def forward(self, student, teacher, target, index, epoch):
         (i, j), mask = self.pairs[0], student.mask

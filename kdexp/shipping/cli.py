@@ -79,13 +79,42 @@ def architecture(client, run, tmp: Path) -> tuple[str, dict, int, tuple[int, ...
         if "student" not in conf or "data" not in conf:
             raise ExportError(f"run {run.info.run_id}: config.yaml names no student architecture or data set")
         data = {k: v for k, v in conf["data"].items() if k in datamodule_options(conf["data"]["name"])}
-        dm = create_datamodule(conf["data"]["name"], **data)  # reads no data: only its classes and input shape are used
-        return conf["student"]["arch"], conf["student"].get("kwargs") or {}, dm.num_classes, tuple(dm.input_shape)
+        dm = create_datamodule(conf["data"]["name"], **data)  # images: no data read, only classes and input shape
+        kwargs = dict(conf["student"].get("kwargs") or {})
+        if hasattr(dm, "model_kwargs"):
+            kwargs.update(text_model_kwargs(run.info.run_id, dm, conf["student"]))
+        return conf["student"]["arch"], kwargs, dm.num_classes, tuple(dm.input_shape)
     params = run.data.params
+    if params.get("arch", "").partition(":")[0] in text_archs():
+        role = run.data.tags.get("kdexp.role", "model")
+        raise ExportError(f"run {run.info.run_id} is a text {role} run without an MLflow Model: its vocabulary is "
+                          "not recorded, so it cannot be rebuilt (tracking.log_model=true)")
     try:  # a teacher or baseline run: its params are the cache key spec (kdexp.stages.model_spec)
         return params["arch"], {}, int(params["num_classes"]), tuple(json.loads(params["data.input_shape"]))
     except (KeyError, ValueError):
         raise ExportError(f"run {run.info.run_id} records no architecture (no config.yaml, no arch param)") from None
+
+
+def text_archs() -> tuple[str, ...]:
+    from kdexp.models.text import TEXT_MODELS
+
+    return TEXT_MODELS
+
+
+def text_model_kwargs(run_id: str, dm, node: dict) -> dict:
+    """A text student's vocabulary size, padding id and sequence length (+ hf_config): the run's data is read
+    and tokenized again (the tokenizer is a function of it), since a text run's config does not hold them."""
+    from kdexp.config.errors import ConfigError
+    from kdexp.models.text import HF_FAMILIES
+
+    try:
+        kwargs = dm.model_kwargs()
+    except ConfigError as exc:
+        raise ExportError(f"run {run_id} is a text run whose data could not be read again for its "
+                          f"vocabulary: {exc}") from None
+    if node["arch"].partition(":")[0] in HF_FAMILIES:
+        kwargs["hf_config"] = dict(node.get("hf_config") or {})
+    return kwargs
 
 
 def rebuilt_program(client, run, tmp: Path):
@@ -93,6 +122,7 @@ def rebuilt_program(client, run, tmp: Path):
     import torch
 
     from kdexp.models import create_model
+    from kdexp.models.base import example_input
     from kdexp.shipping.export import export_program
 
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
@@ -107,7 +137,7 @@ def rebuilt_program(client, run, tmp: Path):
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ExportError(f"{weights} of run {run.info.run_id} does not fit {arch}: {exc}") from None
-    return export_program(model, torch.zeros(2, *input_shape))
+    return export_program(model, example_input(model, input_shape, 2))
 
 
 def export_run(run_id: str, fmt: str, uri: str, out: str | Path | None = None) -> Path:

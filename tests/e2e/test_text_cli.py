@@ -4,7 +4,11 @@ TinyBERT's losses, and bad text input (one line, exit 2)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.e2e.test_cli import kdexp_train, runs
@@ -54,7 +58,7 @@ def test_a_transformer_pair_trains_with_tinybert_in_its_two_stages(tmp_path):
                       "baseline=false", "tracking.export_student=false", "tracking.log_model=false", *QUICK,
                       cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "teacher runs online: its per-token features" in out.stdout + out.stderr
+    assert "teacher runs online: the cache keeps no keys, queries" in out.stdout + out.stderr  # scores: online
     client, all_runs = runs(tmp_path)
     student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
     metrics = student.data.metrics
@@ -82,3 +86,79 @@ def test_bad_text_input_is_one_line_and_exit_2(csv_run):
     image = kdexp_train(*common, "teacher=hf", "student=cnn_tiny", cwd=cwd)
     assert image.returncode == 2 and "student.arch='cnn_tiny' does not take text" in image.stderr
     assert len(runs(cwd)[1]) == 3  # nothing recorded beyond the first run's three
+
+
+def kdexp_export(*args: str, cwd) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "kdexp-export"
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def ort_logits(path: Path, x) -> np.ndarray:
+    from kdexp.shipping.export import onnx_predict, onnx_session
+
+    return onnx_predict(onnx_session(path), x)
+
+
+def test_kdexp_export_of_a_text_student_with_and_without_its_logged_model(csv_run, tmp_path):
+    """The real kdexp-export: the CSV run's student from its MLflow Model, and a BERT student of a run with
+    tracking.log_model=false rebuilt from student.pt and config.yaml (its vocabulary from its data, read again).
+    ONNX Runtime on the real test split gives torch's logits (the run's own student.pt2) and the run's accuracy."""
+    import torch
+
+    from kdexp.data import create_datamodule
+
+    cwd, _, files = csv_run
+    client, all_runs = runs(cwd)
+    logged = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
+    out = kdexp_export(logged.info.run_id, "--format", "onnx", "--out", str(tmp_path / "cnn.onnx"), cwd=cwd)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dm = create_datamodule("text", files={"train": files["train"], "test": files["test"]}, max_length=24,
+                           tokenizer=f"hf:{cwd / 'bert'}")
+    dm.setup()
+    x, y = dm.split_tensors("test")
+    got = ort_logits(tmp_path / "cnn.onnx", x)
+    assert (got.argmax(1) == y.numpy()).mean() == pytest.approx(logged.data.metrics["student/test_top1"], abs=1e-6)
+
+    rebuilt_dir = tmp_path / "rebuilt"
+    rebuilt_dir.mkdir()
+    run = kdexp_train("data=text_synthetic", "data.num_samples=120", "data.num_test=40", "teacher=hf", "student=hf",
+                      "student.hf_config.num_hidden_layers=1", "student.hf_config.hidden_size=32", "distill=kd",
+                      "baseline=false", "tracking.log_model=false", *QUICK, cwd=rebuilt_dir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    client, all_runs = runs(rebuilt_dir)
+    student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
+    assert not student.outputs.model_outputs  # no MLflow Model: kdexp-export rebuilds it from its weights
+    out = kdexp_export(student.info.run_id, "--format", "onnx", "--out", str(tmp_path / "bert.onnx"),
+                       cwd=rebuilt_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dm = create_datamodule("text_synthetic", num_samples=120, num_test=40, max_length=24, tokenizer="hf")
+    dm.setup()
+    x, y = dm.split_tensors("test")
+    got = ort_logits(tmp_path / "bert.onnx", x)
+    archive = client.download_artifacts(student.info.run_id, "exports/student.pt2", str(tmp_path))
+    with torch.no_grad():
+        expected = torch.export.load(archive).module()(x).numpy()
+    diff = float(np.abs(got - expected).max())
+    print(f"max |ONNX Runtime - torch| logit of the rebuilt text student on {len(x)} test rows: {diff:.2e}")
+    assert diff < 1e-4
+    assert (got.argmax(1) == y.numpy()).mean() == pytest.approx(student.data.metrics["student/test_top1"], abs=1e-6)
+    teacher = next(r for r in all_runs if r.data.tags["kdexp.role"] == "teacher")
+    refused = kdexp_export(teacher.info.run_id, "--format", "onnx", cwd=rebuilt_dir)
+    assert refused.returncode == 1
+    assert "is a text teacher run without an MLflow Model: its vocabulary is not recorded" in refused.stderr
+
+
+def test_two_ddp_processes_distil_on_text(tmp_path):
+    """kdexp-train on 2 CPU processes (gloo) with text data: the run finishes, each model recorded once, the
+    student's epochs logged once, with the per-token teacher features of tinybert cached."""
+    out = kdexp_train("data=text_synthetic", "data.num_samples=120", "data.num_test=40", "teacher=hf", "student=hf",
+                      "student.hf_config.num_hidden_layers=1", "distill=tinybert", "baseline=false",
+                      "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp", "teacher.max_epochs=1",
+                      "tracking.export_student=false", "tracking.log_model=false", *QUICK, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, all_runs = runs(tmp_path)
+    assert sorted(r.data.tags["kdexp.role"] for r in all_runs) == ["student", "teacher"]
+    assert {r.info.status for r in all_runs} == {"FINISHED"}
+    student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
+    assert [m.step for m in client.get_metric_history(student.info.run_id, "train/loss")] == [0]
+    assert student.data.metrics["train/attention"] > 0 and 0 <= student.data.metrics["student/test_top1"] <= 1

@@ -208,3 +208,43 @@ def test_lightning_ddp_fit_shards_epochs_reduces_metrics_and_reports_once(tmp_pa
     lines = sink.read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["0", "1"]  # rank 0 only reported
     assert float(lines[1].split()[1]) == ranks[0]["last"]
+
+
+def text_worker(rank: int, port: int, dm, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        loader = dm.train_dataloader()  # shards from the process group, as under Lightning's DDP
+        epochs = [[(x, i) for x, _, i in loader] for _ in range(2)]
+        torch.save(epochs, f"{out}/text{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_shard_dynamically_padded_text_batches(tmp_path):
+    """Text batches under DDP: every train sample once per epoch on exactly one rank, each rank's batch cut to
+    its own longest sequence, the tokens those of the sample's row."""
+    pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
+    from kdexp.data import create_datamodule
+
+    dm = create_datamodule("text_synthetic", num_samples=60, num_test=10, tokenizer="train", vocab_size=200,
+                           max_length=64, batch_size=8)
+    dm.setup()
+    full, _ = dm.split_tensors("train")
+    assert dm.num_train % WORLD == 0  # no padding of the shards: each sample exactly once
+    run_ranks(text_worker, free_port(), dm, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"text{r}.pt", weights_only=True) for r in range(WORLD)]
+    widths = set()
+    for epoch in range(2):
+        seen = [torch.cat([i for _, i in r[epoch]]).tolist() for r in ranks]
+        assert len(seen[0]) == len(seen[1]) == dm.num_train // WORLD
+        assert sorted(seen[0] + seen[1]) == list(range(dm.num_train))
+        for r in ranks:
+            for x, i in r[epoch]:
+                width = int(full[i, 1].sum(1).max())
+                assert x.shape[-1] == width and torch.equal(x, full[i, :, :width])
+                widths.add(width)
+    assert len(widths) > 1 and max(widths) < dm.max_length  # batches were cut, each to its own length
+    assert [torch.cat([i for _, i in r[0]]).tolist() for r in ranks] != \
+        [torch.cat([i for _, i in r[1]]).tolist() for r in ranks]  # a new order every epoch
