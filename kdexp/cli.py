@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,19 +41,22 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(exc, MatrixError):
             raise  # a sweep records the trial as failed and goes on
-        log.error("%s", exc)
+        log_to_files(str(exc))  # the run folder's log keeps it; the console gets one line
         print(f"kdexp-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
+def log_to_files(message: str) -> None:
+    """An ERROR record for the log files only (Hydra's job log), not for the console's handlers."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def train() -> None:
     from kdexp.config.plugins import load_plugins, requested_imports
-    from kdexp.sweep.samplers import sampler_choice_error
 
-    error = sampler_choice_error(sys.argv[1:])  # before Hydra, whose message is several lines and exit 1
-    if error:
-        print(f"kdexp-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
     try:
         load_plugins(requested_imports(sys.argv[1:]))  # before the zoo's names become config choices
     except ValueError as exc:
@@ -58,11 +64,41 @@ def train() -> None:
         sys.exit(2)
     register_configs()
     try:
-        _train()
-    except SystemExit as exc:  # Hydra reports what it could not compose (a wrong type, a bad override) and exits 1
+        with one_line_compose_errors():
+            _train()
+    except SystemExit as exc:  # what Hydra still reports itself (several lines) and exits 1 for
         if exc.code == 1 and not _STATE["composed"]:
             sys.exit(2)  # bad input, like every other config error
         raise
+
+
+@contextlib.contextmanager
+def one_line_compose_errors() -> Iterator[None]:
+    """Hydra's composition errors (an unknown group option, a bad override, a wrong type), in the command line
+    or in a YAML file (a sweep's `hydra/sweeper/sampler`), as one line and exit 2 instead of Hydra's several
+    lines and exit 1. Hydra prints them in hydra._internal.utils.run_and_report, with no public hook: that
+    function is wrapped while the app runs, and errors raised once a job has its config pass on unchanged."""
+    import hydra._internal.utils as hydra_utils
+
+    from kdexp.config.compose_errors import compose_error_line
+
+    report = hydra_utils.run_and_report
+
+    def one_line(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as exc:
+            line = None if _STATE["composed"] else compose_error_line(exc)
+            if line is None:
+                raise
+            print(f"kdexp-train: error: {line}", file=sys.stderr)
+            sys.exit(2)
+
+    hydra_utils.run_and_report = lambda func: report(lambda: one_line(func))
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = report
 
 
 def ui_parser() -> argparse.ArgumentParser:

@@ -2,10 +2,11 @@
 
 conf/train.yaml lists `train_schema` first in its defaults, so Hydra itself rejects a value of the wrong
 type (`seed=abc`, `recipe.lr=fast`) while composing, before kdexp imports Lightning or reads data.
-Nodes whose keys depend on a choice stay open for those keys: `data` (a data set's own options), `distill`
-(a method's own settings), `teacher`/`student` (ensemble members), `trainer` (any lightning.Trainer
-argument). Their common keys are typed; kdexp.config.validate checks the open ones against what the
-chosen data set / method accepts. `variant` is typed by the kind chosen (kdexp/config/variants.py). Only keys
+Nodes whose keys depend on a choice stay open for those keys while composing: `data` (a data set's own
+options), `distill` (a method's own settings), `teacher`/`student` (ensemble members, `hf_config`), `trainer`
+(any lightning.Trainer argument). Their common keys are typed; once composed, kdexp.config.keys and
+kdexp.config.validate refuse any other key the chosen model, kind, data set, method or Lightning does not
+take. `variant` is typed by the kind chosen (kdexp/config/variants.py). Only keys
 present in every composed config are declared, and none but `tune`'s has a default of its own: the resolved
 config (and so every cache key and matrix cell key) is what the YAML says. `tune` has no YAML: TuneSchema holds
 its defaults, and an untouched `tune` node is left out of the parsed config (kdexp.config.parse). Ranges and
@@ -196,7 +197,9 @@ class TrainSchema:
     skip_finished: bool = MISSING
 
 
-OPEN_NODES = ("data", "teacher", "student", "distill", "trainer")  # keys beyond the typed ones allowed
+# Open while Hydra composes (keys beyond the typed ones allowed); kdexp.config.keys checks them once composed
+OPEN_NODES = ("data", "teacher", "student", "distill", "trainer")
+HF_FAMILIES = ("hf", "bert_l4", "bert_l6")  # Hugging Face models (kdexp/models/text.py): they take hf_config
 
 
 def train_schema():

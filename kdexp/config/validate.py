@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
+from kdexp.config.keys import check_closed_keys, check_data_keys, check_model_keys
 from kdexp.config.rules import bad, check_choice, check_fields, check_number
 from kdexp.config.schema import TrainerSchema, TrainSchema
 from kdexp.config.variants import KINDS
@@ -25,6 +27,8 @@ def validate_config(conf: dict) -> None:
         check_choice("variant.name", kind, sorted(KINDS))
         for node, schema in KINDS[kind].items():
             check_fields(conf[node], schema, node, strict=node == "variant")
+    check_closed_keys(conf)
+    check_model_keys(conf)
     validate_student_recipe(conf.get("student_recipe") or {}, conf["recipe"])
     ckpt = conf["teacher"].get("ckpt")
     if ckpt is not None and not Path(ckpt).is_file():
@@ -50,6 +54,7 @@ def validate_config(conf: dict) -> None:
     from kdexp.distill import method_terms  # the method classes: their settings and loss terms
 
     validate_method_keys(distill)
+    check_data_keys(conf["data"])
     validate_weights(distill["weights"], method_terms(distill["name"]), "distill.weights")
     validate_stages(distill)
     check_trainer_arguments(conf["trainer"])  # imports Lightning: last
@@ -118,4 +123,6 @@ def validate_method_keys(distill: dict) -> None:
     allowed = sorted({*CONFIG_KEYS, "temperature", *taken})
     for key in distill:
         if key not in allowed:
-            raise bad(f"distill.{key}", distill[key], f"distill={distill['name']} takes: {', '.join(allowed)}")
+            close = difflib.get_close_matches(key, allowed, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise bad(f"distill.{key}", distill[key], f"distill={distill['name']} takes: {', '.join(allowed)}{hint}")

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdexp.config.errors import ConfigError
+from kdexp.config.schema import HF_FAMILIES
 from kdexp.models import register_model
 from kdexp.models.base import FeatureOutput, ZooModel
 
-HF_FAMILIES = ("hf", "bert_l4", "bert_l6")  # Hugging Face models: they take hf_config
 TEXT_MODELS = (*HF_FAMILIES, "text_cnn")
 BERT_DEFAULTS = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 # Each layer's self-attention projections, by module name (BERT, DistilBERT, others): MiniLM reads the values,

@@ -109,13 +109,14 @@ def _entries(key: str, value: Any) -> list[tuple[str, Mapping]]:
 
 def _check_trainer_arguments(kwargs: Mapping, trainer_class: type) -> None:
     accepted = set(inspect.signature(trainer_class.__init__).parameters) - {"self", "callbacks", "logger"}
+    valid = sorted(accepted | set(KDEXP_SWITCHES) | set(LIST_KEYS))
     for key in kwargs:
         if key in accepted or key in KDEXP_SWITCHES:
             continue
-        close = difflib.get_close_matches(key, sorted(accepted | set(KDEXP_SWITCHES)), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
+        close = difflib.get_close_matches(key, valid, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError(f"trainer.{key}={kwargs[key]!r} is invalid: not a lightning.Trainer argument nor a "
-                          f"kdexp switch ({', '.join(KDEXP_SWITCHES)}); {hint}")
+                          f"kdexp switch ({', '.join(KDEXP_SWITCHES)}); {hint}valid keys: {', '.join(valid)}")
 
 
 def _locate(key: str, where: str, target: str) -> Any:

@@ -65,13 +65,27 @@ def test_a_bad_sampler_is_one_line_exit_2_and_nothing_written(tmp_path, override
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "multirun").exists()
 
 
-def test_an_unknown_sampler_choice_of_kdexp_train_is_one_line_exit_2(tmp_path):
-    done = subprocess.run([str(Path(sys.executable).parent / "kdexp-train"), "-m", "+sweep=kd_temperature",
-                           "hydra/sweeper/sampler=bayes", f"paths.root={tmp_path / 'out'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+BAD_SAMPLER_FILE = """# @package _global_
+defaults:
+  - override /hydra/sweeper: kdexp_optuna
+  - override /hydra/sweeper/sampler: bayes
+"""
+
+
+@pytest.mark.parametrize("where", ["command line", "hparams_search file"])
+def test_an_unknown_sampler_choice_of_kdexp_train_is_one_line_exit_2(tmp_path, where):
+    if where == "command line":
+        args = ["+sweep=kd_temperature", "hydra/sweeper/sampler=bayes"]
+    else:  # chosen in a YAML file's defaults list, where Hydra finds it while composing
+        (tmp_path / "conf" / "hparams_search").mkdir(parents=True)
+        (tmp_path / "conf" / "hparams_search" / "mine.yaml").write_text(BAD_SAMPLER_FILE)
+        args = ["--config-dir", str(tmp_path / "conf"), "hparams_search=mine"]
+    done = subprocess.run([str(Path(sys.executable).parent / "kdexp-train"), "-m", *args,
+                           f"paths.root={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("kdexp-train: error: hydra/sweeper/sampler=bayes: unknown sampler; choose one of: "
-                                   "tpe, random, cmaes, nsgaii, motpe, grid, qmc")
+    assert done.stdout == "" and done.stderr.strip() == (
+        "kdexp-train: error: hydra/sweeper/sampler=bayes: unknown sampler; choose one of: "
+        "cmaes, grid, motpe, nsgaii, qmc, random, tpe")
     assert not (tmp_path / "out").exists()
 
 

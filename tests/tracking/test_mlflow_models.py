@@ -115,6 +115,28 @@ def test_kdexp_export_from_the_logged_model(store, digits, tmp_path, capsys):
     assert logged == {"exports/student.onnx", "exports/student.pt2"}
 
 
+# What a quiet kdexp-export must not print: MLflow's artifact progress bars (tqdm), Lightning's banners
+NOISE = ("%|", "it/s]", "\r", "Downloading artifacts", "GPU available", "TPU available", "LOCAL_RANK", "Tip:")
+
+
+@pytest.mark.slow
+def test_the_real_kdexp_export_prints_the_path_and_little_else(store, digits, tmp_path):
+    x, _ = digits.split_tensors("test")
+    model = create_model("cnn_tiny", 10, 1).eval()
+    run_id = store.start("student:cnn_tiny", {"kdexp.role": "student"})
+    log_model(store, run_id, model, x[:4])
+    store.finish(run_id)
+    out = tmp_path / "student.onnx"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "kdexp-export"), run_id, "--format", "onnx",
+                           "--uri", store.uri, "--out", str(out)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [str(out)] and out.is_file()
+    assert len(done.stderr.splitlines()) <= 2, done.stderr[-3000:]
+    assert not [n for n in NOISE if n in done.stdout + done.stderr], done.stderr[-3000:]
+
+
 def test_kdexp_export_of_an_older_run_from_state_dict_and_config(store, digits, tmp_path):
     x, _ = digits.split_tensors("test")
     model = create_model("cnn_tiny", 10, 1).eval()
