@@ -16,8 +16,9 @@ scores of padded (query, key) pairs are left out of the mean (its public code se
 keeps them in). The scores are Q_a K_a^T / sqrt(d_k) of each layer's own query and key projections (caught by
 forward hooks, before the mask is added and before softmax and dropout); `build` refuses a model whose attention
 probabilities are not their softmax (relative or rotary positions). The teacher-output cache keeps no
-query/key projections, so tinybert's teacher runs online (with `attention=probs` it is cached); for hidden and minilm it keeps the teacher's per-token
-features padded to data.max_length, and every loss reads the teacher's leading positions, as many as the student's.
+query/key projections, so tinybert's teacher runs online (with `attention=probs` it is cached); for hidden and
+minilm it keeps the teacher's per-token features padded to data.max_length, and every loss reads the teacher's
+leading positions, as many as the student's.
 """
 
 from __future__ import annotations
