@@ -93,10 +93,13 @@ def test_cached_per_token_features_give_the_online_losses(text_dm, tmp_path, cap
 
 def test_tinyberts_attention_scores_run_the_teacher_online_the_cache_keeps_no_queries_or_keys(text_dm, tmp_path,
                                                                                                 caplog):
-    module = module_for(text_dm, "tinybert")  # attention=scores, the paper's form
+    teacher = module_for(text_dm, "tinybert", attention="probs").teacher
+    scores = create_method("tinybert")  # attention=scores, the paper's form
+    assert {"queries", "keys"} <= scores.needs and not {"queries", "keys"} & create_method(
+        "tinybert", attention="probs").needs
     with caplog.at_level(logging.INFO, logger="kdexp"):
-        assert prepare_cached_teacher({"mode": "auto"}, text_dm, module.teacher, module.method.needs, True, tmp_path,
-                                      levels=module.method.teacher_levels()) is None
+        assert prepare_cached_teacher({"mode": "auto"}, text_dm, teacher, scores.needs, True, tmp_path,
+                                      levels=scores.teacher_levels()) is None
     assert "teacher runs online: the cache keeps no keys, queries" in caplog.text
     assert not list(tmp_path.iterdir())
 
