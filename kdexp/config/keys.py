@@ -74,3 +74,15 @@ def check_data_keys(data: Mapping) -> None:
     for key, value in data.items():
         if key not in valid:
             raise unknown_key(f"data.{key}", value, valid)
+
+
+def check_multirun_keys(conf: Mapping) -> None:
+    """A multirun's misspelled model and typed-node keys, checked once in the launching process before any store
+    exists (kdexp.tracking.prepare_hydra). Its sweep (a `pair` axis) may still change the architectures, so every
+    `hf` key counts as valid here; each job validates its own config fully."""
+    check_closed_keys(conf)
+    for role in ("teacher", "student"):
+        valid = [*model_keys(conf, role), *HF_KEYS[role]]
+        for key, value in (conf.get(role) or {}).items():
+            if key not in valid:
+                raise unknown_key(f"{role}.{key}", value, valid)

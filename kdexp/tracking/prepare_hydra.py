@@ -102,9 +102,26 @@ def create(stores: Stores, uri: str | None) -> None:
             open_storage(normalize_uri(url))
 
 
+def misspelled_keys(config: DictConfig) -> None:
+    """A misspelled key (`-m student.foo=1 seed=0,1`) is one line and exit 2 here, before any store exists."""
+    from kdexp.config.errors import ConfigError
+    from kdexp.config.keys import check_multirun_keys
+
+    try:
+        conf = OmegaConf.to_container(config, resolve=False)
+        conf.pop("hydra", None)
+        check_multirun_keys(conf)
+    except ConfigError as exc:
+        print(f"kdexp-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - not decidable before the sweep: every job validates its own config
+        return
+
+
 class PrepareStores(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         start, cpu = time.perf_counter(), time.process_time()
+        misspelled_keys(config)
         try:
             stores = stores_of(config)
         except (OmegaConfBaseException, ValueError) as exc:  # e.g. a key only a job can resolve: jobs serialise

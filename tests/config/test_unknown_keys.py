@@ -16,7 +16,7 @@ from kdexp.config.parse import parse_config
 from kdexp.config.validate import validate_config
 from kdexp.config.variants import KINDS
 from tests.config.test_fail_fast import RUN
-from tests.conftest import compose_train
+from tests.conftest import CONF_DIR, compose_train
 
 TEACHER_KEYS = "arch, kwargs, ckpt, max_epochs, seed, augment, label_smoothing"
 
@@ -124,3 +124,23 @@ def test_legitimate_keys_validate(overrides, student):
     regularisation, a data set's and a method's options, Trainer arguments."""
     conf = parse_config(compose_train(overrides))  # validates it, after `pair` chose the models
     assert conf["student"]["arch"] == student
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["-m", "student.foo=1", "seed=0,1"], "student.foo=1 is invalid: unknown key; valid keys: arch, kwargs"),
+    (["-m", "matrix=smoke", "teacher.max_epoch=3"], "teacher.max_epoch=3 is invalid: unknown key; did you mean "),
+])
+def test_a_multirun_refuses_a_misspelled_key_before_any_store_or_job(tmp_path, overrides, message):
+    line = one_line(kdexp_train(tmp_path, *overrides, light=False), tmp_path)
+    assert line.startswith(f"kdexp-train: error: {message}")
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "out" / "multirun").exists()
+
+
+@pytest.mark.parametrize("choice", [f"matrix={p.stem}" for p in sorted((CONF_DIR / "matrix").glob("*.yaml"))]
+                         + [f"+sweep={p.stem}" for p in sorted((CONF_DIR.parent / "sweeps").glob("*.yaml"))])
+def test_every_shipped_matrix_and_sweep_passes_the_multirun_key_check(choice):
+    from omegaconf import OmegaConf
+
+    from kdexp.config.keys import check_multirun_keys
+
+    check_multirun_keys(OmegaConf.to_container(compose_train([choice]), resolve=False))
