@@ -8,7 +8,6 @@ import csv
 import re
 from pathlib import Path
 
-import pytest
 from scipy import stats as sp
 
 from benchmarks.teacher_memorisation import TEACHER_COLUMNS, main, table_markdown, teacher_diagnostics
@@ -72,7 +71,6 @@ def test_diagnostics_of_a_cached_teacher_on_its_own_splits(tmp_path):
         assert 0 < float(out[f"{split}_p_true_T4"]) < 1
 
 
-@pytest.mark.skipif(not (RESULTS / "fashion_teachers" / "table.md").exists(), reason="no committed table yet")
 def test_the_committed_memorisation_table_regenerates_byte_for_byte(tmp_path):
     folder = RESULTS / "fashion_teachers"
     command = (folder / "COMMAND").read_text().split()
