@@ -41,6 +41,8 @@ def fit(ctx: Context, module: EpochModule, max_epochs: int, callbacks: list | No
     trainer_kwargs, user_callbacks, loggers = trainer_extras(ctx.conf["trainer"])
     trainer_kwargs["max_epochs"] = max_epochs
     trainer_kwargs.setdefault("enable_checkpointing", False)
+    if stage == "init" and trainer_kwargs.get("strategy") == "ddp":  # a first stage leaves the head out of its loss
+        trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
     extras = {k: trainer_kwargs.pop(k, False) for k in TRAINER_EXTRAS}
     own = [EpochProgress(stage, position=ctx.run.position), *(callbacks or [])]
     if ckpt_dir is not None:

@@ -150,9 +150,11 @@ def test_kdexp_export_of_a_text_student_with_and_without_its_logged_model(csv_ru
 
 def test_two_ddp_processes_distil_on_text(tmp_path):
     """kdexp-train on 2 CPU processes (gloo) with text data: the run finishes, each model recorded once, the
-    student's epochs logged once, with the per-token teacher features of tinybert cached."""
+    student's epochs logged once, with the per-token teacher features of tinybert (attention=probs) cached; both
+    of its stages run under DDP (the first leaves the classifier out of its loss: unused parameters)."""
     out = kdexp_train("data=text_synthetic", "data.num_samples=120", "data.num_test=40", "teacher=hf", "student=hf",
-                      "student.hf_config.num_hidden_layers=1", "distill=tinybert", "baseline=false",
+                      "student.hf_config.num_hidden_layers=1", "distill=tinybert", "distill.attention=probs",
+                      "distill.init_epochs=1", "baseline=false",
                       "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp", "teacher.max_epochs=1",
                       "tracking.export_student=false", "tracking.log_model=false", *QUICK, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -161,4 +163,6 @@ def test_two_ddp_processes_distil_on_text(tmp_path):
     assert {r.info.status for r in all_runs} == {"FINISHED"}
     student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
     assert [m.step for m in client.get_metric_history(student.info.run_id, "train/loss")] == [0]
-    assert student.data.metrics["train/attention"] > 0 and 0 <= student.data.metrics["student/test_top1"] <= 1
+    assert [m.step for m in client.get_metric_history(student.info.run_id, "init/train/loss")] == [0]
+    assert student.data.metrics["init/train/attention"] > 0 and 0 <= student.data.metrics["student/test_top1"] <= 1
+    assert "filled teacher outputs ('logits', 'stages', 'attentions')" in out.stdout + out.stderr
