@@ -217,4 +217,4 @@ def test_a_second_matrix_process_waits_for_the_cell_the_first_is_training(tmp_pa
     found = client.search_runs([client.get_experiment_by_name("matrix-smoke").experiment_id])
     (student,) = [r for r in found if r.data.tags["kdexp.role"] == "student"]
     assert student.info.status == "FINISHED" and "kdexp.resumed" not in student.data.tags
-    assert sorted(m.step for m in client.get_metric_history(student.info.run_id, "train/loss")) == list(range(30))
+    assert sorted(m.step for m in client.get_metric_history(student.info.run_id, "train/loss")) == list(range(50))
