@@ -43,11 +43,12 @@ def model_keys(conf: Mapping, role: str) -> list[str]:
     return keys
 
 
-def check_model_keys(conf: Mapping) -> None:
-    """`teacher` and `student` hold only the keys `model_keys` lists (an inert `hf` key of another family too)."""
+def check_model_keys(conf: Mapping, any_hf: bool = False) -> None:
+    """`teacher` and `student` hold only the keys `model_keys` lists (an inert `hf` key of another family too;
+    with `any_hf`, every `hf` key, whatever its value)."""
     for role in ("teacher", "student"):
-        valid = model_keys(conf, role)
-        for key, value in conf[role].items():
+        valid = [*model_keys(conf, role), *(HF_KEYS[role] if any_hf else ())]
+        for key, value in (conf.get(role) or {}).items():
             if key not in valid and not (key in HF_KEYS[role] and value == HF_KEYS[role][key]):
                 raise unknown_key(f"{role}.{key}", value, valid)
 
@@ -81,8 +82,4 @@ def check_multirun_keys(conf: Mapping) -> None:
     exists (kdexp.tracking.prepare_hydra). Its sweep (a `pair` axis) may still change the architectures, so every
     `hf` key counts as valid here; each job validates its own config fully."""
     check_closed_keys(conf)
-    for role in ("teacher", "student"):
-        valid = [*model_keys(conf, role), *HF_KEYS[role]]
-        for key, value in (conf.get(role) or {}).items():
-            if key not in valid:
-                raise unknown_key(f"{role}.{key}", value, valid)
+    check_model_keys(conf, any_hf=True)
