@@ -22,20 +22,21 @@ def bad(key: str, value, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
-def unknown_key(key: str, value: Any, valid: list[str] | tuple[str, ...]) -> ConfigError:
-    """The error for a key no schema, data set, method or model takes: a misspelling, most often.
+def unknown_key(key: str, value: Any, valid: list[str] | tuple[str, ...], reason: str = "unknown key") -> ConfigError:
+    """The error for a key no schema, data set, method, model or Trainer takes: a misspelling, most often.
 
     Args:
         key: the full key, e.g. `student.foo`.
         value: its value.
         valid: the keys that node takes.
+        reason: what the key is not, e.g. "not a key of distill=kd".
 
     Returns:
         One ConfigError naming the key, the closest valid keys and all of them.
     """
     close = difflib.get_close_matches(key.rpartition(".")[2], valid, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    return bad(key, value, f"unknown key; {hint}valid keys: {', '.join(valid)}")
+    return bad(key, value, f"{reason}; {hint}valid keys: {', '.join(valid)}")
 
 
 def checked(default: Any = MISSING, **rules: Any) -> Any:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from kdexp.config.keys import check_closed_keys, check_data_keys, check_model_keys
-from kdexp.config.rules import bad, check_choice, check_fields, check_number
+from kdexp.config.rules import bad, check_choice, check_fields, check_number, unknown_key
 from kdexp.config.schema import TrainerSchema, TrainSchema
 from kdexp.config.variants import KINDS
 
@@ -123,6 +122,4 @@ def validate_method_keys(distill: dict) -> None:
     allowed = sorted({*CONFIG_KEYS, "temperature", *taken})
     for key in distill:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise bad(f"distill.{key}", distill[key], f"distill={distill['name']} takes: {', '.join(allowed)}{hint}")
+            raise unknown_key(f"distill.{key}", distill[key], allowed, f"not a key of distill={distill['name']}")

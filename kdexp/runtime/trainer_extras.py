@@ -12,13 +12,13 @@ within one stage. Everything else in `trainer:` is a lightning.Trainer argument,
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from kdexp.config.errors import ConfigError
+from kdexp.config.rules import unknown_key
 
 KDEXP_SWITCHES = ("compile", "channels_last")  # kdexp's own keys in `trainer:` (training/trainer.py TRAINER_EXTRAS)
 LIST_KEYS = ("callbacks", "logger")
@@ -113,10 +113,8 @@ def _check_trainer_arguments(kwargs: Mapping, trainer_class: type) -> None:
     for key in kwargs:
         if key in accepted or key in KDEXP_SWITCHES:
             continue
-        close = difflib.get_close_matches(key, valid, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ConfigError(f"trainer.{key}={kwargs[key]!r} is invalid: not a lightning.Trainer argument nor a "
-                          f"kdexp switch ({', '.join(KDEXP_SWITCHES)}); {hint}valid keys: {', '.join(valid)}")
+        raise unknown_key(f"trainer.{key}", kwargs[key], valid,
+                          f"not a lightning.Trainer argument nor a kdexp switch ({', '.join(KDEXP_SWITCHES)})")
 
 
 def _locate(key: str, where: str, target: str) -> Any:

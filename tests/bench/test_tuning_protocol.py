@@ -210,22 +210,29 @@ def test_a_budget_that_cannot_be_matched_is_a_matrix_error(tmp_path):
         tuning.trial_base(c, tuning.tune_settings(c))
 
 
-@pytest.mark.slow
-def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_path):
-    """A tuned AB cell (first stage 1 epoch) and a tuned KD cell, both of 2 epochs: the same student steps."""
+KD_CHOSEN = {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}
+
+
+def tuned_student_steps(base: list[str], rows: dict, root) -> dict[str, int]:
+    """Each row (method -> (its study's chosen settings, extra overrides)) trained as a tuned cell of 2 epochs:
+    its student optimizer steps."""
     from kdexp.variants import run_experiment
 
     steps = {}
-    for method, chosen in (("kd", {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}),
-                           ("ab", {"distill.margin": 1.0, "distill.weights.ab": 0.5})):
-        overrides = [*tiny_overrides, f"distill={method}", *TUNED, "trainer.max_epochs=2", "tune.epochs=2"]
-        if method == "ab":
-            overrides.append("distill.init_epochs=1")
-        conf = cell(*overrides)
-        finish_studies(conf, [chosen])
-        metrics = run_experiment(compose_train(overrides), tmp_path / method)
+    for method, (chosen, extra) in rows.items():
+        overrides = [*base, f"distill={method}", *TUNED, "trainer.max_epochs=2", "tune.epochs=2", *extra]
+        finish_studies(cell(*overrides), [chosen])
+        metrics = run_experiment(compose_train(overrides), root / method)
         steps[method] = metrics["student/optimizer_steps"]
         assert metrics["student/train_seconds"] > 0
+    return steps
+
+
+@pytest.mark.slow
+def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_path):
+    """A tuned AB cell (first stage 1 epoch) and a tuned KD cell, both of 2 epochs: the same student steps."""
+    steps = tuned_student_steps(tiny_overrides, {"kd": (KD_CHOSEN, []), "ab": (
+        {"distill.margin": 1.0, "distill.weights.ab": 0.5}, ["distill.init_epochs=1"])}, tmp_path)
     batches = 25  # synthetic: 1,000 samples, val_fraction 0.2, batch 32: 800 training images
     assert steps == {"kd": 2 * batches, "ab": 2 * batches}
 
@@ -234,21 +241,11 @@ def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_
 def test_a_matched_tinybert_row_takes_the_student_steps_of_a_kd_row(tmp_path):
     """Text: tuned TinyBERT (intermediate stage 1 epoch, prediction stage the rest) and tuned KD, both of 2 epochs."""
     pytest.importorskip("transformers", reason="the text extra (pip install kdexp[text])")
-    from kdexp.variants import run_experiment
-
     text = ["data=text_synthetic", "data.num_samples=200", "data.num_test=60", "data.max_length=24", "teacher=hf",
             "student=hf", "student.hf_config.num_hidden_layers=1", "teacher.max_epochs=1", "eval.latency_repeats=2",
             "eval.latency_batch=8", "tracking.export_student=false", "tracking.log_model=false",
             f"paths.root={tmp_path / 'outputs'}"]
-    steps = {}
-    for method, chosen in (("kd", {"distill.temperature": 2.0, "distill.weights.kd": 0.5, "distill.weights.ce": 0.5}),
-                           ("tinybert", {"distill.temperature": 1.0, "++student_recipe.lr": 0.001})):
-        overrides = [*text, f"distill={method}", *TUNED, "trainer.max_epochs=2", "tune.epochs=2"]
-        if method == "tinybert":
-            overrides.append("distill.init_epochs=1")
-        conf = cell(*overrides)
-        finish_studies(conf, [chosen])
-        metrics = run_experiment(compose_train(overrides), tmp_path / method)
-        steps[method] = metrics["student/optimizer_steps"]
+    steps = tuned_student_steps(text, {"kd": (KD_CHOSEN, []), "tinybert": (
+        {"distill.temperature": 1.0, "++student_recipe.lr": 0.001}, ["distill.init_epochs=1"])}, tmp_path)
     batches = 6  # 200 samples, 10 % held out for validation: 180, batch 32
     assert steps == {"kd": 2 * batches, "tinybert": 2 * batches}

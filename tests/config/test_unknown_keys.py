@@ -75,8 +75,8 @@ def test_hf_keys_belong_to_hf_models_only():
 @pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("data.batch_sise=8", "data.batch_sise=8 is invalid: unknown key; did you mean batch_size"),
-    ("distill.temprature=2", "distill.temprature=2 is invalid: distill=kd takes: name, temperature, weights; "
-                             "did you mean temperature?"),
+    ("distill.temprature=2", "distill.temprature=2 is invalid: not a key of distill=kd; did you mean temperature? "
+                             "valid keys: name, temperature, weights"),
     ("+trainer.max_epoch=3", "trainer.max_epoch=3 is invalid: not a lightning.Trainer argument nor a kdexp switch "
                              "(compile, channels_last); did you mean max_epochs"),
 ])
