@@ -32,7 +32,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup data lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30  # the slowest 30: where CI time goes
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
