@@ -293,7 +293,7 @@ class TextDataModule(TensorDataModule):
                 torch.save({"x": xs, "truncated": self.truncated, "student_truncated": self.student_truncated}, tmp)
                 tmp.replace(path)
         rows = sum(len(x) for x in xs)
-        if self.student_tokenizer is not None and (self.truncated or self.student_truncated):
+        if self.student_tokenizer is not None:  # both counts, also when 0: the student's vocabulary may be coarser
             log.info("data: %d of %d sequences truncated to data.max_length=%d with the teacher's tokenizer, %d with "
                      "the student's", self.truncated, rows, self.max_length, self.student_truncated)
         elif self.truncated:

@@ -144,3 +144,12 @@ def test_position_matching_methods_and_init_from_teacher_are_refused_with_two_to
     with pytest.raises(ConfigError, match="student.init_from_teacher=true copies the teacher's embeddings"):
         check_own_tokenizer({**conf, "distill": {"name": "kd"}, "student": {"init_from_teacher": True}}, dm)
     check_own_tokenizer(conf, SimpleNamespace(student_tokenizer=None))  # one tokenization: everything as before
+
+
+def test_a_misspelled_student_tokenizer_key_names_the_right_one():
+    from kdexp.config.keys import check_data_keys
+
+    check_data_keys({"name": "text_synthetic", "student_tokenizer": None})
+    with pytest.raises(ConfigError, match=r"data.student_tokeniser='student' is invalid: unknown key; did you mean "
+                                          r"student_tokenizer"):
+        check_data_keys({"name": "text", "student_tokeniser": "student"})
