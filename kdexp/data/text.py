@@ -251,6 +251,9 @@ class TextDataModule(TensorDataModule):
             raise ConfigError(f"data.student_tokenizer={self.student_tokenizer_name!r} is invalid: choose null (the "
                               "teacher's), student (the student's own hf model), hf:<hub id or folder> or a folder")
         tokenizer = load_tokenizer(source, "data.student_tokenizer")
+        if tokenizer.pad_token is None:  # e.g. GPT-2's: batches are padded to max_length with it
+            raise ConfigError(f"data.student_tokenizer={self.student_tokenizer_name!r}: the tokenizer has no padding "
+                              "token; save it with one (tokenizer.pad_token = ...; save_pretrained)")
         return None if tokenizer_digest(tokenizer) == tokenizer_digest(self.tokenizer) else tokenizer
 
     def encode(self, columns: dict[str, list], tokenizer) -> tuple[Tensor, int]:

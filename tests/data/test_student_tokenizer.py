@@ -129,6 +129,16 @@ def test_an_unloadable_student_tokenizer_is_one_config_error(folders, tmp_path):
         text_dm(folders, cache=False, student_tokenizer=str(tmp_path / "empty"))
 
 
+def test_a_student_tokenizer_without_a_padding_token_is_one_config_error(folders, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folders["B"])
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "nopad")
+    with pytest.raises(ConfigError, match=r"^data.student_tokenizer='.*nopad': the tokenizer has no padding token"):
+        text_dm(folders, cache=False, student_tokenizer=str(tmp_path / "nopad"))
+
+
 def test_position_matching_methods_and_init_from_teacher_are_refused_with_two_tokenizations():
     dm = SimpleNamespace(student_tokenizer=object())
     conf = {"distill": {"name": "hidden"}, "data": {"student_tokenizer": "hf:B"}, "student": {}}
