@@ -63,8 +63,9 @@ def num_params(model: nn.Module) -> int:
 
 
 def own_rows(model: nn.Module, x: Tensor) -> Tensor:
-    """The part of a data batch `model` reads alone (a text model of two tokenizations: its own rows; else x)."""
-    return model.own_rows(x) if hasattr(model, "own_rows") else x
+    """The part of a data batch `model` reads alone (a text model of two tokenizations: its own rows; else x),
+    contiguous: an exported program's input guards expect a plain (B, 3, L) layout."""
+    return model.own_rows(x).contiguous() if hasattr(model, "own_rows") else x
 
 
 def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int, device=None,

@@ -40,6 +40,7 @@ def test_kd_into_a_student_with_its_own_tokenizer(own_run):
     log = first.stdout + first.stderr
     assert "filled teacher outputs ('logits',)" in log
     assert "with the teacher's tokenizer" in log and "with the student's" in log  # truncation counts of both
+    assert "Failed to validate serving input example" not in log  # the MLflow Models take their own rows
     client, all_runs = runs(cwd)
     student = next(r for r in all_runs if r.data.tags["kdexp.role"] == "student")
     assert student.info.status == "FINISHED" and student.data.metrics["student/onnx_parity_ok"] == 1.0
