@@ -57,3 +57,24 @@ def tiny_bert_folder(folder: Path, num_labels: int = 2, vocab_size: int | None =
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def byte_bpe_tokenizer_folder(folder: Path, vocab_size: int = 300) -> Path:
+    """A RoBERTa-like tokenizer (byte-level BPE, case kept, <s> </s> <pad>) trained on the corpus with `tokenizers`
+    and saved like a hub tokenizer: another vocabulary and normalisation than tiny_bert_folder's WordPiece."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(200)["text"], trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", cls_token="<s>", sep_token="</s>")
+    fast.save_pretrained(folder)
+    return folder

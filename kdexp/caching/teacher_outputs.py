@@ -258,7 +258,7 @@ def cache_spec(teacher: nn.Module, dm, outputs: tuple[str, ...], views: int, see
     """Everything the cached outputs depend on: the key is its fingerprint (whole lists keep their old keys)."""
     spec = {
         "kind": "teacher-outputs", "format": FORMAT, "teacher": type(teacher).__name__,
-        "teacher_weights": weights_digest(teacher), "data": dm.fingerprint(), "split": "train",
+        "teacher_weights": weights_digest(teacher), "data": dm.fingerprint("teacher"), "split": "train",
         "transform": {"views": views, "seed": seed, "chunk": VIEW_CHUNK} if views else "none",
         "outputs": list(outputs),
     }

@@ -74,12 +74,39 @@ def parse_config(cfg: Any, stores: bool = False) -> FrozenDict:
         if slot in conf and (not conf[slot] or (slot == "tune" and conf[slot] == untouched_tune())):
             del conf[slot]
     apply_matrix_keys(conf)  # `method` label, `pair` -> teacher/student arch, `distill_overrides`
+    resolve_student_tokenizer(conf)  # after `pair`: `student` names the cell's student
     validate_config(conf)
     if stores:
         from kdexp.tracking.stores import check_stores
 
         check_stores({**conf, "tracking": dict(conf["tracking"])})  # the URI as the user gave it stays
     return freeze(conf)
+
+
+STUDENT_TOKENIZER_CHOICES = ("null (the teacher's), student (the student's own hf:<hub id or folder>), "
+                             "hf:<hub id or folder> or a folder")
+
+
+def resolve_student_tokenizer(conf: dict) -> None:
+    """`data.student_tokenizer=student` -> the student's hf:<hub id or folder> (its arch, or kwargs.source of
+    bert_l6 / bert_l4); any other value must be hf:<...> or a folder. Loading it is the data module's check."""
+    data = conf.get("data") or {}
+    value = data.get("student_tokenizer")
+    if value is None:
+        return
+    from pathlib import Path
+
+    from kdexp.config.rules import bad
+
+    if value == "student":
+        arch, source = str(conf["student"]["arch"]), (conf["student"].get("kwargs") or {}).get("source")
+        own = arch if arch.startswith("hf:") and len(arch) > 3 else f"hf:{source}" if source else None
+        if own is None:
+            raise bad("data.student_tokenizer", value, f"student.arch={arch!r} has no tokenizer of its own (an "
+                      "hf:<hub id or folder> model); give one: data.student_tokenizer=hf:<hub id or folder>")
+        data["student_tokenizer"] = own
+    elif not (str(value).startswith("hf:") and len(str(value)) > 3) and not Path(str(value)).expanduser().is_dir():
+        raise bad("data.student_tokenizer", value, f"not a folder; choose {STUDENT_TOKENIZER_CHOICES}")
 
 
 def untouched_tune() -> dict:

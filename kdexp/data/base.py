@@ -63,6 +63,15 @@ def random_crop_flip(x: Tensor, gen: torch.Generator, padding: int, flip: bool, 
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def raw_digest(raw) -> str:
+    """Hash of raw tensors (dtypes, shapes, values): the content part of a data fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    for t in raw:
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class TensorDataModule(L.LightningDataModule):
     """Base of every data set: subclasses set the class attributes and implement `load_raw`.
 
@@ -155,13 +164,10 @@ class TensorDataModule(L.LightningDataModule):
         if source is not None and source in _RAW_MEMO:
             return _RAW_MEMO[source]
         raw = self.load_raw()
-        digest = hashlib.blake2b(digest_size=16)
-        for t in raw:
-            digest.update(str((t.dtype, tuple(t.shape))).encode())
-            digest.update(t.contiguous().numpy().tobytes())
+        digest = raw_digest(raw)
         if source is not None:  # splits index and normalize into new tensors: the raw ones stay as read
-            remember(_RAW_MEMO, source, (raw, digest.hexdigest()), _RAW_MEMO_KEPT)
-        return raw, digest.hexdigest()
+            remember(_RAW_MEMO, source, (raw, digest), _RAW_MEMO_KEPT)
+        return raw, digest
 
     # --- attributes ---------------------------------------------------------------------------
     @property
@@ -290,8 +296,9 @@ class TensorDataModule(L.LightningDataModule):
         return self.loader("test")
 
     # --- identity -----------------------------------------------------------------------------
-    def fingerprint(self) -> dict:
-        """Everything that defines the data a model sees (not batch size, run seed or location).
+    def fingerprint(self, role: str = "") -> dict:
+        """Everything that defines the data a model sees (not batch size, run seed or location). `role` (teacher,
+        student): whose view, where the models read different inputs (text with two tokenizations).
 
         Loads the data (once) to hash its raw content, so copies on other machines or in other
         compressions match and a changed file does not.

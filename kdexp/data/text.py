@@ -3,7 +3,10 @@
 
 A sample is an int64 tensor of shape (3, max_length): token ids, attention mask and token type ids, padded to
 `max_length`; every batch is cut to its longest sequence (dynamic padding), so a batch of short sentences costs
-what they cost. transformers/datasets/tokenizers are imported only here, when a text data set is used.
+what they cost. A student with a tokenizer of its own (`student_tokenizer`) gets a second tokenization: a sample
+is then (6, max_length), the teacher's 3 rows then the student's, and each model reads its own
+(kdexp.models.text.TextModel.own_rows). transformers/datasets/tokenizers are imported only here, when a text data
+set is used.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor
 from kdexp.caching.fingerprint import fingerprint
 from kdexp.config.errors import ConfigError
 
-from .base import DATASETS, DataFormatError, TensorDataModule, check_int
+from .base import DATASETS, DataFormatError, TensorDataModule, check_int, raw_digest
 
 log = logging.getLogger("kdexp")
 ROWS = ("input_ids", "attention_mask", "token_type_ids")  # the 3 rows of a sample
@@ -31,8 +34,9 @@ TOKENIZED_FORMAT = 1  # bump when tokenization changes what a model sees
 
 
 def trim_padding(x: Tensor) -> Tensor:
-    """Cut a (B, 3, L) batch to its longest sequence: the padding columns every sample has are dropped."""
-    length = int(x[:, 1].sum(1).max()) if len(x) else 0
+    """Cut a (B, 3, L) batch (or (B, 6, L): two tokenizations) to its longest sequence of any tokenization: the
+    padding columns every sample has are dropped."""
+    length = int(x[:, 1 :: len(ROWS)].sum(-1).max()) if len(x) else 0
     return x[..., : max(length, 1)]
 
 
@@ -45,8 +49,9 @@ def tokenizer_source(value: str | None) -> str | None:
     return value if Path(value).is_dir() else None  # a zoo model name (e.g. text_cnn): a trained tokenizer
 
 
-def load_tokenizer(source: str):
-    """AutoTokenizer from a local folder, or a hub id when the hub is reachable; ConfigError otherwise."""
+def load_tokenizer(source: str, key: str = "data.tokenizer"):
+    """AutoTokenizer from a local folder, or a hub id when the hub is reachable; ConfigError (naming `key`)
+    otherwise."""
     from transformers import AutoTokenizer
 
     offline = os.environ.get("KDEXP_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -54,7 +59,7 @@ def load_tokenizer(source: str):
         return AutoTokenizer.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"data.tokenizer={source!r}: no tokenizer could be loaded ({str(exc).splitlines()[0][:160]}); without "
+            f"{key}={source!r}: no tokenizer could be loaded ({str(exc).splitlines()[0][:160]}); without "
             "the hub, pass a local folder saved with save_pretrained: teacher.arch=hf:/path/to/model") from None
 
 
@@ -117,6 +122,9 @@ class TextDataModule(TensorDataModule):
       max_length     tokens per sequence; longer ones are truncated (the count is logged)
       tokenizer      'hf:<id or folder>' or a folder: that tokenizer; anything else (a zoo model name): a
                      WordPiece tokenizer of `vocab_size` trained on the train texts
+      student_tokenizer   None: the student reads the teacher's tokens; 'hf:<id or folder>' or a folder: the
+                     student's own (kdexp.config.parse resolves `student` to the student's hf:<id or folder>).
+                     When it differs from `tokenizer` (tokenizer_digest), each sample carries both tokenizations
       cache_dir      where tokenized splits are kept under their fingerprint (None: not kept)
     """
 
@@ -130,7 +138,8 @@ class TextDataModule(TensorDataModule):
     def __init__(self, *, files: dict | None = None, hf_name: str | None = None, hf_config: str | None = None,
                  test_split: str = "test", text_field: str = "text", text_pair_field: str | None = None,
                  label_field: str = "label", max_length: int = 128, tokenizer: str | None = None,
-                 vocab_size: int = 1000, cache_dir: str | None = None, **common):
+                 student_tokenizer: str | None = None, vocab_size: int = 1000, cache_dir: str | None = None,
+                 **common):
         super().__init__(**common)
         check_int("max_length", max_length, 4)
         check_int("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1)
@@ -146,13 +155,21 @@ class TextDataModule(TensorDataModule):
         self.cache_dir = cache_dir
         self.num_classes = 0  # known once the labels are read
         self.class_names: tuple[str, ...] | None = None
+        self.student_tokenizer_name = student_tokenizer
         self.tokenizer = None
+        self.student_tokenizer = None  # set only where it differs from the teacher's: a second tokenization
         self.truncated = 0
+        self.student_truncated = 0
+        self._teacher_hash: str | None = None
 
     # --- identity of what is read --------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, int]:
-        return (len(ROWS), self.max_length)
+        return (len(ROWS) * len(self.tokenizers()), self.max_length)
+
+    def tokenizers(self) -> list:
+        """The tokenizations a sample carries: the teacher's, then the student's own where it differs."""
+        return [self.tokenizer, *([self.student_tokenizer] if self.student_tokenizer is not None else [])]
 
     def source_description(self) -> dict:
         """What rows are read (files with size and mtime, or the hub / disk set's name)."""
@@ -225,40 +242,65 @@ class TextDataModule(TensorDataModule):
         source = tokenizer_source(self.tokenizer_name)
         return load_tokenizer(source) if source else train_tokenizer(train_texts, self.vocab_size)
 
-    def encode(self, columns: dict[str, list]) -> Tensor:
-        """(N, 3, max_length) int64; counts the sequences truncated to max_length in self.truncated."""
+    def get_student_tokenizer(self):
+        """The student's own tokenizer, or None where it reads the teacher's (not set, or the same digest)."""
+        if self.student_tokenizer_name is None:
+            return None
+        source = tokenizer_source(self.student_tokenizer_name)
+        if source is None:  # kdexp.config.parse checks the value first; this is for direct use
+            raise ConfigError(f"data.student_tokenizer={self.student_tokenizer_name!r} is invalid: choose null (the "
+                              "teacher's), student (the student's own hf model), hf:<hub id or folder> or a folder")
+        tokenizer = load_tokenizer(source, "data.student_tokenizer")
+        if tokenizer.pad_token is None:  # e.g. GPT-2's: batches are padded to max_length with it
+            raise ConfigError(f"data.student_tokenizer={self.student_tokenizer_name!r}: the tokenizer has no padding "
+                              "token; save it with one (tokenizer.pad_token = ...; save_pretrained)")
+        return None if tokenizer_digest(tokenizer) == tokenizer_digest(self.tokenizer) else tokenizer
+
+    def encode(self, columns: dict[str, list], tokenizer) -> tuple[Tensor, int]:
+        """(N, 3, max_length) int64 and how many sequences were truncated to max_length."""
         texts = [str(t) for t in columns[self.text_field]]
         pairs = [str(t) for t in columns[self.text_pair_field]] if self.text_pair_field else None
-        full = self.tokenizer(texts, pairs, truncation=False)["input_ids"]
-        self.truncated += sum(len(ids) > self.max_length for ids in full)
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding="max_length",
-                             return_token_type_ids=True, return_attention_mask=True)
-        return torch.stack([torch.tensor(enc[k], dtype=torch.long) for k in ROWS], dim=1)
+        full = tokenizer(texts, pairs, truncation=False)["input_ids"]
+        enc = tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding="max_length",
+                        return_token_type_ids=True, return_attention_mask=True)
+        x = torch.stack([torch.tensor(enc[k], dtype=torch.long) for k in ROWS], dim=1)
+        return x, sum(len(ids) > self.max_length for ids in full)
 
     def load_raw(self) -> tuple[Tensor, ...]:
         splits = self.read_splits()
         self.check_columns(splits)
         labels = self.label_ids(splits)
         self.tokenizer = self.get_tokenizer([str(t) for t in splits["train"][self.text_field]])
+        self.student_tokenizer = self.get_student_tokenizer()
         order = ["train", "test", *(["validation"] if "validation" in splits else [])]
         spec = {"what": "tokenized-text", "format": TOKENIZED_FORMAT, "source": self.source_description(),
                 "content": content_digest(splits, order), "tokenizer": tokenizer_digest(self.tokenizer),
-                "fields": [self.text_field, self.text_pair_field, self.label_field], "max_length": self.max_length}
+                "fields": [self.text_field, self.text_pair_field, self.label_field], "max_length": self.max_length,
+                **self.student_digest()}
         path = Path(self.cache_dir).expanduser() / f"{fingerprint(spec)}.pt" if self.cache_dir else None
         if path is not None and path.is_file():
             stored = torch.load(path, weights_only=True)
             xs, self.truncated = stored["x"], int(stored["truncated"])
+            self.student_truncated = int(stored.get("student_truncated", 0))
         else:
-            self.truncated = 0
-            xs = [self.encode(splits[s]) for s in order]
+            counts = [0] * len(self.tokenizers())
+            xs = []
+            for split in order:  # per tokenization its 3 rows, the teacher's first
+                parts = [self.encode(splits[split], tokenizer) for tokenizer in self.tokenizers()]
+                xs.append(torch.cat([x for x, _ in parts], dim=1))
+                counts = [c + n for c, (_, n) in zip(counts, parts)]
+            self.truncated, self.student_truncated = counts[0], sum(counts[1:])
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{id(self)}")
-                torch.save({"x": xs, "truncated": self.truncated}, tmp)
+                torch.save({"x": xs, "truncated": self.truncated, "student_truncated": self.student_truncated}, tmp)
                 tmp.replace(path)
-        if self.truncated:
-            log.info("data: %d of %d sequences truncated to data.max_length=%d", self.truncated,
-                     sum(len(x) for x in xs), self.max_length)
+        rows = sum(len(x) for x in xs)
+        if self.student_tokenizer is not None:  # both counts, also when 0: the student's vocabulary may be coarser
+            log.info("data: %d of %d sequences truncated to data.max_length=%d with the teacher's tokenizer, %d with "
+                     "the student's", self.truncated, rows, self.max_length, self.student_truncated)
+        elif self.truncated:
+            log.info("data: %d of %d sequences truncated to data.max_length=%d", self.truncated, rows, self.max_length)
         raw: list[Tensor] = []
         for split, x in zip(order, xs):
             raw += [x, labels[split]]
@@ -266,16 +308,21 @@ class TextDataModule(TensorDataModule):
 
     def raw_source(self) -> tuple | None:
         return ("text", json.dumps(self.source_description(), sort_keys=True), self.tokenizer_name, self.vocab_size,
-                self.max_length, self.text_field, self.text_pair_field, self.label_field, self.cache_dir)
+                self.max_length, self.text_field, self.text_pair_field, self.label_field, self.cache_dir,
+                self.student_tokenizer_name)
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits is None:
             raw, self._content_hash = self._raw_and_hash()
-            if self.tokenizer is None:  # memoized raw tensors: the tokenizer and labels of that read
-                self.tokenizer, self.num_classes, self.class_names, self.truncated = _TOKENIZERS[self.raw_source()]
+            if self.tokenizer is None:  # memoized raw tensors: the tokenizers and labels of that read
+                (self.tokenizer, self.student_tokenizer, self.num_classes, self.class_names, self.truncated,
+                 self.student_truncated) = _TOKENIZERS[self.raw_source()]
             else:
-                _TOKENIZERS[self.raw_source()] = (self.tokenizer, self.num_classes, self.class_names, self.truncated)
+                _TOKENIZERS[self.raw_source()] = (self.tokenizer, self.student_tokenizer, self.num_classes,
+                                                  self.class_names, self.truncated, self.student_truncated)
             self._splits = self._build_splits(*raw)
+            if self.student_tokenizer is not None:  # the teacher's view alone hashes as if the tokenizer were shared
+                self._teacher_hash = raw_digest([t[:, : len(ROWS)] if t.dim() == 3 else t for t in raw])
 
     def _build_splits(self, x_tr: Tensor, y_tr: Tensor, x_te: Tensor, y_te: Tensor,
                       x_va: Tensor | None = None, y_va: Tensor | None = None) -> dict:
@@ -297,17 +344,37 @@ class TextDataModule(TensorDataModule):
         return trim_padding(x)
 
     # --- what models need ----------------------------------------------------------------------
-    def model_kwargs(self) -> dict:
-        """Constructor arguments every text model takes from the data: vocabulary and sequence length."""
-        self.setup()
-        return {"vocab_size": len(self.tokenizer), "pad_token_id": int(self.tokenizer.pad_token_id or 0),
-                "max_length": self.max_length}
+    def model_kwargs(self, role: str = "teacher") -> dict:
+        """Constructor arguments every text model takes from the data: vocabulary and sequence length; a student
+        with a tokenizer of its own gets its vocabulary and reads the second tokenization (`tokenization=1`).
 
-    def fingerprint(self) -> dict:
+        Args:
+            role: "teacher" or "student".
+
+        Returns:
+            vocab_size, pad_token_id, max_length (and tokenization for such a student).
+        """
+        self.setup()
+        own = role == "student" and self.student_tokenizer is not None
+        tokenizer = self.student_tokenizer if own else self.tokenizer
+        return {"vocab_size": len(tokenizer), "pad_token_id": int(tokenizer.pad_token_id or 0),
+                "max_length": self.max_length, **({"tokenization": 1} if own else {})}
+
+    def student_digest(self) -> dict:
+        """{"student_tokenizer": digest} where the student has its own tokenizer; {} (keys unchanged) otherwise."""
+        if self.student_tokenizer is None:
+            return {}
+        return {"student_tokenizer": tokenizer_digest(self.student_tokenizer)}
+
+    def fingerprint(self, role: str = "") -> dict:
+        """The base fingerprint with the tokenizers' digests. role="teacher": what the teacher reads, so that the
+        teacher (its training, cached outputs) is keyed alike whatever tokenizer the student has."""
         out = super().fingerprint()
         out.update({"max_length": self.max_length, "tokenizer": tokenizer_digest(self.tokenizer),
                     "validation_given": "validation" in self.files})
-        return out
+        if role == "teacher" and self.student_tokenizer is not None:
+            return out | {"content_blake2b": self._teacher_hash, "input_shape": [len(ROWS), self.max_length]}
+        return out | self.student_digest()
 
 
 _TOKENIZERS: dict[tuple, tuple] = {}

@@ -48,11 +48,20 @@ def method_terms(name: str) -> tuple[str, ...]:
     return BUILTIN_TERMS + tuple(METHODS.get(name).terms)
 
 
+POSITION_FEATURES = frozenset({"stages", "preact", "attentions", "values", "queries", "keys"})
+
+
+def matches_positions(name: str) -> bool:
+    """Whether the method compares teacher and student feature by feature position (text: token by token), which
+    means nothing when they read different tokenizations; logit and whole-sample embedding methods do not."""
+    return bool(METHODS.get(name).needs & POSITION_FEATURES)
+
+
 # Method families register themselves on import (kept after the registry they import).
 from kdexp.distill import crd, hint, logit, relation, reviewkd, transformer, two_stage  # noqa: E402, F401
 
 __all__ = [
     "BUILTIN_TERMS", "Distiller", "IncompatiblePairError", "create_method",
     "method_from_config", "kd_loss",
-    "list_methods", "method_terms", "register_method",
+    "list_methods", "matches_positions", "method_terms", "register_method",
 ]

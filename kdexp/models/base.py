@@ -62,6 +62,12 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def own_rows(model: nn.Module, x: Tensor) -> Tensor:
+    """The part of a data batch `model` reads alone (a text model of two tokenizations: its own rows; else x),
+    contiguous: an exported program's input guards expect a plain (B, 3, L) layout."""
+    return model.own_rows(x).contiguous() if hasattr(model, "own_rows") else x
+
+
 def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int, device=None,
                   random: bool = False) -> Tensor:
     """A batch of `input_shape` that `model` accepts: zeros (or N(0, 1) with `random`) for image models; for models
@@ -77,6 +83,8 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int, de
         the batch tensor.
     """
     dtype = getattr(model, "input_dtype", torch.float32)
+    if hasattr(model, "own_shape"):  # a text model alone takes its own tokenization's rows
+        input_shape = model.own_shape(tuple(input_shape))
     if dtype.is_floating_point:
         make = torch.randn if random else torch.zeros
         return make(batch, *input_shape, device=device)

@@ -27,6 +27,7 @@ from kdexp.models import register_model
 from kdexp.models.base import FeatureOutput, ZooModel
 
 TEXT_MODELS = (*HF_FAMILIES, "text_cnn")
+TOKEN_ROWS = 3  # token ids, attention mask, token type ids (kdexp.data.text.ROWS)
 BERT_DEFAULTS = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 # Each layer's self-attention projections, by module name (BERT, DistilBERT, others): MiniLM reads the values,
 # TinyBERT the queries and keys (its pre-softmax scores)
@@ -36,9 +37,33 @@ PROJECTIONS = {"queries": (".self.query", ".q_lin", ".self_attn.q_proj", ".atten
 
 
 class TextModel(ZooModel):
-    """Base of text models: inputs are token ids, so probes and latency batches are int64 (see example_input)."""
+    """Base of text models: inputs are token ids, so probes and latency batches are int64 (see example_input).
+
+    A batch of two tokenizations (B, 6, L; a student with its own tokenizer, kdexp.data.text) holds the teacher's
+    3 rows, then the student's: a model reads those of its `tokenization` (0 the teacher's, 1 the student's own).
+    Alone (exports, latency) a model takes its own (B, 3, L).
+    """
 
     input_dtype = torch.long
+    tokenization = 0
+
+    def own_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """One sample's shape as this model takes it alone: (3, L)."""
+        return (TOKEN_ROWS, input_shape[-1])
+
+    def own_rows(self, x: Tensor) -> Tensor:
+        """This model's (B, 3, L) rows of a batch (of one or two tokenizations)."""
+        if x.shape[1] == TOKEN_ROWS:
+            return x
+        start = TOKEN_ROWS * self.tokenization
+        return x[:, start : start + TOKEN_ROWS]
+
+    def own_input(self, x: Tensor) -> Tensor:
+        """own_rows cut to its own longest sequence (the batch was cut to the longest of both tokenizations)."""
+        if x.shape[1] == TOKEN_ROWS:
+            return x
+        x = self.own_rows(x)
+        return x[..., : max(int(x[:, 1].sum(1).max()), 1)]
 
 
 class HFClassifier(TextModel):
@@ -48,9 +73,9 @@ class HFClassifier(TextModel):
 
     def __init__(self, num_classes: int = 2, in_channels: int = 3, *, source: str | None = None,
                  hf_config: dict | None = None, vocab_size: int | None = None, pad_token_id: int = 0,
-                 max_length: int = 128):
+                 max_length: int = 128, tokenization: int = 0):
         super().__init__()
-        self.source, self.hf_config = source, dict(hf_config or {})
+        self.source, self.hf_config, self.tokenization = source, dict(hf_config or {}), tokenization
         self.model = build_hf_model(source, self.hf_config, num_classes, vocab_size, pad_token_id, max_length)
         self.model.config.output_hidden_states = False
         names = set(inspect.signature(self.model.forward).parameters)
@@ -61,7 +86,7 @@ class HFClassifier(TextModel):
         return self.model.config
 
     def inputs(self, x: Tensor) -> dict[str, Tensor]:
-        ids, mask, types = x.unbind(1)
+        ids, mask, types = self.own_input(x).unbind(1)
         return {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if self.uses_token_types
                                                               else {})}
 
@@ -80,7 +105,7 @@ class HFClassifier(TextModel):
                 hook.remove()
         hidden = list(out.hidden_states)
         return FeatureOutput(out.logits, hidden, hidden, hidden[-1][:, 0], attentions=list(out.attentions),
-                             mask=x[:, 1], **caught)
+                             mask=self.own_input(x)[:, 1], **caught)
 
 
 def build_hf_model(source: str | None, overrides: dict, num_classes: int, vocab_size: int | None, pad_token_id: int,
@@ -110,7 +135,8 @@ def build_hf_model(source: str | None, overrides: dict, num_classes: int, vocab_
     config._attn_implementation = "eager"  # attention maps for TinyBERT/MiniLM; also what exports cleanly
     if vocab_size is not None and vocab_size > config.vocab_size:
         raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model's embedding has {config.vocab_size}:"
-                          " this tokenizer does not fit the model (data.tokenizer=hf:<the model's folder>)")
+                          " this tokenizer does not fit the model (data.tokenizer or data.student_tokenizer="
+                          "hf:<the model's folder>)")
     if max_length > getattr(config, "max_position_embeddings", max_length):
         raise ConfigError(f"data.max_length={max_length} exceeds the model's {config.max_position_embeddings} "
                           "positions; lower data.max_length")
@@ -150,8 +176,9 @@ class TextCNN(TextModel):
 
     def __init__(self, num_classes: int = 2, in_channels: int = 3, *, vocab_size: int = 1000, pad_token_id: int = 0,
                  max_length: int = 128, embed_dim: int = 64, channels: int = 64, kernels: tuple = (2, 3, 4),
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, tokenization: int = 0):
         super().__init__()
+        self.tokenization = tokenization
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_token_id)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, k) for k in kernels)
         self.kernels = tuple(kernels)
@@ -159,6 +186,7 @@ class TextCNN(TextModel):
         self.classifier = nn.Linear(channels * len(kernels), num_classes)
 
     def forward_intermediates(self, x: Tensor) -> FeatureOutput:
+        x = self.own_input(x)
         ids, mask = x[:, 0], x[:, 1]
         e = self.embed(ids).transpose(1, 2) * mask[:, None, :]  # (B, E, L); padding contributes zeros
         pooled = []

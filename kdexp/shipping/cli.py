@@ -108,7 +108,7 @@ def text_model_kwargs(run_id: str, dm, node: dict) -> dict:
     from kdexp.models.text import HF_FAMILIES
 
     try:
-        kwargs = dm.model_kwargs()
+        kwargs = dm.model_kwargs("student")
     except ConfigError as exc:
         raise ExportError(f"run {run_id} is a text run whose data could not be read again for its "
                           f"vocabulary: {exc}") from None

@@ -24,7 +24,8 @@ from kdexp.training.trainer import fit
 log = logging.getLogger("kdexp")
 
 
-def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, seed: int) -> dict:
+def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, seed: int,
+               role: str = "student") -> dict:
     """Everything that defines a model trained with `recipe`: what its cache key is made of (a distilled
     link adds its teacher and method to it).
 
@@ -34,6 +35,7 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
         recipe: what it trains with (optimiser, lr, schedule).
         max_epochs: epochs it trains for.
         seed: its seed.
+        role: "teacher" or "student": whose view of the data (a text teacher's key ignores a student tokenizer).
 
     Returns:
         The spec, a JSON-able dict.
@@ -42,7 +44,8 @@ def model_spec(ctx: Context, node: Mapping, recipe: Mapping, max_epochs: int, se
     return {
         "role": "trained-alone", "arch": node["arch"], "kwargs": node["kwargs"],
         **({"hf_config": dict(node["hf_config"])} if node.get("hf_config") else {}),  # absent: keys unchanged
-        "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels, "data": ctx.dm.fingerprint(),
+        "num_classes": ctx.dm.num_classes, "in_channels": ctx.dm.in_channels,
+        "data": ctx.dm.fingerprint(role),
         "batch_size": c["data"]["batch_size"], "recipe": recipe, "max_epochs": max_epochs, "seed": seed,
         "precision": c["trainer"].get("precision"), "fast_dev_run": c["trainer"].get("fast_dev_run", False),
         # callbacks from config (early stopping) and several DDP processes (a larger global batch) change
@@ -68,7 +71,7 @@ def train_alone(ctx: Context, label: str, max_epochs: int, seed: int) -> tuple[n
     role = "teacher" if label == "teacher" else "student"  # the config node naming the architecture
     augment = label == "teacher" and bool(ctx.conf["teacher"].get("augment"))  # teacher.augment: its batches only
     with augmented(ctx.dm, augment):
-        spec = model_spec(ctx, ctx.conf[role], ctx.recipe_for(role), max_epochs, seed)
+        spec = model_spec(ctx, ctx.conf[role], ctx.recipe_for(role), max_epochs, seed, role)
     key = fingerprint(spec)
 
     def train() -> tuple[nn.Module, dict]:

@@ -94,7 +94,7 @@ def model_kwargs(dm, node: Mapping, role: str) -> dict:
                           f"(data={dm.name}); " + (f"text models: {allowed}" if text_data else
                                                    "choose an image model (kdexp.models.list_models())"))
     if text_data:
-        kwargs.update(dm.model_kwargs())
+        kwargs.update(dm.model_kwargs(role))
         if family in HF_FAMILIES:
             kwargs["hf_config"] = dict(node.get("hf_config") or {})
     return kwargs
@@ -120,7 +120,27 @@ def make_context(conf: Mapping, run_dir: str | Path, run_tags: dict[str, str] | 
     announce_processes(conf["trainer"])
     dm = create_datamodule(**conf["data"], seed=conf["seed"])
     dm.setup()  # bad roots and corrupt files fail here, before any training
+    check_own_tokenizer(conf, dm)
     return Context(open_run(conf, run_dir, run_tags, cell), dm)
+
+
+def check_own_tokenizer(conf: Mapping, dm) -> None:
+    """A student with a tokenizer of its own (data.student_tokenizer) reads other tokens than its teacher: a method
+    matching them position by position, and init_from_teacher (the teacher's embeddings), are refused here,
+    before any run exists."""
+    if getattr(dm, "student_tokenizer", None) is None:
+        return
+    from kdexp.distill import list_methods, matches_positions
+
+    name = conf["distill"]["name"]
+    if name in list_methods() and matches_positions(name):
+        valid = [m for m in list_methods() if not matches_positions(m)]
+        raise ConfigError(f"distill.name={name!r} matches teacher and student token by token, but with "
+                          f"data.student_tokenizer={conf['data']['student_tokenizer']!r} their token positions do "
+                          f"not correspond; choose one of: {', '.join(valid)}")
+    if conf["student"].get("init_from_teacher"):
+        raise ConfigError("student.init_from_teacher=true copies the teacher's embeddings, but data.student_tokenizer"
+                          f"={conf['data']['student_tokenizer']!r} gives the student another vocabulary; drop one")
 
 
 def planned_processes(trainer: Mapping) -> int:

@@ -52,7 +52,7 @@ def evaluate(ctx: Context, model: nn.Module, role: str, costs: bool = True) -> d
     batch = ctx.conf["data"].get("eval_batch_size", 1024)
     mode = ctx.conf["teacher_cache"]["mode"]
     if role in CACHED_ROLES and mode != "off":
-        logits = cached_test_logits(ctx, model, digest, batch)
+        logits = cached_test_logits(ctx, model, digest, batch, "teacher" if role == "teacher" else "student")
     else:
         logits = predict_logits(model, x, batch)
     ctx.test[role] = logits
@@ -63,9 +63,12 @@ def evaluate(ctx: Context, model: nn.Module, role: str, costs: bool = True) -> d
     return out
 
 
-def cached_test_logits(ctx: Context, model: nn.Module, digest: str, batch_size: int) -> torch.Tensor:
-    """predict_logits on the test split, stored beside the teacher outputs: a cached model's are computed once."""
-    spec = {"kind": "split-logits", "arch": type(model).__name__, "weights": digest, "data": ctx.dm.fingerprint(),
+def cached_test_logits(ctx: Context, model: nn.Module, digest: str, batch_size: int,
+                       view: str = "student") -> torch.Tensor:
+    """predict_logits on the test split, stored beside the teacher outputs: a cached model's are computed once.
+    `view`: whose data fingerprint keys them (kdexp.data.base.TensorDataModule.fingerprint's role)."""
+    spec = {"kind": "split-logits", "arch": type(model).__name__, "weights": digest,
+            "data": ctx.dm.fingerprint(view),
             "split": "test", "batch_size": batch_size}
 
     def compute() -> TeacherOutputs:

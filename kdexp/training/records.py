@@ -9,6 +9,7 @@ import logging
 
 from torch import nn
 
+from kdexp.models.base import own_rows
 from kdexp.runtime import distributed
 from kdexp.training.context import Context
 
@@ -41,7 +42,7 @@ def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str 
     if not tracking.get("log_model", True):
         return None
     x, _ = ctx.dm.split_tensors("test")
-    model_id = log_model(ctx.run.tracker, run_id, model, x[:8], tags={"kdexp.role": role})
+    model_id = log_model(ctx.run.tracker, run_id, model, own_rows(model, x[:8]), tags={"kdexp.role": role})
     if role == "student" and tracking.get("register"):
         register(ctx, model_id, tracking["register"])
     return model_id
@@ -73,6 +74,6 @@ def student_exports(ctx: Context, run_id: str, student: nn.Module) -> dict[str, 
     from kdexp.tracking.models import log_student_exports
 
     ev, x = ctx.conf["eval"], ctx.dm.split_tensors("test")[0]
-    out = log_student_exports(ctx.run.tracker, run_id, student, x[:256], ctx.run.folder / "exports",
+    out = log_student_exports(ctx.run.tracker, run_id, student, own_rows(student, x[:256]), ctx.run.folder / "exports",
                               batch=ev["latency_batch"], repeats=ev["latency_repeats"])
     return {f"student/{k}": float(v) for k, v in out.items()}
