@@ -267,6 +267,8 @@ def apply_tuning(conf: dict, run: Callable[[Any, Path], dict] | None = None, rep
         raise ConfigError(f"baseline=true with distill.init_epochs={student_init_epochs(conf)} in a tuned matrix: "
                           "the baseline would train the shortened main stage; set baseline=false (tuned tables "
                           "compare against the tuned `none` row)")
+    if epochs != conf["trainer"]["max_epochs"]:  # the budget the table shares (kdexp.bench.matrix.settings_key)
+        conf["tune"] = {**conf["tune"], "budget_epochs": conf["trainer"]["max_epochs"]}
     conf["trainer"]["max_epochs"] = epochs
     merge(conf, result.overrides)
     conf["tune"] = {**conf["tune"], "study": result.study, "chosen": result.overrides,

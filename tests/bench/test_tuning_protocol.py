@@ -198,6 +198,22 @@ def test_an_init_stage_that_trains_the_student_takes_its_epochs_from_the_budget(
     assert tuning.trial_base(c, tuning.repeat_settings(s, 0))["trainer"]["max_epochs"] == trial_epochs
 
 
+def test_a_matched_init_stage_keeps_the_tables_settings_key(tmp_path):
+    """AB's shortened main stage is the same budget as KD's: the report must not warn of mixed settings."""
+    from kdexp.bench.matrix import settings_key
+
+    keys = {}
+    ab = {"distill.margin": 1.0, "distill.weights.ab": 0.5}
+    for method, chosen, extra in (("kd", KD_CHOSEN, []),
+                                  ("ab", ab, ["distill.init_epochs=1"])):
+        c = cell(f"distill={method}", "trainer.max_epochs=3", *TUNED, "tune.epochs=2", f"paths.root={tmp_path}", *extra)
+        finish_studies(c, [chosen])
+        tuning.apply_tuning(c)
+        keys[method] = (c["trainer"]["max_epochs"], settings_key(c))
+    assert keys["ab"][0] == 2 and keys["kd"][0] == 3
+    assert keys["ab"][1] == keys["kd"][1]
+
+
 def test_a_budget_that_cannot_be_matched_is_a_matrix_error(tmp_path):
     c = cell("distill=ab", "distill.init_epochs=3", "trainer.max_epochs=3", "tune.enabled=true", "tune.epochs=4",
              f"paths.root={tmp_path}")
