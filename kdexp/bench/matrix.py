@@ -77,7 +77,11 @@ def settings_key(conf: dict) -> str:
     """Fingerprint of what every cell of a benchmark table must share (data, recipe, trainer, how the teacher
     is trained, ...), after `apply_matrix_keys`; `recipe` is the teacher's. Tagged `kdexp.settings` on
     student runs, so that kdexp-report can tell when a table mixes runs of different settings."""
-    return fingerprint({"what": "matrix-settings", **_view(conf, SETTINGS_IGNORED_KEYS, SETTINGS_IGNORED_SUBKEYS)})
+    view = _view(conf, SETTINGS_IGNORED_KEYS, SETTINGS_IGNORED_SUBKEYS)
+    budget = (conf.get("tune") or {}).get("budget_epochs")
+    if budget is not None:  # a main stage shortened by an init stage (tune.match_budget): the row's budget counts
+        view["trainer"] = {**view["trainer"], "max_epochs": budget}
+    return fingerprint({"what": "matrix-settings", **view})
 
 
 def finished_cell_metrics(conf: dict, cell: str) -> dict[str, float] | None:
