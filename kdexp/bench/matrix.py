@@ -79,7 +79,7 @@ def settings_key(conf: dict) -> str:
     student runs, so that kdexp-report can tell when a table mixes runs of different settings."""
     view = _view(conf, SETTINGS_IGNORED_KEYS, SETTINGS_IGNORED_SUBKEYS)
     budget = (conf.get("tune") or {}).get("budget_epochs")
-    if budget is not None:  # a matched init stage shortened this row's main stage: the table's budget is the same
+    if budget is not None:  # a main stage shortened by an init stage (tune.match_budget): the row's budget counts
         view["trainer"] = {**view["trainer"], "max_epochs": budget}
     return fingerprint({"what": "matrix-settings", **view})
 

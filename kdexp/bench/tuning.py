@@ -40,7 +40,7 @@ ALLOWED_METRICS = TUNE_METRICS  # validation only: tuning never sees test
 # teacher's too: searching it would give every trial its own teacher, whose cache key holds its recipe)
 SEARCHABLE = ("distill.", "student_recipe.")
 # The settings and their defaults: kdexp.config.schema.TuneSchema (new keys go there, with their rules).
-RECORD_KEYS = ("study", "chosen", "best_value", "repeat", "tags")
+RECORD_KEYS = ("study", "chosen", "best_value", "repeat", "tags", "budget_epochs")
 # The keys of `tune.sampler` that name a study, per sampler (its other keys fill in defaults of no effect)
 SAMPLER_ARGS = {"tpe": ("seed", "n_startup_trials"), "motpe": ("seed", "n_startup_trials"),
                 "cmaes": ("seed", "n_startup_trials")}  # what the orchestration writes into conf["tune"]
@@ -143,16 +143,37 @@ def student_init_epochs(conf: dict) -> int:
 
 def main_epochs(conf: dict, s: dict, epochs: int, key: str) -> int:
     """The main stage's epochs within a budget of `epochs` student epochs (`key` names it in errors): with
-    `match_budget`, less the init stage's, so that every row takes the same student optimizer steps."""
+    `match_budget` (null: in tuned matrices), less the init stage's, so that every row takes the same student
+    optimizer steps."""
     init = student_init_epochs(conf)
-    if not s["match_budget"] or not init:
+    if s["match_budget"] is False or not init:
         return epochs
     if init >= epochs:
         raise MatrixError(
             f"distill.init_epochs={init} leaves no main-stage epoch of {key}={epochs} ({conf['distill']['name']} "
-            "in a tuned matrix: an init stage takes its epochs from the student's budget): lower "
+            "in a matrix with matched budgets: an init stage takes its epochs from the student's budget): lower "
             f"distill.init_epochs, raise {key}, or set tune.match_budget=false")
     return epochs - init
+
+
+def match_budget(conf: dict, s: dict) -> None:
+    """Shorten the cell's main stage (trainer.max_epochs) by a student init stage's epochs (`match_budget`), and
+    record the budget as tune.budget_epochs: the table's settings key compares budgets, not main stages.
+
+    Args:
+        conf: the cell's mutable config; changed in place.
+        s: its tuning settings (tune_settings).
+    """
+    budget = conf["trainer"]["max_epochs"]
+    epochs = main_epochs(conf, s, budget, "trainer.max_epochs")
+    if epochs == budget:
+        return
+    if conf.get("baseline"):
+        raise ConfigError(f"baseline=true with distill.init_epochs={student_init_epochs(conf)} in a matrix with "
+                          "matched budgets: the baseline would train the shortened main stage; set baseline=false "
+                          "(the table compares against its `none` row)")
+    conf["trainer"]["max_epochs"] = epochs
+    conf["tune"] = {**(conf.get("tune") or {}), "budget_epochs": budget}
 
 
 def trial_base(conf: dict, s: dict) -> dict:
@@ -262,14 +283,7 @@ def apply_tuning(conf: dict, run: Callable[[Any, Path], dict] | None = None, rep
     from kdexp.config.matrix_keys import merge
 
     s = tune_settings(conf)
-    epochs = main_epochs(conf, s, conf["trainer"]["max_epochs"], "trainer.max_epochs")
-    if epochs != conf["trainer"]["max_epochs"] and conf.get("baseline"):
-        raise ConfigError(f"baseline=true with distill.init_epochs={student_init_epochs(conf)} in a tuned matrix: "
-                          "the baseline would train the shortened main stage; set baseline=false (tuned tables "
-                          "compare against the tuned `none` row)")
-    if epochs != conf["trainer"]["max_epochs"]:  # the budget the table shares (kdexp.bench.matrix.settings_key)
-        conf["tune"] = {**conf["tune"], "budget_epochs": conf["trainer"]["max_epochs"]}
-    conf["trainer"]["max_epochs"] = epochs
+    match_budget(conf, s)
     merge(conf, result.overrides)
     conf["tune"] = {**conf["tune"], "study": result.study, "chosen": result.overrides,
                     "best_value": result.best_value}

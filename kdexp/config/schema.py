@@ -159,8 +159,9 @@ class TuneSchema:
     repeats: int = checked(1, ge=1)        # independent studies per (pair, method), each with its own trial and
                                            #   sampler seed; each one's best settings train every seed (tag
                                            #   kdexp.tune_repeat; in the cell key only when > 1)
-    match_budget: bool = True              # an init stage that trains the student (AB, FSP) takes its epochs from
-                                           #   trainer.max_epochs (a trial's from tune.epochs): equal student steps
+    match_budget: Optional[bool] = None    # an init stage that trains the student (AB, FSP, TinyBERT) takes its
+                                           #   epochs from trainer.max_epochs (a trial's from tune.epochs): equal
+                                           #   student steps. null: in tuned matrices; true: untuned ones too
     metric: str = checked("student/val_acc", choices=TUNE_METRICS, hint="tuning optimises a validation metric")
     sampler: SamplerSchema = field(default_factory=SamplerSchema)  # repeat r: sampler seed + r
     pruner: PrunerSchema = field(default_factory=PrunerSchema)

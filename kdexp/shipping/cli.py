@@ -4,7 +4,8 @@ without kdexp (ONNX Runtime, or `torch.export.load(path).module()`).
 Runs logged with an MLflow Model (kdexp.tracking.models.log_model) are exported from its torch.export graph
 (an int8 student logged with log_onnx_model is copied as it is, ONNX only).
 Older runs are rebuilt from their weights artifact (student.pt, else teacher.pt / baseline.pt) and the
-architecture they record: config.yaml for student runs, the run's params for teacher/baseline runs.
+architecture they record: config.yaml for student runs, the run's params for teacher/baseline runs (a text
+one's vocabulary: its tokenizer/ artifact).
 """
 
 from __future__ import annotations
@@ -86,13 +87,61 @@ def architecture(client, run, tmp: Path) -> tuple[str, dict, int, tuple[int, ...
         return conf["student"]["arch"], kwargs, dm.num_classes, tuple(dm.input_shape)
     params = run.data.params
     if params.get("arch", "").partition(":")[0] in text_archs():
-        role = run.data.tags.get("kdexp.role", "model")
-        raise ExportError(f"run {run.info.run_id} is a text {role} run without an MLflow Model: its vocabulary is "
-                          "not recorded, so it cannot be rebuilt (tracking.log_model=true)")
+        return text_run_architecture(client, run, names, tmp)
     try:  # a teacher or baseline run: its params are the cache key spec (kdexp.stages.model_spec)
         return params["arch"], {}, int(params["num_classes"]), tuple(json.loads(params["data.input_shape"]))
     except (KeyError, ValueError):
         raise ExportError(f"run {run.info.run_id} records no architecture (no config.yaml, no arch param)") from None
+
+
+def text_run_architecture(client, run, names: set[str], tmp: Path) -> tuple[str, dict, int, tuple[int, ...]]:
+    """A text teacher/baseline run's architecture: the vocabulary from its tokenizer artifact, the rest from its
+    params (the cache key spec); a run from before kdexp logged the tokenizer is refused."""
+    from kdexp.models.text import HF_FAMILIES
+    from kdexp.tracking.models import TOKENIZER_DIR
+
+    params, run_id = run.data.params, run.info.run_id
+    if TOKENIZER_DIR not in names:
+        role = run.data.tags.get("kdexp.role", "model")
+        raise ExportError(f"run {run_id} is a text {role} run without an MLflow Model: its vocabulary is "
+                          "not recorded, so it cannot be rebuilt (tracking.log_model=true)")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(client.download_artifacts(run_id, TOKENIZER_DIR, str(tmp)))
+    try:
+        input_shape = tuple(json.loads(params["data.input_shape"]))
+        kwargs = {"vocab_size": len(tokenizer), "pad_token_id": int(tokenizer.pad_token_id or 0),
+                  "max_length": input_shape[-1], **nested(params, "kwargs")}
+        if params["arch"].partition(":")[0] in HF_FAMILIES:
+            kwargs["hf_config"] = nested(params, "hf_config")
+        return params["arch"], kwargs, int(params["num_classes"]), input_shape
+    except (KeyError, ValueError):
+        raise ExportError(f"run {run_id} records no architecture (arch, num_classes, data.input_shape)") from None
+
+
+def nested(params: dict[str, str], node: str) -> dict:
+    """The flattened params under `node.` (kdexp.tracking.runs.flatten) as a nested dict of typed values."""
+    out: dict = {}
+    for key, text in params.items():
+        if key.startswith(f"{node}."):
+            *path, leaf = key[len(node) + 1:].split(".")
+            target = out
+            for part in path:
+                target = target.setdefault(part, {})
+            target[leaf] = param_value(text)
+    return out
+
+
+def param_value(text: str) -> Any:
+    """A param as flatten wrote it (str(), lists as JSON) back to its value: '64' -> 64, '1e-12' -> 1e-12,
+    'True' -> True, 'None' -> None; anything else stays text."""
+    constants = {"True": True, "False": False, "None": None}
+    if text in constants:
+        return constants[text]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def text_archs() -> tuple[str, ...]:
@@ -121,6 +170,7 @@ def rebuilt_program(client, run, tmp: Path):
     """An older run's model from its weights artifact and recorded architecture."""
     import torch
 
+    from kdexp.config.errors import ConfigError
     from kdexp.models import create_model
     from kdexp.models.base import example_input
     from kdexp.shipping.export import export_program
@@ -131,7 +181,10 @@ def rebuilt_program(client, run, tmp: Path):
         raise ExportError(f"run {run.info.run_id} has no MLflow Model and no weights artifact "
                           f"({', '.join(WEIGHT_ARTIFACTS)}); found: {', '.join(sorted(names)) or 'nothing'}")
     arch, kwargs, num_classes, input_shape = architecture(client, run, tmp)
-    model = create_model(arch, num_classes=num_classes, in_channels=input_shape[0], **kwargs)
+    try:
+        model = create_model(arch, num_classes=num_classes, in_channels=input_shape[0], **kwargs)
+    except ConfigError as exc:  # e.g. a hub model's configuration, unreachable here
+        raise ExportError(f"run {run.info.run_id}: {arch} cannot be built here: {exc}") from None
     state = torch.load(client.download_artifacts(run.info.run_id, weights, str(tmp)), map_location="cpu")
     try:
         model.load_state_dict(state)

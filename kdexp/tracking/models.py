@@ -27,6 +27,7 @@ from kdexp.measure.latency import cpu_eval_copy
 from kdexp.shipping.export import example_batch, quiet_export
 
 MODEL_NAME = "model"  # runs:/<run id>/model
+TOKENIZER_DIR = "tokenizer"  # a text run's tokenizer (save_pretrained's files): runs:/<run id>/tokenizer
 
 
 def client_and_uri(tracker_or_client: Any) -> tuple[Any, str]:
@@ -178,6 +179,24 @@ def log_dataset_input(tracker_or_client: Any, run_id: str, dm: Any, context: str
     for split in ("train", "val", "test"):
         client.set_tag(run_id, f"kdexp.data.{split}_rows", str(profile[f"{split}_rows"]))
     return dataset
+
+
+def log_tokenizer(tracker: Any, run_id: str, tokenizer: Any) -> None:
+    """A text model's tokenizer as the run's artifact folder `tokenizer/` (AutoTokenizer.from_pretrained loads
+    it): its vocabulary, which kdexp-export rebuilds a run without an MLflow Model from, and how to tokenize.
+
+    Args:
+        tracker: the run's tracker (kdexp.tracking.runs).
+        run_id: the run that trained the model.
+        tokenizer: the transformers tokenizer its data was tokenized with.
+    """
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="kdexp-tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            tracker.log_artifact(run_id, path, TOKENIZER_DIR)
 
 
 def log_student_exports(tracker_or_client: Any, run_id: str, model: nn.Module, test_x: torch.Tensor, out_dir,

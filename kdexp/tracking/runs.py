@@ -168,14 +168,15 @@ class Tracker:
         """A DistillModule metric sink: per-epoch metrics, optionally under a stage prefix."""
         return lambda metrics, epoch: self.log_metrics(run_id, {prefix + k: v for k, v in metrics.items()}, epoch)
 
-    def log_artifact(self, run_id: str, path: str | os.PathLike) -> None:
-        """Uploads the file; a small text file with a secret in it goes up masked (the file itself is kept)."""
+    def log_artifact(self, run_id: str, path: str | os.PathLike, folder: str | None = None) -> None:
+        """Uploads the file (into the run's artifact `folder`, None: its root); a small text file with a secret
+        in it goes up masked (the file itself is kept)."""
         path = Path(path)
         masked = _masked_text(path)
         if masked is None:
-            self.client.log_artifact(run_id, str(path))
+            self.client.log_artifact(run_id, str(path), folder)
         else:
-            self.client.log_text(run_id, masked, path.name)
+            self.client.log_text(run_id, masked, f"{folder}/{path.name}" if folder else path.name)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():

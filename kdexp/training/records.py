@@ -1,7 +1,7 @@
-"""What a trained model leaves in its MLflow run beyond metrics: its data set (the UI's Dataset column), the
-model itself as an MLflow Model (loadable without kdexp), and for a student the deployable exports (ONNX,
-checked with ONNX Runtime and timed beside torch; torch.export .pt2) and, with `tracking.register=NAME`,
-a version in MLflow's Model Registry. Rank 0 only."""
+"""What a trained model leaves in its MLflow run beyond metrics: its data set (the UI's Dataset column), a text
+model's tokenizer (tokenizer/), the model itself as an MLflow Model (loadable without kdexp), and for a student
+the deployable exports (ONNX, checked with ONNX Runtime and timed beside torch; torch.export .pt2) and, with
+`tracking.register=NAME`, a version in MLflow's Model Registry. Rank 0 only."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _records_here(ctx: Context) -> bool:
 
 
 def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str | None:
-    """Dataset input + MLflow Model of one trained model (and a registry version for a registered student).
+    """Dataset input, text tokenizer and MLflow Model of one trained model (and a registry version for a
+    registered student).
 
     Args:
         ctx: the experiment (its data set, `tracking:` switches).
@@ -35,10 +36,12 @@ def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str 
     """
     if not _records_here(ctx):
         return None
-    from kdexp.tracking.models import log_dataset_input, log_model
+    from kdexp.tracking.models import log_dataset_input, log_model, log_tokenizer
 
     tracking = ctx.conf["tracking"]
     log_dataset_input(ctx.run.tracker, run_id, ctx.dm, context="training")
+    if getattr(ctx.dm, "tokenizer", None) is not None:  # text: what an export without the MLflow Model needs
+        log_tokenizer(ctx.run.tracker, run_id, ctx.dm.tokenizer)
     if not tracking.get("log_model", True):
         return None
     x, _ = ctx.dm.split_tensors("test")

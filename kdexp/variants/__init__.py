@@ -46,12 +46,20 @@ def variant_run(name: str) -> Callable[..., dict]:
 def run_experiment(cfg: Any, run_dir: str | Path = ".") -> dict[str, float]:
     """Validate the config and dispatch it to its kind; with `tune.enabled` (a tuned matrix), the best
     settings of each of the cell's (pair, method) studies — found or run first, on the validation split — are
-    merged into the config, one cell per study repeat; with `skip_finished`, a FINISHED run of the same matrix
+    merged into the config, one cell per study repeat; an untuned matrix with `tune.match_budget: true` takes a
+    student init stage's epochs from trainer.max_epochs; with `skip_finished`, a FINISHED run of the same matrix
     cell is returned instead of training again."""
     from kdexp.config.parse import parse_config, thaw
 
     conf = parse_config(cfg, stores=True)
-    if not (conf.get("tune") or {}).get("enabled"):
+    tune = conf.get("tune") or {}
+    if not tune.get("enabled"):
+        if tune.get("match_budget"):  # an untuned matrix with matched budgets (tuned ones: in apply_tuning)
+            from kdexp.bench.tuning import match_budget, tune_settings
+
+            conf = thaw(conf)
+            match_budget(conf, tune_settings(conf))
+            conf = parse_config(conf)
         return _dispatch(conf, run_dir)
     from kdexp.bench.tuning import apply_tuning, repeats
 

@@ -218,7 +218,7 @@ def test_a_budget_that_cannot_be_matched_is_a_matrix_error(tmp_path):
     c = cell("distill=ab", "distill.init_epochs=3", "trainer.max_epochs=3", "tune.enabled=true", "tune.epochs=4",
              f"paths.root={tmp_path}")
     with pytest.raises(MatrixError, match=r"^distill.init_epochs=3 leaves no main-stage epoch of "
-                                          r"trainer.max_epochs=3 \(ab in a tuned matrix"):
+                                          r"trainer.max_epochs=3 \(ab in a matrix with matched budgets"):
         tuning.tune_cell(c)
     c["trainer"]["max_epochs"] = 5  # the cell fits now; a trial of 4 epochs would still not (tune.epochs)
     c["tune"]["epochs"] = 3
@@ -251,6 +251,32 @@ def test_matched_rows_take_the_same_student_optimizer_steps(tiny_overrides, tmp_
         {"distill.margin": 1.0, "distill.weights.ab": 0.5}, ["distill.init_epochs=1"])}, tmp_path)
     batches = 25  # synthetic: 1,000 samples, val_fraction 0.2, batch 32: 800 training images
     assert steps == {"kd": 2 * batches, "ab": 2 * batches}
+
+
+@pytest.mark.slow
+def test_an_untuned_matrix_matches_budgets_only_when_it_asks(tiny_overrides, tmp_path):
+    """Untuned cells of 2 epochs: AB (first stage 1 epoch) with tune.match_budget=true takes KD's student steps
+    and shares its settings tag; without it (null), the first stage comes on top, as before."""
+    import mlflow
+
+    from kdexp.variants import run_experiment
+
+    runs = {}
+    for label, method, extra in (("kd", "kd", ["tune.match_budget=true"]),
+                                 ("ab", "ab", ["tune.match_budget=true", "distill.init_epochs=1"]),
+                                 ("ab_on_top", "ab", ["distill.init_epochs=1", "tracking.experiment=on-top"])):
+        overrides = [*tiny_overrides, f"distill={method}", "trainer.max_epochs=2", "teacher.seed=0",
+                     "baseline=false", "tracking.export_student=false", "tracking.log_model=false", *extra]
+        runs[label] = run_experiment(compose_train(overrides), tmp_path / label)["student/optimizer_steps"]
+    batches = 25  # synthetic: 1,000 samples, val_fraction 0.2, batch 32: 800 training images
+    assert runs == {"kd": 2 * batches, "ab": 2 * batches, "ab_on_top": 3 * batches}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    students = client.search_runs([client.get_experiment_by_name("kdexp").experiment_id],
+                                  "tags.`kdexp.role` = 'student'")
+    by_method = {r.data.tags["kdexp.method"]: r for r in students}
+    assert by_method["ab"].data.params["trainer.max_epochs"] == "1"  # the main stage, recorded as trained
+    assert by_method["ab"].data.params["tune.budget_epochs"] == "2"
+    assert by_method["ab"].data.tags["kdexp.settings"] == by_method["kd"].data.tags["kdexp.settings"]
 
 
 @pytest.mark.slow

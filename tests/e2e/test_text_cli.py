@@ -101,8 +101,9 @@ def ort_logits(path: Path, x) -> np.ndarray:
 
 def test_kdexp_export_of_a_text_student_with_and_without_its_logged_model(csv_run, tmp_path):
     """The real kdexp-export: the CSV run's student from its MLflow Model, and a BERT student of a run with
-    tracking.log_model=false rebuilt from student.pt and config.yaml (its vocabulary from its data, read again).
-    ONNX Runtime on the real test split gives torch's logits (the run's own student.pt2) and the run's accuracy."""
+    tracking.log_model=false rebuilt from student.pt and config.yaml (its vocabulary from its data, read again), and
+    that run's teacher from teacher.pt and its tokenizer/ artifact. ONNX Runtime on the real test split gives
+    torch's logits (the run's own student.pt2), the runs' accuracies and the student's KL to its teacher."""
     import torch
 
     from kdexp.data import create_datamodule
@@ -142,9 +143,35 @@ def test_kdexp_export_of_a_text_student_with_and_without_its_logged_model(csv_ru
     print(f"max |ONNX Runtime - torch| logit of the rebuilt text student on {len(x)} test rows: {diff:.2e}")
     assert diff < 1e-4
     assert (got.argmax(1) == y.numpy()).mean() == pytest.approx(student.data.metrics["student/test_top1"], abs=1e-6)
+
+    # the teacher of that run, without an MLflow Model either: rebuilt from teacher.pt, its params and its
+    # tokenizer/ artifact, which tokenizes the test texts into the run's own ids
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from transformers import AutoTokenizer
+
+    from kdexp.measure.metrics import agreement_metrics
+
     teacher = next(r for r in all_runs if r.data.tags["kdexp.role"] == "teacher")
+    assert not teacher.outputs.model_outputs
+    tokenizer = AutoTokenizer.from_pretrained(client.download_artifacts(teacher.info.run_id, "tokenizer",
+                                                                        str(tmp_path / "tok")))
+    texts = [str(t) for t in dm.read_splits()["test"]["text"]]
+    assert tokenizer(texts, truncation=True, max_length=24, padding="max_length")["input_ids"] == x[:, 0].tolist()
+    out = kdexp_export(teacher.info.run_id, "--format", "onnx", "--out", str(tmp_path / "teacher.onnx"),
+                       cwd=rebuilt_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    teacher_logits = torch.from_numpy(ort_logits(tmp_path / "teacher.onnx", x))
+    assert (teacher_logits.argmax(1) == y).float().mean().item() == pytest.approx(
+        student.data.metrics["teacher/test_top1"], abs=1e-6)
+    # the student run's KL(teacher || student) on the test split, from the exported teacher's logits
+    agree = agreement_metrics(torch.from_numpy(expected), teacher_logits)
+    assert agree["kl_teacher"] == pytest.approx(student.data.metrics["student/kl_teacher"], rel=1e-4, abs=1e-6)
+    assert agree["agreement"] == pytest.approx(student.data.metrics["student/agreement"], abs=1e-6)
+
+    # a run from before the tokenizer was recorded is still refused, with one line
+    get_artifact_repository(teacher.info.artifact_uri).delete_artifacts("tokenizer")
     refused = kdexp_export(teacher.info.run_id, "--format", "onnx", cwd=rebuilt_dir)
-    assert refused.returncode == 1
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "is a text teacher run without an MLflow Model: its vocabulary is not recorded" in refused.stderr
 
 

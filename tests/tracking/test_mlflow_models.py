@@ -178,6 +178,18 @@ def test_kdexp_export_errors(store, tmp_path, capsys):
     assert re.search(r"invalid choice: 'tflite' \(choose from '?onnx'?, '?pt2'?\)", capsys.readouterr().err)
 
 
+def test_a_text_runs_flattened_model_params_come_back_as_their_values():
+    """kdexp-export rebuilds a text teacher's hf_config and kwargs from its params: the values, typed as logged."""
+    from kdexp.shipping.cli import nested
+    from kdexp.tracking.runs import flatten
+
+    hf_config = {"num_hidden_layers": 1, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "is_decoder": False,
+                 "pruned_heads": None, "sizes": [2, 3], "rope_scaling": {"type": "linear", "factor": 2.0}}
+    params = flatten({"arch": "hf", "hf_config": hf_config, "kwargs": {"source": "a/b"}, "num_classes": 3})
+    assert nested(params, "hf_config") == hf_config
+    assert nested(params, "kwargs") == {"source": "a/b"} and nested(params, "nothing") == {}
+
+
 @pytest.mark.slow
 def test_an_onnx_model_is_the_runs_model_when_torch_export_cannot_take_it(store, digits, tmp_path, capsys):
     import mlflow.pyfunc
