@@ -40,8 +40,9 @@ def record_model(ctx: Context, run_id: str, model: nn.Module, role: str) -> str 
 
     tracking = ctx.conf["tracking"]
     log_dataset_input(ctx.run.tracker, run_id, ctx.dm, context="training")
-    if getattr(ctx.dm, "tokenizer", None) is not None:  # text: what an export without the MLflow Model needs
-        log_tokenizer(ctx.run.tracker, run_id, ctx.dm.tokenizer)
+    tokenizers = ctx.dm.tokenizers() if hasattr(ctx.dm, "tokenizers") else []
+    if tokenizers:  # text: what an export without the MLflow Model needs; the one this model reads
+        log_tokenizer(ctx.run.tracker, run_id, tokenizers[min(getattr(model, "tokenization", 0), len(tokenizers) - 1)])
     if not tracking.get("log_model", True):
         return None
     x, _ = ctx.dm.split_tensors("test")

@@ -47,6 +47,11 @@ def test_kd_into_a_student_with_its_own_tokenizer(own_run):
     weights = torch.load(client.download_artifacts(student.info.run_id, "student.pt", str(cwd)), map_location="cpu")
     embedding = next(v for k, v in weights.items() if k.endswith("word_embeddings.weight"))
     assert embedding.shape[0] == len(AutoTokenizer.from_pretrained(cwd / "B")) != 66  # B's vocabulary, not A's
+    for role, folder in (("student", "B"), ("teacher", "A")):  # each run logs the tokenizer its model reads
+        run = next(r for r in all_runs if r.data.tags["kdexp.role"] == role)
+        logged = client.download_artifacts(run.info.run_id, "tokenizer", str(cwd / f"logged_{role}"))
+        vocab = AutoTokenizer.from_pretrained(logged).get_vocab()
+        assert vocab == AutoTokenizer.from_pretrained(cwd / folder).get_vocab()
     dataset = client.get_run(student.info.run_id).inputs.dataset_inputs[0].dataset
     features = json.loads(json.loads(dataset.schema)["mlflow_tensorspec"]["features"])[0]["tensor-spec"]
     assert features["shape"] == [-1, 6, 24]  # the data set: both tokenizations
